@@ -1,0 +1,108 @@
+"""Request bodies as async chunk iterators, never read whole.
+
+Two shapes are accepted: the raw file as the body, or ``multipart/form-data`` with
+exactly one file part. Transport failures (client gone, body shorter than declared,
+broken multipart framing) become domain errors here, at the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import BodyPartReader, ClientError, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from fileshare import errors
+from fileshare.api.names import name_from_content_disposition, validate_media_type, validate_name
+
+#: Non-file form fields are skipped, but only if small: a form is not a place to smuggle data.
+MAX_FIELD_BYTES = 64 * 1024
+READ_CHUNK = 256 * 1024
+_TRANSPORT_ERRORS = (ClientError, HttpProcessingError, OSError, asyncio.IncompleteReadError)
+
+
+@dataclass
+class IncomingFile:
+    chunks: AsyncIterator[bytes]
+    name: str | None
+    content_type: str
+    declared_size: int | None
+
+
+async def _raw_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.content.iter_any():
+            yield chunk
+    except _TRANSPORT_ERRORS:
+        raise errors.ClientDisconnected("the request body ended early") from None
+
+
+def raw_file(request: web.Request) -> IncomingFile:
+    name: str | None = None
+    if header := request.headers.get("Content-Disposition"):
+        name = name_from_content_disposition(header)
+    if name is None and "name" in request.query:
+        name = validate_name(request.query["name"])
+    return IncomingFile(
+        chunks=_raw_chunks(request),
+        name=name,
+        content_type=validate_media_type(request.headers.get("Content-Type")),
+        declared_size=request.content_length,
+    )
+
+
+async def multipart_file(request: web.Request) -> IncomingFile:
+    """Find the file part; the chunks iterator then checks that nothing follows it."""
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                raise errors.MalformedMultipart("the form has no file part")
+            if not isinstance(part, BodyPartReader):
+                raise errors.MalformedMultipart("nested multipart bodies are not accepted")
+            if part.filename is not None or part.name == "file":
+                break
+            await _skip_field(part)
+    except errors.FileshareError:
+        raise
+    except (ValueError, AssertionError, RuntimeError, KeyError):
+        raise errors.MalformedMultipart("the multipart body is malformed") from None
+    except _TRANSPORT_ERRORS:
+        raise errors.ClientDisconnected("the request body ended early") from None
+    name = validate_name(part.filename) if part.filename is not None else None
+    return IncomingFile(
+        chunks=_part_chunks(reader, part),
+        name=name,
+        content_type=validate_media_type(part.headers.get("Content-Type")),
+        declared_size=None,
+    )
+
+
+async def _skip_field(part: BodyPartReader) -> None:
+    seen = 0
+    while chunk := await part.read_chunk(READ_CHUNK):
+        seen += len(chunk)
+        if seen > MAX_FIELD_BYTES:
+            raise errors.MalformedMultipart("form fields other than the file must be small")
+
+
+async def _part_chunks(reader: MultipartReader, part: BodyPartReader) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await part.read_chunk(READ_CHUNK):
+            yield chunk
+        # Still inside the read loop of the pipeline: a second file fails the upload
+        # before anything is promoted.
+        while (extra := await reader.next()) is not None:
+            if isinstance(extra, BodyPartReader) and extra.filename is not None:
+                raise errors.MalformedMultipart("send exactly one file part")
+            if isinstance(extra, BodyPartReader):
+                await _skip_field(extra)
+    except errors.FileshareError:
+        raise
+    except (ValueError, AssertionError, RuntimeError, KeyError):
+        raise errors.MalformedMultipart("the multipart body is malformed") from None
+    except _TRANSPORT_ERRORS:
+        raise errors.ClientDisconnected("the request body ended early") from None

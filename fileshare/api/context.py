@@ -1,0 +1,8 @@
+"""Typed keys for what middlewares attach to a request."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+REQUEST_ID = web.RequestKey("request_id", str)
+PRINCIPAL = web.RequestKey("principal", str)

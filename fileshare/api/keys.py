@@ -1,0 +1,13 @@
+"""Typed application keys: what ``create_app`` wires and handlers read."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fileshare.api.auth import ApiKeyAuthenticator
+from fileshare.config import Settings
+from fileshare.service import FileService
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICE = web.AppKey("service", FileService)
+AUTHENTICATOR = web.AppKey("authenticator", ApiKeyAuthenticator)

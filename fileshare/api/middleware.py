@@ -1,0 +1,57 @@
+"""Request id and authentication, bound to every log line of the request."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from fileshare.api.context import PRINCIPAL, REQUEST_ID
+from fileshare.api.keys import AUTHENTICATOR
+
+log = structlog.get_logger(__name__)
+
+#: Paths probes and scrapers reach without credentials.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-ID", "")
+    # A caller's id is propagated only if it cannot forge log structure.
+    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        return response
+    finally:
+        if response is not None and not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+        if request.path not in PUBLIC_PATHS:
+            log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                status=response.status if response is not None else None,
+                seconds=round(time.perf_counter() - started, 4),
+            )
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in PUBLIC_PATHS:
+        principal = request.app[AUTHENTICATOR].authenticate(
+            request.headers.get("Authorization"), request.headers.get("X-API-Key")
+        )
+        request[PRINCIPAL] = principal
+        structlog.contextvars.bind_contextvars(principal=principal)
+    return await handler(request)

@@ -1,0 +1,109 @@
+"""The composition root: the only place where backends, pipeline and API are wired."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from fileshare.api import files, problems
+from fileshare.api.auth import ApiKeyAuthenticator
+from fileshare.api.keys import AUTHENTICATOR, SERVICE, SETTINGS
+from fileshare.api.middleware import authenticate, request_context
+from fileshare.budget import MemoryBudget
+from fileshare.config import Settings
+from fileshare.health import Readiness
+from fileshare.index.sqlite import SqliteIndex
+from fileshare.pipeline import Pipeline
+from fileshare.scan.clamd import ClamdScanner
+from fileshare.service import FileService
+from fileshare.storage.base import Storage
+from fileshare.storage.factory import open_storage
+
+STORAGE = web.AppKey("storage", Storage)
+SCANNER = web.AppKey("scanner", ClamdScanner)
+INDEX = web.AppKey("index", SqliteIndex)
+BUDGET = web.AppKey("budget", MemoryBudget)
+READINESS = web.AppKey("readiness", Readiness)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, report = await request.app[READINESS].evaluate()
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": report},
+        status=200 if ready else 503,
+    )
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context, problems.problems_middleware, authenticate],
+        # Uploads are streamed, never read whole; this bounds only what aiohttp itself
+        # would buffer (request.read/post), which fileshare never calls.
+        client_max_size=1024 * 1024,
+    )
+    app[SETTINGS] = settings
+    app[AUTHENTICATOR] = ApiKeyAuthenticator(settings.api_keys)
+    app[BUDGET] = MemoryBudget(settings.memory_budget)
+    app[SCANNER] = ClamdScanner(
+        settings.clamd,
+        connect_timeout=settings.clamd_connect_timeout,
+        idle_timeout=settings.clamd_idle_timeout,
+        verdict_timeout=settings.clamd_verdict_timeout,
+        max_scans=settings.clamd_max_scans,
+    )
+    app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(_index_ctx)
+    app.cleanup_ctx.append(_service_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.add_routes(files.routes)
+    return app
+
+
+async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_storage(app[SETTINGS]) as storage:
+        app[STORAGE] = storage
+        yield
+
+
+async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
+    index = SqliteIndex(app[SETTINGS].sqlite_path)
+    await index.open()
+    app[INDEX] = index
+    try:
+        yield
+    finally:
+        await index.close()
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pipeline = Pipeline(
+        storage=app[STORAGE],
+        scanner=app[SCANNER],
+        budget=app[BUDGET],
+        unscanned_bucket=settings.unscanned_bucket,
+        permanent_bucket=settings.permanent_bucket,
+        max_size=settings.max_upload_size,
+        per_upload_memory=settings.per_upload_memory,
+        budget_wait=settings.budget_wait,
+    )
+    app[SERVICE] = FileService(
+        pipeline=pipeline,
+        index=app[INDEX],
+        storage=app[STORAGE],
+        permanent_bucket=settings.permanent_bucket,
+    )
+    app[READINESS] = Readiness(
+        checks={
+            "clamd": app[SCANNER].ping,
+            "storage": app[STORAGE].ping,
+            "index": app[INDEX].ping,
+        }
+    )
+    yield

@@ -1,0 +1,272 @@
+"""Settings: parsed once from ``FILESHARE_*`` variables (and an optional file), validated
+at start-up, frozen afterwards.
+
+A setting file (``FILESHARE_CONFIG=config/fileshare.env``) holds ``KEY=value`` lines;
+the environment wins over the file so a deployment can override one value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+#: clamd cannot scan a stream of 2 GiB or more, and FHIR R4 ``Attachment.size`` is a
+#: 32-bit signed int: the hard ceiling for any upload.
+MAX_SCANNABLE = 2 * GiB - 1
+#: S3 refuses multipart parts under 5 MiB (but the last).
+MIN_PART_SIZE = 5 * MiB
+#: GCS resumable uploads take chunks in multiples of 256 KiB.
+GCS_CHUNK_QUANTUM = 256 * 1024
+
+StorageKind = Literal["local", "s3", "gcs"]
+LogFormat = Literal["json", "console"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class ClamdAddress:
+    """Either a TCP endpoint or a unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    @classmethod
+    def parse(cls, value: str) -> ClamdAddress:
+        if value.startswith("tcp://"):
+            parts = urlsplit(value)
+            if not parts.hostname or not parts.port:
+                raise ConfigError(f"FILESHARE_CLAMD: {value!r} needs tcp://host:port")
+            return cls(host=parts.hostname, port=parts.port)
+        if value.startswith("unix://"):
+            value = value[len("unix://") :]
+        if not value.startswith("/"):
+            raise ConfigError(
+                f"FILESHARE_CLAMD: {value!r} is neither tcp://host:port nor an absolute socket path"
+            )
+        return cls(path=value)
+
+    def __str__(self) -> str:
+        return f"tcp://{self.host}:{self.port}" if self.path is None else f"unix://{self.path}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # storage
+    storage: StorageKind = "local"
+    data_dir: Path = Path("data")
+    #: The SQLite index file; defaults to ``<data_dir>/index.sqlite3``.
+    index_path: Path | None = None
+    unscanned_bucket: str = "unscanned"
+    permanent_bucket: str = "permanent"
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = field(default=None, repr=False)
+    s3_secret_key: str | None = field(default=None, repr=False)
+    gcs_endpoint: str | None = None
+    gcs_project: str | None = None
+    part_size: int = 8 * MiB
+    parts_in_flight: int = 2
+    storage_timeout: float = 60.0
+    # scanner
+    clamd: ClamdAddress = field(default_factory=lambda: ClamdAddress(host="127.0.0.1", port=3310))
+    clamd_connect_timeout: float = 5.0
+    clamd_idle_timeout: float = 30.0
+    clamd_verdict_timeout: float = 120.0
+    clamd_max_scans: int = 8
+    # limits
+    max_upload_size: int = 512 * MiB
+    memory_budget: int = 512 * MiB
+    budget_wait: float = 10.0
+    # http
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_base_url: str = "http://127.0.0.1:8080"
+    shutdown_grace: float = 30.0
+    # auth: principal -> API key
+    api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # logging
+    log_format: LogFormat = "json"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.storage not in ("local", "s3", "gcs"):
+            raise ConfigError(f"FILESHARE_STORAGE must be local, s3 or gcs, not {self.storage!r}")
+        if self.unscanned_bucket == self.permanent_bucket:
+            raise ConfigError("the unscanned and permanent buckets must differ")
+        for name in (self.unscanned_bucket, self.permanent_bucket):
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", name):
+                raise ConfigError(f"bucket name {name!r} is not a valid bucket name")
+        if not 0 < self.max_upload_size <= MAX_SCANNABLE:
+            raise ConfigError(
+                f"FILESHARE_MAX_UPLOAD_SIZE must be between 1 and {MAX_SCANNABLE} bytes "
+                "(clamd cannot scan 2 GiB or more; FHIR Attachment.size is a 32-bit int)"
+            )
+        if self.part_size < MIN_PART_SIZE:
+            raise ConfigError(f"FILESHARE_PART_SIZE must be at least {MIN_PART_SIZE} (S3 minimum)")
+        if self.part_size % GCS_CHUNK_QUANTUM:
+            raise ConfigError("FILESHARE_PART_SIZE must be a multiple of 256 KiB (GCS chunk size)")
+        if self.parts_in_flight < 1:
+            raise ConfigError("FILESHARE_PARTS_IN_FLIGHT must be at least 1")
+        if self.memory_budget < self.per_upload_memory:
+            raise ConfigError(
+                f"FILESHARE_MEMORY_BUDGET ({self.memory_budget}) is below what one upload "
+                f"needs ({self.per_upload_memory} = part size x (parts in flight + 1) + 1 MiB)"
+            )
+        if self.clamd_max_scans < 1:
+            raise ConfigError("FILESHARE_CLAMD_MAX_SCANS must be at least 1")
+        parts = urlsplit(self.public_base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("FILESHARE_PUBLIC_BASE_URL must be an absolute http(s) URL")
+        if self.storage == "s3" and (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ConfigError(
+                "set both FILESHARE_S3_ACCESS_KEY and FILESHARE_S3_SECRET_KEY, or neither"
+            )
+        if not self.api_keys:
+            raise ConfigError("FILESHARE_API_KEYS must name at least one principal:key pair")
+        for principal, key in self.api_keys.items():
+            if len(key) < 16:
+                raise ConfigError(f"the API key of {principal!r} is shorter than 16 characters")
+        if self.log_format not in ("json", "console"):
+            raise ConfigError("FILESHARE_LOG_FORMAT must be json or console")
+
+    @property
+    def per_upload_memory(self) -> int:
+        """What one upload may hold at once: the part being filled, the parts being sent,
+        and one socket chunk."""
+        return self.part_size * (self.parts_in_flight + 1) + MiB
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.index_path or self.data_dir / "index.sqlite3"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url.rstrip("/")
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB}
+
+
+def parse_size(value: str, name: str) -> int:
+    m = _SIZE.match(value)
+    if not m:
+        raise ConfigError(f"{name}: {value!r} is not a size (e.g. 512MiB, 8388608)")
+    unit = (m.group(2) or "")[:1].lower()
+    return int(m.group(1)) * _UNITS[unit]
+
+
+def _read_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"FILESHARE_CONFIG: cannot read {path}: {exc.strerror}") from None
+    for lineno, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{lineno}: expected KEY=value")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def _parse_api_keys(value: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        principal, sep, key = item.partition(":")
+        if not sep or not principal or not key:
+            raise ConfigError("FILESHARE_API_KEYS: expected principal:key[,principal:key...]")
+        keys[principal] = key
+    return keys
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the environment (and ``FILESHARE_CONFIG`` if set)."""
+    env = dict(os.environ if environ is None else environ)
+    raw: dict[str, str] = {}
+    if env.get("FILESHARE_CONFIG"):
+        raw.update(_read_file(Path(env["FILESHARE_CONFIG"])))
+    raw.update({k: v for k, v in env.items() if k.startswith("FILESHARE_")})
+
+    def get(name: str) -> str | None:
+        return raw.get(f"FILESHARE_{name}")
+
+    kwargs: dict[str, object] = {}
+    strings = {
+        "STORAGE": "storage",
+        "UNSCANNED_BUCKET": "unscanned_bucket",
+        "PERMANENT_BUCKET": "permanent_bucket",
+        "S3_ENDPOINT": "s3_endpoint",
+        "S3_REGION": "s3_region",
+        "S3_ACCESS_KEY": "s3_access_key",
+        "S3_SECRET_KEY": "s3_secret_key",
+        "GCS_ENDPOINT": "gcs_endpoint",
+        "GCS_PROJECT": "gcs_project",
+        "HOST": "host",
+        "PUBLIC_BASE_URL": "public_base_url",
+        "LOG_FORMAT": "log_format",
+        "LOG_LEVEL": "log_level",
+    }
+    for env_name, attr in strings.items():
+        if (v := get(env_name)) is not None and v != "":
+            kwargs[attr] = v
+    sizes = {
+        "PART_SIZE": "part_size",
+        "MAX_UPLOAD_SIZE": "max_upload_size",
+        "MEMORY_BUDGET": "memory_budget",
+    }
+    for env_name, attr in sizes.items():
+        if v := get(env_name):
+            kwargs[attr] = parse_size(v, f"FILESHARE_{env_name}")
+    ints = {
+        "PORT": "port",
+        "PARTS_IN_FLIGHT": "parts_in_flight",
+        "CLAMD_MAX_SCANS": "clamd_max_scans",
+    }
+    for env_name, attr in ints.items():
+        if v := get(env_name):
+            try:
+                kwargs[attr] = int(v)
+            except ValueError:
+                raise ConfigError(f"FILESHARE_{env_name}: {v!r} is not an integer") from None
+    floats = {
+        "STORAGE_TIMEOUT": "storage_timeout",
+        "CLAMD_CONNECT_TIMEOUT": "clamd_connect_timeout",
+        "CLAMD_IDLE_TIMEOUT": "clamd_idle_timeout",
+        "CLAMD_VERDICT_TIMEOUT": "clamd_verdict_timeout",
+        "BUDGET_WAIT": "budget_wait",
+        "SHUTDOWN_GRACE": "shutdown_grace",
+    }
+    for env_name, attr in floats.items():
+        if v := get(env_name):
+            try:
+                kwargs[attr] = float(v)
+            except ValueError:
+                raise ConfigError(f"FILESHARE_{env_name}: {v!r} is not a number") from None
+    if v := get("DATA_DIR"):
+        kwargs["data_dir"] = Path(v)
+    if v := get("INDEX_PATH"):
+        kwargs["index_path"] = Path(v)
+    if v := get("CLAMD"):
+        kwargs["clamd"] = ClamdAddress.parse(v)
+    if v := get("API_KEYS"):
+        kwargs["api_keys"] = _parse_api_keys(v)
+    return Settings(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,60 @@
+"""Liveness and readiness.
+
+Readiness asks clamd, storage and the index. One slow or failed answer does not flip it:
+a dependency counts as down only after ``failure_threshold`` consecutive failures, so a
+single hiccup does not pull every pod out of the Service at once. Draining (SIGTERM)
+makes it not ready immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Check = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Readiness:
+    checks: Mapping[str, Check]
+    timeout: float = 2.0
+    failure_threshold: int = 3
+    draining: bool = False
+    _failures: dict[str, int] = field(default_factory=dict)
+
+    async def _run(self, name: str, check: Check) -> tuple[str, str | None]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await check()
+        except Exception as exc:  # any failure of a dependency is "not ok"
+            self._failures[name] = self._failures.get(name, 0) + 1
+            log.warning(
+                "readiness.check_failed",
+                check=name,
+                error=type(exc).__name__,
+                consecutive=self._failures[name],
+            )
+            return name, type(exc).__name__
+        self._failures[name] = 0
+        return name, None
+
+    async def evaluate(self) -> tuple[bool, dict[str, str]]:
+        results = await asyncio.gather(*(self._run(n, c) for n, c in self.checks.items()))
+        report: dict[str, str] = {}
+        ready = not self.draining
+        for name, error in results:
+            if error is None:
+                report[name] = "ok"
+            elif self._failures[name] >= self.failure_threshold:
+                report[name] = f"failing: {error}"
+                ready = False
+            else:
+                report[name] = f"degraded: {error}"
+        if self.draining:
+            report["server"] = "draining"
+        return ready, report

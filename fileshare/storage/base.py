@@ -1,0 +1,134 @@
+"""The storage contract every backend (local, S3, GCS) implements.
+
+Backends speak in buckets and keys chosen by fileshare, never by clients. SDK
+exceptions never leave a backend: they become the neutral errors below, so the
+pipeline and the API see one vocabulary whatever the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """A backend operation failed (network, server, permission). Fail closed."""
+
+
+class ObjectNotFound(StorageError):
+    """The object (or bucket) does not exist."""
+
+
+class ObjectExists(StorageError):
+    """A conditional create found the key already present."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    #: Backend-specific opaque version marker (ETag, generation, mtime_ns...).
+    version: str
+    content_type: str = "application/octet-stream"
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class Writer(Protocol):
+    """A streaming write of one object, invisible until ``commit``.
+
+    Memory is bounded: a backend holds at most its part buffer plus the parts it is
+    sending (``parts_in_flight``). ``write`` applies back-pressure by not returning
+    until the data fits that bound.
+    """
+
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk``. May raise ``StorageError``; the writer is then unusable and
+        the caller must still call ``abort``."""
+
+    def buffered(self) -> bytes | None:
+        """Everything written so far, if it is all still in memory (nothing sent to the
+        backend yet); otherwise ``None``. Lets small uploads skip staging."""
+
+    async def commit(self) -> ObjectInfo:
+        """Make the object visible under its key and return its info."""
+
+    async def abort(self) -> None:
+        """Discard everything: nothing is left visible nor billed (multipart uploads
+        aborted, resumable sessions cancelled, temp files removed). Idempotent, never
+        raises, safe after a failed ``write`` or ``commit``."""
+
+
+class PendingCopy(Protocol):
+    """A server-side copy prepared into an invisible target; see ``Storage.begin_copy``."""
+
+    async def commit(self) -> ObjectInfo:
+        """Make the target visible. Raises ``ObjectExists`` if the target appeared
+        meanwhile and the backend could tell (the caller treats that as a dedup hit)."""
+
+    async def abort(self) -> None:
+        """Discard the prepared target. Idempotent, never raises."""
+
+
+class Storage(Protocol):
+    """Object storage, as fileshare needs it."""
+
+    async def open_writer(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> Writer:
+        """Start a streaming write; nothing is visible until ``Writer.commit``."""
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+        if_absent: bool = False,
+    ) -> ObjectInfo:
+        """Write a small object in one request. With ``if_absent``, raise
+        ``ObjectExists`` rather than replace an existing object."""
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        """Return the object's info or raise ``ObjectNotFound``."""
+
+    def read(
+        self, bucket: str, key: str, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes ``start`` to ``end`` inclusive (``None``: to the end). Raises
+        ``ObjectNotFound`` on first iteration if the object is missing. Chunks are
+        bounded (no whole-object buffers)."""
+
+    async def begin_copy(
+        self,
+        src_bucket: str,
+        src_key: str,
+        dst_bucket: str,
+        dst_key: str,
+        *,
+        size: int,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> PendingCopy:
+        """Start a server-side copy whose result stays invisible until
+        ``PendingCopy.commit``: the copy can run while a scan verdict is awaited, and be
+        thrown away if the verdict is not clean. Never downloads and re-uploads."""
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+
+    def list_keys(self, bucket: str, prefix: str = "") -> AsyncIterator[str]:
+        """Yield the keys under ``prefix`` (for maintenance and tests)."""
+
+    async def ping(self) -> None:
+        """Check that both buckets are reachable; raise ``StorageError`` if not."""
+
+    async def close(self) -> None:
+        """Release clients and connections."""
