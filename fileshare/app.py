@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
+import structlog
 from aiohttp import web
 
 from fileshare.api import files, problems
 from fileshare.api.auth import ApiKeyAuthenticator
-from fileshare.api.keys import AUTHENTICATOR, SERVICE, SETTINGS
+from fileshare.api.keys import AUTHENTICATOR, METRICS, SERVICE, SETTINGS
 from fileshare.api.middleware import authenticate, request_context
 from fileshare.budget import MemoryBudget
 from fileshare.config import Settings
 from fileshare.health import Readiness
 from fileshare.index.sqlite import SqliteIndex
+from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
 from fileshare.scan.clamd import ClamdScanner
 from fileshare.service import FileService
@@ -25,6 +28,8 @@ SCANNER = web.AppKey("scanner", ClamdScanner)
 INDEX = web.AppKey("index", SqliteIndex)
 BUDGET = web.AppKey("budget", MemoryBudget)
 READINESS = web.AppKey("readiness", Readiness)
+
+log = structlog.get_logger(__name__)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -39,6 +44,17 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _drain(app: web.Application) -> None:
+    # aiohttp has stopped accepting; in-flight requests get the grace period next.
+    app[READINESS].draining = True
+    log.info("server.draining", grace_seconds=app[SETTINGS].shutdown_grace)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[request_context, problems.problems_middleware, authenticate],
@@ -49,6 +65,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[AUTHENTICATOR] = ApiKeyAuthenticator(settings.api_keys)
     app[BUDGET] = MemoryBudget(settings.memory_budget)
+    app[METRICS] = Metrics()
+    app[METRICS].track_budget(lambda: app[BUDGET].in_use, settings.memory_budget)
     app[SCANNER] = ClamdScanner(
         settings.clamd,
         connect_timeout=settings.clamd_connect_timeout,
@@ -61,6 +79,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_service_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.on_shutdown.append(_drain)
     app.add_routes(files.routes)
     return app
 
@@ -81,6 +101,11 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
         await index.close()
 
 
+async def _check_clamd(app: web.Application) -> None:
+    await app[SCANNER].ping()
+    app[METRICS].record_clamd_version(await app[SCANNER].version())
+
+
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pipeline = Pipeline(
@@ -92,6 +117,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         max_size=settings.max_upload_size,
         per_upload_memory=settings.per_upload_memory,
         budget_wait=settings.budget_wait,
+        metrics=app[METRICS],
     )
     app[SERVICE] = FileService(
         pipeline=pipeline,
@@ -101,7 +127,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[READINESS] = Readiness(
         checks={
-            "clamd": app[SCANNER].ping,
+            "clamd": functools.partial(_check_clamd, app),
             "storage": app[STORAGE].ping,
             "index": app[INDEX].ping,
         }

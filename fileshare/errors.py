@@ -104,6 +104,11 @@ class ScannerUnavailable(ServiceUnavailable):
 class StorageUnavailable(ServiceUnavailable):
     code, title = "storage_unavailable", "The storage backend failed"
 
+    def __init__(self, detail: str | None = None, *, operation: str | None = None) -> None:
+        super().__init__(detail)
+        #: Which storage call failed; for metrics and logs, never for the client.
+        self.operation = operation
+
 
 class Overloaded(ServiceUnavailable):
     code, title = "overloaded", "Too many uploads in flight"

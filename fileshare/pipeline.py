@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ import structlog
 
 from fileshare import errors
 from fileshare.budget import MemoryBudget
+from fileshare.metrics import Metrics
 from fileshare.models import Content, permanent_key
 from fileshare.scan.base import ScanError, Scanner, ScanSession, ScanSizeExceeded, Verdict
 from fileshare.storage.base import (
@@ -52,13 +53,6 @@ class IngestResult:
     content: Content
     #: True when the content was already permanent (or appeared during this upload).
     duplicate: bool
-
-
-Observer = Callable[[str, float], None]
-
-
-def _no_observer(stage: str, seconds: float) -> None:
-    pass
 
 
 async def _regroup(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
@@ -104,7 +98,7 @@ class Pipeline:
         max_size: int,
         per_upload_memory: int,
         budget_wait: float,
-        observe: Observer = _no_observer,
+        metrics: Metrics,
     ) -> None:
         self.storage = storage
         self.scanner = scanner
@@ -114,7 +108,7 @@ class Pipeline:
         self.max_size = max_size
         self.per_upload_memory = per_upload_memory
         self.budget_wait = budget_wait
-        self.observe = observe
+        self.metrics = metrics
 
     async def ingest(
         self,
@@ -133,11 +127,34 @@ class Pipeline:
             raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
         async with self.budget.reserve(self.per_upload_memory, wait=self.budget_wait):
             upload = _Upload(self, content_type)
+            self.metrics.inflight.inc()
             try:
-                return await upload.run(chunks, declared_size)
+                result = await upload.run(chunks, declared_size)
+            except errors.FileshareError as exc:
+                self._count_failure(exc)
+                raise
+            except BaseException:
+                self.metrics.uploads.labels("failed").inc()
+                raise
             finally:
+                self.metrics.inflight.dec()
                 # Shielded: a cancelled request (shutdown, disconnect) must still clean up.
                 await asyncio.shield(upload.cleanup())
+        self.metrics.uploads.labels("duplicate" if result.duplicate else "clean").inc()
+        return result
+
+    def _count_failure(self, exc: errors.FileshareError) -> None:
+        m = self.metrics
+        if isinstance(exc, errors.Infected):
+            m.uploads.labels("infected").inc()
+        elif exc.status < 500:
+            m.uploads.labels("rejected").inc()
+        else:
+            m.uploads.labels("failed").inc()
+        if isinstance(exc, errors.ScannerUnavailable):
+            m.clamd_errors.inc()
+        if isinstance(exc, errors.StorageUnavailable):
+            m.storage_errors.labels(exc.operation or "unknown").inc()
 
 
 class _Upload:
@@ -162,18 +179,20 @@ class _Upload:
             self.log.warning("scan.unavailable", error=str(exc))
             raise errors.ScannerUnavailable() from None
         self.writer = await _storage(
-            p.storage.open_writer(p.unscanned, self.staging_key, content_type=self.content_type)
+            "open_writer",
+            p.storage.open_writer(p.unscanned, self.staging_key, content_type=self.content_type),
         )
         hashers = _Hashers()
         size = 0
         async for chunk in _regroup(chunks, FANOUT_CHUNK):
             size += len(chunk)
+            p.metrics.bytes_in.inc(len(chunk))
             if size > p.max_size or (declared_size is not None and size > declared_size):
                 raise errors.PayloadTooLarge(f"the limit is {p.max_size} bytes")
             await _fan_out(hashers.feed(chunk), self.writer.write(chunk), self.scan.feed(chunk))
         if declared_size is not None and size != declared_size:
             raise errors.TruncatedBody(f"declared {declared_size} bytes, received {size}")
-        p.observe("transfer", time.perf_counter() - started)
+        p.metrics.observe_stage("transfer", time.perf_counter() - started)
 
         content = Content(sha256=hashers.sha256.hexdigest(), sha1=hashers.sha1.digest(), size=size)
         self.log = self.log.bind(sha256=content.sha256, size=size)
@@ -187,9 +206,10 @@ class _Upload:
         try:
             buffered = self.writer.buffered()
             if buffered is None:
-                await _storage(self.writer.commit())
+                await _storage("stage", self.writer.commit())
                 self.staged = True
                 self.copy = await _storage(
+                    "copy",
                     p.storage.begin_copy(
                         p.unscanned,
                         self.staging_key,
@@ -198,7 +218,7 @@ class _Upload:
                         size=size,
                         content_type=self.content_type,
                         metadata=_metadata(content),
-                    )
+                    ),
                 )
             verdict = await verdict_task
         finally:
@@ -214,6 +234,7 @@ class _Upload:
         try:
             if buffered is not None:
                 await _storage(
+                    "put",
                     p.storage.put(
                         p.permanent,
                         key,
@@ -221,17 +242,17 @@ class _Upload:
                         content_type=self.content_type,
                         metadata=_metadata(content),
                         if_absent=True,
-                    )
+                    ),
                 )
             else:
                 assert self.copy is not None
-                await _storage(self.copy.commit())
+                await _storage("promote", self.copy.commit())
                 self.copy = None
         except ObjectExists:
             # Another upload of the same bytes promoted first: same content, same answer.
             self.log.info("upload.duplicate", raced=True)
             return IngestResult(content, duplicate=True)
-        p.observe("promote", time.perf_counter() - promote_started)
+        p.metrics.observe_stage("promote", time.perf_counter() - promote_started)
         self.log.info("file.promoted")
         return IngestResult(content, duplicate=False)
 
@@ -247,11 +268,11 @@ class _Upload:
             self.log.warning("scan.failed", error=str(exc))
             raise errors.ScannerUnavailable() from None
         finally:
-            self.p.observe("verdict_wait", time.perf_counter() - started)
+            self.p.metrics.observe_stage("verdict_wait", time.perf_counter() - started)
 
     async def _exists(self, key: str) -> bool:
         try:
-            await _storage(self.p.storage.head(self.p.permanent, key))
+            await _storage("head", self.p.storage.head(self.p.permanent, key))
         except ObjectNotFound:
             return False
         return True
@@ -299,20 +320,20 @@ def _raise_domain(exc: BaseException) -> None:
         log.warning("scan.failed", error=str(exc))
         raise errors.ScannerUnavailable() from None
     if isinstance(exc, StorageError) and not isinstance(exc, ObjectNotFound | ObjectExists):
-        log.warning("storage.failed", error=str(exc))
-        raise errors.StorageUnavailable() from None
+        log.warning("storage.failed", operation="write", error=str(exc))
+        raise errors.StorageUnavailable(operation="write") from None
     raise exc
 
 
-async def _storage(awaitable: Awaitable[T]) -> T:
+async def _storage(operation: str, awaitable: Awaitable[T]) -> T:
     """Await a storage call, turning an unexpected backend failure into a 503."""
     try:
         return await awaitable
     except (ObjectNotFound, ObjectExists):
         raise
     except StorageError as exc:
-        log.warning("storage.failed", error=str(exc))
-        raise errors.StorageUnavailable() from None
+        log.warning("storage.failed", operation=operation, error=str(exc))
+        raise errors.StorageUnavailable(operation=operation) from None
 
 
 def _metadata(content: Content) -> dict[str, str]:

@@ -8,7 +8,7 @@ from aiohttp import hdrs, web
 from fileshare import errors
 from fileshare.api.body import multipart_file, raw_file
 from fileshare.api.context import PRINCIPAL
-from fileshare.api.keys import SERVICE, SETTINGS
+from fileshare.api.keys import METRICS, SERVICE, SETTINGS
 from fileshare.api.names import content_disposition
 from fileshare.api.ranges import parse_range
 from fileshare.models import FileRecord
@@ -114,8 +114,10 @@ async def download(request: web.Request) -> web.StreamResponse:
     stream = await service.open_content(record, start, end)
     try:
         await response.prepare(request)
+        sent = request.app[METRICS].bytes_out
         async for chunk in stream:
             await response.write(chunk)
+            sent.inc(len(chunk))
         await response.write_eof()
     except errors.FileshareError as exc:
         # Headers are gone: the only honest signal left is a cut connection, which the

@@ -6,8 +6,10 @@ from aiohttp import web
 
 from fileshare.api.auth import ApiKeyAuthenticator
 from fileshare.config import Settings
+from fileshare.metrics import Metrics
 from fileshare.service import FileService
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", FileService)
 AUTHENTICATOR = web.AppKey("authenticator", ApiKeyAuthenticator)
+METRICS = web.AppKey("metrics", Metrics)
