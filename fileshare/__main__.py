@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
-from aiohttp import web
-
-from fileshare.app import create_app
 from fileshare.config import ConfigError, load_settings
 from fileshare.logging import configure_logging
+from fileshare.server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,14 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(settings)
         return 0
     configure_logging(settings.log_format, settings.log_level)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace,
-        access_log=None,
-        print=None,
-    )
+    asyncio.run(serve(settings))
     return 0
 
 

@@ -10,11 +10,11 @@ from aiohttp import web
 
 from fileshare.api import files, problems
 from fileshare.api.auth import ApiKeyAuthenticator
-from fileshare.api.keys import AUTHENTICATOR, METRICS, SERVICE, SETTINGS
+from fileshare.api.keys import AUTHENTICATOR, IN_FLIGHT, METRICS, SERVICE, SETTINGS
 from fileshare.api.middleware import authenticate, request_context
 from fileshare.budget import MemoryBudget
 from fileshare.config import Settings
-from fileshare.health import Readiness
+from fileshare.health import InFlight, Readiness
 from fileshare.index.sqlite import SqliteIndex
 from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
@@ -49,12 +49,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-async def _drain(app: web.Application) -> None:
-    # aiohttp has stopped accepting; in-flight requests get the grace period next.
-    app[READINESS].draining = True
-    log.info("server.draining", grace_seconds=app[SETTINGS].shutdown_grace)
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[request_context, problems.problems_middleware, authenticate],
@@ -66,6 +60,7 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTHENTICATOR] = ApiKeyAuthenticator(settings.api_keys)
     app[BUDGET] = MemoryBudget(settings.memory_budget)
     app[METRICS] = Metrics()
+    app[IN_FLIGHT] = InFlight()
     app[METRICS].track_budget(lambda: app[BUDGET].in_use, settings.memory_budget)
     app[SCANNER] = ClamdScanner(
         settings.clamd,
@@ -80,7 +75,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.on_shutdown.append(_drain)
     app.add_routes(files.routes)
     return app
 

@@ -1,9 +1,10 @@
 """Liveness and readiness.
 
 Readiness asks clamd, storage and the index. One slow or failed answer does not flip it:
-a dependency counts as down only after ``failure_threshold`` consecutive failures, so a
-single hiccup does not pull every pod out of the Service at once. Draining (SIGTERM)
-makes it not ready immediately.
+a dependency that has answered before counts as down only after ``failure_threshold``
+consecutive failures, so a single hiccup does not pull every pod out of the Service at
+once; one that never answered counts as down at once. Draining (SIGTERM) makes it not
+ready immediately.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Readiness:
     failure_threshold: int = 3
     draining: bool = False
     _failures: dict[str, int] = field(default_factory=dict)
+    #: Checks that have answered at least once: before that, no benefit of the doubt.
+    _seen_ok: set[str] = field(default_factory=set)
 
     async def _run(self, name: str, check: Check) -> tuple[str, str | None]:
         try:
@@ -41,6 +44,7 @@ class Readiness:
             )
             return name, type(exc).__name__
         self._failures[name] = 0
+        self._seen_ok.add(name)
         return name, None
 
     async def evaluate(self) -> tuple[bool, dict[str, str]]:
@@ -50,7 +54,7 @@ class Readiness:
         for name, error in results:
             if error is None:
                 report[name] = "ok"
-            elif self._failures[name] >= self.failure_threshold:
+            elif name not in self._seen_ok or self._failures[name] >= self.failure_threshold:
                 report[name] = f"failing: {error}"
                 ready = False
             else:
@@ -58,3 +62,29 @@ class Readiness:
         if self.draining:
             report["server"] = "draining"
         return ready, report
+
+
+class InFlight:
+    """Counts requests being handled, so a drain knows when it is done."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, limit: float) -> bool:
+        try:
+            async with asyncio.timeout(limit):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -243,10 +243,11 @@ class _Upload:
                         metadata=_metadata(content),
                         if_absent=True,
                     ),
+                    ObjectExists,
                 )
             else:
                 assert self.copy is not None
-                await _storage("promote", self.copy.commit())
+                await _storage("promote", self.copy.commit(), ObjectExists)
                 self.copy = None
         except ObjectExists:
             # Another upload of the same bytes promoted first: same content, same answer.
@@ -272,7 +273,7 @@ class _Upload:
 
     async def _exists(self, key: str) -> bool:
         try:
-            await _storage("head", self.p.storage.head(self.p.permanent, key))
+            await _storage("head", self.p.storage.head(self.p.permanent, key), ObjectNotFound)
         except ObjectNotFound:
             return False
         return True
@@ -319,19 +320,24 @@ def _raise_domain(exc: BaseException) -> None:
     if isinstance(exc, ScanError):
         log.warning("scan.failed", error=str(exc))
         raise errors.ScannerUnavailable() from None
-    if isinstance(exc, StorageError) and not isinstance(exc, ObjectNotFound | ObjectExists):
+    if isinstance(exc, StorageError):
         log.warning("storage.failed", operation="write", error=str(exc))
         raise errors.StorageUnavailable(operation="write") from None
     raise exc
 
 
-async def _storage(operation: str, awaitable: Awaitable[T]) -> T:
-    """Await a storage call, turning an unexpected backend failure into a 503."""
+async def _storage(
+    operation: str,
+    awaitable: Awaitable[T],
+    expected: type[StorageError] | None = None,
+) -> T:
+    """Await a storage call; ``expected`` (a meaningful answer such as "not found" for a
+    HEAD) passes through, any other backend failure becomes a 503."""
     try:
         return await awaitable
-    except (ObjectNotFound, ObjectExists):
-        raise
     except StorageError as exc:
+        if expected is not None and isinstance(exc, expected):
+            raise
         log.warning("storage.failed", operation=operation, error=str(exc))
         raise errors.StorageUnavailable(operation=operation) from None
 

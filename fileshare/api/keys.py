@@ -6,6 +6,7 @@ from aiohttp import web
 
 from fileshare.api.auth import ApiKeyAuthenticator
 from fileshare.config import Settings
+from fileshare.health import InFlight
 from fileshare.metrics import Metrics
 from fileshare.service import FileService
 
@@ -13,3 +14,4 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", FileService)
 AUTHENTICATOR = web.AppKey("authenticator", ApiKeyAuthenticator)
 METRICS = web.AppKey("metrics", Metrics)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)

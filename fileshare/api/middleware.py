@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from fileshare.api.context import PRINCIPAL, REQUEST_ID
-from fileshare.api.keys import AUTHENTICATOR
+from fileshare.api.keys import AUTHENTICATOR, IN_FLIGHT
 
 log = structlog.get_logger(__name__)
 
@@ -30,10 +30,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     response: web.StreamResponse | None = None
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.enter()
     try:
         response = await handler(request)
         return response
     finally:
+        in_flight.leave()
         if response is not None and not response.prepared:
             response.headers["X-Request-ID"] = request_id
         if request.path not in PUBLIC_PATHS:

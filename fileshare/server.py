@@ -1,0 +1,58 @@
+"""Running the app: listen, and drain gracefully on SIGTERM.
+
+aiohttp's own shutdown stops reading from open connections at once, which would cut
+every upload in flight. So the drain is done here: on SIGTERM stop accepting and turn
+not-ready, let requests in flight finish for up to the grace period, and only then let
+aiohttp cancel what is left (each cancelled upload cleans its staging up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from aiohttp import web
+
+from fileshare.api.keys import IN_FLIGHT
+from fileshare.app import READINESS, create_app
+from fileshare.config import Settings
+
+log = structlog.get_logger(__name__)
+
+#: After the grace period: how long cancelled uploads get to clean up.
+CLEANUP_TIMEOUT = 10.0
+
+
+async def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=CLEANUP_TIMEOUT
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info(
+        "server.listening",
+        host=settings.host,
+        port=settings.port,
+        storage=settings.storage,
+        clamd=str(settings.clamd),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        app[READINESS].draining = True
+        await site.stop()
+        in_flight = app[IN_FLIGHT]
+        log.info(
+            "server.draining", in_flight=in_flight.count, grace_seconds=settings.shutdown_grace
+        )
+        if not await in_flight.wait_idle(settings.shutdown_grace):
+            log.warning("server.grace_expired", in_flight=in_flight.count)
+    finally:
+        await runner.cleanup()
+        log.info("server.stopped")

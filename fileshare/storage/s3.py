@@ -1,0 +1,757 @@
+"""The S3 backend (AWS S3 or any S3-compatible store, SeaweedFS in tests), on aiobotocore.
+
+One client per ``S3Storage``, opened by ``start``/``create`` and released by ``close``.
+Every botocore, aiohttp and socket exception is turned into the neutral errors of
+``storage.base`` here: nothing SDK-shaped leaves this module, and messages carry the
+operation, bucket, key and S3 error code only (never credentials or request bodies).
+
+Writes: a ``Writer`` keeps up to ``part_size`` bytes in memory. Small objects never
+leave that buffer before ``commit`` and go up as one PutObject (faster than multipart on
+SeaweedFS). From the first full part on, it is a multipart upload with at most
+``parts_in_flight`` parts being sent: ``write`` waits for the oldest when the cap is
+reached, which is the back-pressure on the client's socket.
+
+Copies: ``begin_copy`` builds the target as a multipart upload of UploadPartCopy parts,
+started at once in the background so that the copy runs while the virus scan verdict
+is awaited; the target stays invisible until CompleteMultipartUpload (a few
+milliseconds) or is thrown away with AbortMultipartUpload. Objects under 5 MiB (S3's
+minimum part size, and an empty range cannot be copied at all) are copied with one
+CopyObject at commit time instead, which is cheap at that size.
+
+Permissions the credentials need: s3:GetObject, s3:PutObject, s3:DeleteObject,
+s3:AbortMultipartUpload on both buckets' objects, and s3:ListBucket on both buckets.
+Without ListBucket, S3 answers 403 rather than 404 for a missing key, so every "is it
+already there?" check would fail as a StorageError instead of ObjectNotFound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Literal
+
+import aiohttp
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fileshare.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+#: S3 refuses parts under 5 MiB, but the last one.
+MIN_PART_SIZE = 5 * MiB
+#: S3 refuses parts over 5 GiB, and uploads of more than 10 000 parts.
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+#: Downloads are streamed in chunks of at most this size.
+READ_CHUNK = 256 * 1024
+_DEFAULT_TYPE = "application/octet-stream"
+
+#: S3 error codes meaning "no such object or bucket". HEAD answers have no body, so
+#: botocore reports their bare status as the code.
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
+
+_SDK_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
+
+
+class S3Storage:
+    """Objects in S3 buckets. Use ``await S3Storage.create(...)`` (or construct, then
+    ``await start()``), and ``await close()`` at the end."""
+
+    def __init__(
+        self,
+        *,
+        buckets: tuple[str, ...] = (),
+        endpoint: str | None = None,
+        region: str = "us-east-1",
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        part_size: int = 8 * MiB,
+        parts_in_flight: int = 2,
+        timeout: float = 60.0,
+        max_pool_connections: int = 64,
+        copy_part_size: int = 128 * MiB,
+        copy_parts_in_flight: int = 4,
+        conditional_writes: bool = True,
+    ) -> None:
+        """``buckets`` are the ones ``ping`` checks. Without ``access_key`` and
+        ``secret_key``, botocore's default credential chain applies (environment, web
+        identity, instance profile...). ``conditional_writes``: the server honours
+        ``If-None-Match: *`` on writes (AWS since 2024, SeaweedFS); if not, ``if_absent``
+        falls back to a HEAD before the write, which is racy."""
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ValueError(f"part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}")
+        if not MIN_PART_SIZE <= copy_part_size <= MAX_PART_SIZE:
+            raise ValueError(f"copy_part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}")
+        if parts_in_flight < 1 or copy_parts_in_flight < 1 or max_pool_connections < 1:
+            raise ValueError("parts_in_flight, copy_parts_in_flight, max_pool_connections >= 1")
+        if (access_key is None) != (secret_key is None):
+            raise ValueError("give both access_key and secret_key, or neither")
+        self.buckets = buckets
+        self.endpoint = endpoint
+        self.region = region
+        self.part_size = part_size
+        self.parts_in_flight = parts_in_flight
+        self.copy_part_size = copy_part_size
+        self.copy_parts_in_flight = copy_parts_in_flight
+        self.conditional_writes = conditional_writes
+        self.timeout = timeout
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._max_pool_connections = max_pool_connections
+        self._stack: AsyncExitStack | None = None
+        self._client_: S3Client | None = None
+
+    def __repr__(self) -> str:
+        return f"S3Storage(endpoint={self.endpoint!r}, region={self.region!r})"
+
+    @classmethod
+    async def create(
+        cls,
+        *,
+        buckets: tuple[str, ...] = (),
+        endpoint: str | None = None,
+        region: str = "us-east-1",
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        part_size: int = 8 * MiB,
+        parts_in_flight: int = 2,
+        timeout: float = 60.0,  # noqa: ASYNC109 (a client setting, not a deadline)
+        max_pool_connections: int = 64,
+        copy_part_size: int = 128 * MiB,
+        copy_parts_in_flight: int = 4,
+        conditional_writes: bool = True,
+    ) -> S3Storage:
+        storage = cls(
+            buckets=buckets,
+            endpoint=endpoint,
+            region=region,
+            access_key=access_key,
+            secret_key=secret_key,
+            part_size=part_size,
+            parts_in_flight=parts_in_flight,
+            timeout=timeout,
+            max_pool_connections=max_pool_connections,
+            copy_part_size=copy_part_size,
+            copy_parts_in_flight=copy_parts_in_flight,
+            conditional_writes=conditional_writes,
+        )
+        await storage.start()
+        return storage
+
+    async def start(self) -> None:
+        if self._client_ is not None:
+            return
+        s3_options: dict[str, object] = {
+            # Over plain http botocore would otherwise sha256 every part on the event
+            # loop to sign it; the CRC32 checksum the server verifies (flexible
+            # checksums) covers integrity, as botocore already does over https.
+            "payload_signing_enabled": False,
+        }
+        if self.endpoint is not None:
+            # S3-compatible servers (SeaweedFS, MinIO) want /bucket/key, not DNS names.
+            s3_options["addressing_style"] = "path"
+        config = AioConfig(
+            region_name=self.region,
+            signature_version="s3v4",
+            connect_timeout=min(self.timeout, 10.0),
+            read_timeout=self.timeout,
+            max_pool_connections=self._max_pool_connections,
+            retries={"mode": "standard", "max_attempts": 3},
+            s3=s3_options,
+        )
+        stack = AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(
+                get_session().create_client(
+                    "s3",
+                    endpoint_url=self.endpoint,
+                    region_name=self.region,
+                    aws_access_key_id=self._access_key,
+                    aws_secret_access_key=self._secret_key,
+                    config=config,
+                )
+            )
+        except _SDK_ERRORS as exc:
+            await stack.aclose()
+            raise StorageError(f"cannot create the S3 client: {type(exc).__name__}") from exc
+        self._stack, self._client_ = stack, client
+
+    async def close(self) -> None:
+        stack, self._stack, self._client_ = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(*_SDK_ERRORS):
+                await stack.aclose()
+
+    async def __aenter__(self) -> S3Storage:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def _client(self) -> S3Client:
+        if self._client_ is None:
+            raise StorageError("the S3 storage is not started")
+        return self._client_
+
+    # --- Storage ---------------------------------------------------------------------
+
+    async def open_writer(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str = _DEFAULT_TYPE,
+        metadata: dict[str, str] | None = None,
+    ) -> S3Writer:
+        return S3Writer(self, bucket, key, content_type=content_type, metadata=metadata or {})
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = _DEFAULT_TYPE,
+        metadata: dict[str, str] | None = None,
+        if_absent: bool = False,
+    ) -> ObjectInfo:
+        metadata = metadata or {}
+        what = f"put {bucket}/{key}"
+        with _translate(what):
+            if if_absent and self.conditional_writes:
+                # A retry of a PUT whose answer was lost may find our own object and
+                # report ObjectExists: harmless for content-addressed keys.
+                resp = await self._client.put_object(
+                    Bucket=bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    Metadata=metadata,
+                    IfNoneMatch="*",
+                )
+            else:
+                if if_absent:
+                    # Fallback for servers without conditional writes: racy (two
+                    # writers can both see "absent"), acceptable for content-addressed
+                    # keys where both write the same bytes.
+                    await self._raise_if_exists(bucket, key)
+                resp = await self._client.put_object(
+                    Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata
+                )
+        return ObjectInfo(
+            key=key,
+            size=len(data),
+            version=_etag(resp["ETag"]),
+            content_type=content_type,
+            metadata=dict(metadata),
+        )
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        with _translate(f"head {bucket}/{key}"):
+            resp = await self._client.head_object(Bucket=bucket, Key=key)
+        return ObjectInfo(
+            key=key,
+            size=resp["ContentLength"],
+            version=_etag(resp["ETag"]),
+            content_type=resp.get("ContentType") or _DEFAULT_TYPE,
+            metadata=dict(resp.get("Metadata") or {}),
+        )
+
+    async def read(
+        self, bucket: str, key: str, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        if start < 0 or (end is not None and end < start):
+            raise StorageError(f"invalid range {start}-{end}")
+        what = f"read {bucket}/{key}"
+        with _translate(what):
+            if start == 0 and end is None:
+                # No Range header: "bytes=0-" is unsatisfiable on an empty object.
+                resp = await self._client.get_object(Bucket=bucket, Key=key)
+            else:
+                resp = await self._client.get_object(
+                    Bucket=bucket, Key=key, Range=f"bytes={start}-{'' if end is None else end}"
+                )
+        # ``async with`` closes the body (and releases or drops the connection) at the
+        # end, on error and when the consumer stops early (aclose, cancellation).
+        async with resp["Body"] as body:
+            while True:
+                with _translate(what):
+                    chunk = await body.read(READ_CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+
+    async def begin_copy(
+        self,
+        src_bucket: str,
+        src_key: str,
+        dst_bucket: str,
+        dst_key: str,
+        *,
+        size: int,
+        content_type: str = _DEFAULT_TYPE,
+        metadata: dict[str, str] | None = None,
+    ) -> S3PendingCopy:
+        if size < 0:
+            raise StorageError(f"invalid size {size}")
+        copy = S3PendingCopy(
+            self,
+            src_bucket,
+            src_key,
+            dst_bucket,
+            dst_key,
+            size=size,
+            content_type=content_type,
+            metadata=metadata or {},
+        )
+        if size >= MIN_PART_SIZE:
+            await copy.start_parts()
+        return copy
+
+    async def delete(self, bucket: str, key: str) -> None:
+        # S3 answers 204 for a missing key; a missing bucket is an error (NoSuchBucket).
+        with _translate(f"delete {bucket}/{key}"):
+            await self._client.delete_object(Bucket=bucket, Key=key)
+
+    async def list_keys(self, bucket: str, prefix: str = "") -> AsyncIterator[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=bucket, Prefix=prefix).__aiter__()
+        while True:
+            with _translate(f"list {bucket}/{prefix}"):
+                try:
+                    page = await pages.__anext__()
+                except StopAsyncIteration:
+                    return
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    async def ping(self) -> None:
+        async def check(bucket: str) -> None:
+            with _translate(f"ping {bucket}"):
+                await self._client.head_bucket(Bucket=bucket)
+
+        await asyncio.gather(*(check(b) for b in self.buckets))
+
+    # --- helpers ---------------------------------------------------------------------
+
+    async def _raise_if_exists(self, bucket: str, key: str) -> None:
+        try:
+            await self.head(bucket, key)
+        except ObjectNotFound:
+            return
+        raise ObjectExists(f"{bucket}/{key} already exists")
+
+    async def _abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort a multipart upload; never raises (the bucket's lifecycle rule for
+        incomplete uploads is the safety net), but says so in the log."""
+        try:
+            await self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchUpload":
+                return  # already aborted or completed
+            log.error("storage.abort_failed", bucket=bucket, key=key, error=_describe(exc))
+        except (*_SDK_ERRORS, StorageError) as exc:
+            log.error("storage.abort_failed", bucket=bucket, key=key, error=_describe(exc))
+
+
+class S3Writer:
+    """A streaming write: PutObject for small objects, multipart beyond one part."""
+
+    def __init__(
+        self,
+        storage: S3Storage,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> None:
+        self._s = storage
+        self._bucket = bucket
+        self._key = key
+        self._content_type = content_type
+        self._metadata = metadata
+        self._what = f"write {bucket}/{key}"
+        self._buf = _PartBuffer()
+        self._size = 0
+        self._create: asyncio.Task[str] | None = None
+        self._in_flight: deque[asyncio.Task[CompletedPartTypeDef]] = deque()
+        self._parts: list[CompletedPartTypeDef] = []
+        self._next_part = 1
+        self._state: Literal["open", "failed", "committed", "aborted"] = "open"
+
+    async def write(self, chunk: bytes) -> None:
+        self._check_open()
+        try:
+            self._buf.append(chunk)
+            self._size += len(chunk)
+            part_size = self._s.part_size
+            while self._buf.size >= part_size:
+                await self._send(self._buf.take(part_size))
+        except BaseException:
+            # Including cancellation: a part may be lost, so only abort is left.
+            self._state = "failed"
+            raise
+
+    def buffered(self) -> bytes | None:
+        if self._create is not None or self._state != "open":
+            return None
+        return self._buf.peek()
+
+    async def commit(self) -> ObjectInfo:
+        self._check_open()
+        try:
+            if self._create is None:
+                # Everything is still in memory: one PutObject.
+                with _translate(self._what):
+                    resp = await self._s._client.put_object(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        Body=self._buf.peek(),
+                        ContentType=self._content_type,
+                        Metadata=self._metadata,
+                    )
+                etag = _etag(resp["ETag"])
+            else:
+                if self._buf.size:
+                    await self._send(self._buf.take(self._buf.size))
+                while self._in_flight:
+                    # Await in order; on failure the rest are cancelled by abort.
+                    self._parts.append(await self._in_flight[0])
+                    self._in_flight.popleft()
+                upload_id = await self._create
+                with _translate(self._what):
+                    done = await self._s._client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": self._parts},
+                    )
+                etag = _etag(done["ETag"])
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._state = "committed"
+        self._buf.clear()
+        return ObjectInfo(
+            key=self._key,
+            size=self._size,
+            version=etag,
+            content_type=self._content_type,
+            metadata=dict(self._metadata),
+        )
+
+    async def abort(self) -> None:
+        if self._state in ("committed", "aborted"):
+            return
+        self._state = "aborted"
+        self._buf.clear()
+        for task in self._in_flight:
+            task.cancel()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight)
+            for task in self._in_flight:  # retrieve outcomes: no "never retrieved" noise
+                if not task.cancelled():
+                    task.exception()
+            self._in_flight.clear()
+        if self._create is None:
+            return
+        # The creation was shielded from cancelled writes: wait for it to learn the id.
+        await asyncio.wait([self._create])
+        if self._create.cancelled() or self._create.exception() is not None:
+            return  # no upload was created
+        await self._s._abort_upload(self._bucket, self._key, self._create.result())
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StorageError(f"{self._what}: the writer is {self._state}")
+
+    async def _send(self, part: bytes) -> None:
+        """Start uploading ``part``, after waiting for room among the parts in flight."""
+        if self._create is None:
+            self._create = asyncio.create_task(self._create_upload())
+        # Shielded: if this write is cancelled, abort still learns the upload id.
+        upload_id = await asyncio.shield(self._create)
+        for task in self._in_flight:  # fail early if a part already failed
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                await task
+        while len(self._in_flight) >= self._s.parts_in_flight:
+            await asyncio.wait([self._in_flight[0]])
+            self._parts.append(self._in_flight[0].result())
+            self._in_flight.popleft()
+        number = self._next_part
+        if number > MAX_PARTS:
+            raise StorageError(f"{self._what}: more than {MAX_PARTS} parts")
+        self._next_part += 1
+        self._in_flight.append(asyncio.create_task(self._upload_part(upload_id, number, part)))
+
+    async def _create_upload(self) -> str:
+        with _translate(self._what):
+            resp = await self._s._client.create_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                ContentType=self._content_type,
+                Metadata=self._metadata,
+                # Each part carries a CRC32 the server checks, and the completed upload
+                # records them: end-to-end integrity without signing payloads.
+                ChecksumAlgorithm="CRC32",
+            )
+        return resp["UploadId"]
+
+    async def _upload_part(self, upload_id: str, number: int, data: bytes) -> CompletedPartTypeDef:
+        with _translate(f"{self._what} (part {number})"):
+            resp = await self._s._client.upload_part(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="CRC32",
+            )
+        part: CompletedPartTypeDef = {"PartNumber": number, "ETag": resp["ETag"]}
+        if resp.get("ChecksumCRC32"):
+            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+        return part
+
+
+class S3PendingCopy:
+    """A server-side copy into an invisible target (see the module docstring)."""
+
+    def __init__(
+        self,
+        storage: S3Storage,
+        src_bucket: str,
+        src_key: str,
+        dst_bucket: str,
+        dst_key: str,
+        *,
+        size: int,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> None:
+        self._s = storage
+        self._src_bucket = src_bucket
+        self._src_key = src_key
+        self._bucket = dst_bucket
+        self._key = dst_key
+        self._size = size
+        self._content_type = content_type
+        self._metadata = metadata
+        self._what = f"copy {src_bucket}/{src_key} to {dst_bucket}/{dst_key}"
+        self._upload_id: str | None = None
+        self._tasks: list[asyncio.Task[CompletedPartTypeDef]] = []
+        self._state: Literal["open", "failed", "committed", "aborted"] = "open"
+
+    async def start_parts(self) -> None:
+        """Create the multipart upload and start copying every part in the background."""
+        with _translate(self._what):
+            resp = await self._s._client.create_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                ContentType=self._content_type,
+                Metadata=self._metadata,
+            )
+        self._upload_id = resp["UploadId"]
+        limit = asyncio.Semaphore(self._s.copy_parts_in_flight)
+        for number, (first, last) in enumerate(_copy_ranges(self._size, self._s.copy_part_size), 1):
+            self._tasks.append(asyncio.create_task(self._copy_part(limit, number, first, last)))
+
+    async def commit(self) -> ObjectInfo:
+        if self._state != "open":
+            raise StorageError(f"{self._what}: the copy is {self._state}")
+        client = self._s._client
+        try:
+            if self._upload_id is None:
+                # Under 5 MiB: one CopyObject, cheap at this size.
+                if not self._s.conditional_writes:
+                    await self._s._raise_if_exists(self._bucket, self._key)
+                with _translate(self._what):
+                    if self._s.conditional_writes:
+                        resp = await client.copy_object(
+                            Bucket=self._bucket,
+                            Key=self._key,
+                            CopySource={"Bucket": self._src_bucket, "Key": self._src_key},
+                            MetadataDirective="REPLACE",
+                            ContentType=self._content_type,
+                            Metadata=self._metadata,
+                            IfNoneMatch="*",
+                        )
+                    else:
+                        resp = await client.copy_object(
+                            Bucket=self._bucket,
+                            Key=self._key,
+                            CopySource={"Bucket": self._src_bucket, "Key": self._src_key},
+                            MetadataDirective="REPLACE",
+                            ContentType=self._content_type,
+                            Metadata=self._metadata,
+                        )
+                etag = _etag(resp["CopyObjectResult"].get("ETag", ""))
+            else:
+                parts = [await task for task in self._tasks]
+                if not self._s.conditional_writes:
+                    # Racy fallback, see S3Storage.put.
+                    await self._s._raise_if_exists(self._bucket, self._key)
+                with _translate(self._what):
+                    if self._s.conditional_writes:
+                        done = await client.complete_multipart_upload(
+                            Bucket=self._bucket,
+                            Key=self._key,
+                            UploadId=self._upload_id,
+                            MultipartUpload={"Parts": parts},
+                            IfNoneMatch="*",
+                        )
+                    else:
+                        done = await client.complete_multipart_upload(
+                            Bucket=self._bucket,
+                            Key=self._key,
+                            UploadId=self._upload_id,
+                            MultipartUpload={"Parts": parts},
+                        )
+                etag = _etag(done["ETag"])
+        except BaseException:
+            # The upload cannot be completed any more (a 412 leaves it open): drop it.
+            self._state = "failed"
+            await asyncio.shield(self.abort())
+            raise
+        self._state = "committed"
+        return ObjectInfo(
+            key=self._key,
+            size=self._size,
+            version=etag,
+            content_type=self._content_type,
+            metadata=dict(self._metadata),
+        )
+
+    async def abort(self) -> None:
+        if self._state in ("committed", "aborted"):
+            return
+        self._state = "aborted"
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+            for task in self._tasks:
+                if not task.cancelled():
+                    task.exception()
+        self._tasks = []
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is not None:
+            await self._s._abort_upload(self._bucket, self._key, upload_id)
+
+    async def _copy_part(
+        self, limit: asyncio.Semaphore, number: int, first: int, last: int
+    ) -> CompletedPartTypeDef:
+        assert self._upload_id is not None
+        async with limit:
+            with _translate(f"{self._what} (part {number})"):
+                resp = await self._s._client.upload_part_copy(
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    PartNumber=number,
+                    CopySource={"Bucket": self._src_bucket, "Key": self._src_key},
+                    CopySourceRange=f"bytes={first}-{last}",
+                )
+        return {"PartNumber": number, "ETag": resp["CopyPartResult"].get("ETag", "")}
+
+
+class _PartBuffer:
+    """Written chunks, kept by reference until a part is full, then joined: one copy
+    per byte (a growing bytearray would copy twice and shift the remainder)."""
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes | memoryview] = deque()
+        self.size = 0
+
+    def append(self, chunk: bytes) -> None:
+        if chunk:  # bytes are immutable: keeping a reference is safe
+            self._pieces.append(chunk)
+            self.size += len(chunk)
+
+    def take(self, n: int) -> bytes:
+        """Remove and return the first ``n`` bytes (``n <= size``)."""
+        out: list[bytes | memoryview] = []
+        need = n
+        while need:
+            piece = self._pieces[0]
+            if len(piece) <= need:
+                out.append(self._pieces.popleft())
+                need -= len(piece)
+            else:
+                view = memoryview(piece)
+                out.append(view[:need])
+                self._pieces[0] = view[need:]
+                need = 0
+        self.size -= n
+        return b"".join(out)
+
+    def peek(self) -> bytes:
+        return b"".join(self._pieces)
+
+    def clear(self) -> None:
+        self._pieces.clear()
+        self.size = 0
+
+
+def _copy_ranges(size: int, part_size: int) -> Iterator[tuple[int, int]]:
+    """Inclusive byte ranges covering ``size`` bytes, within S3's part limits."""
+    part_size = min(max(part_size, math.ceil(size / MAX_PARTS), MIN_PART_SIZE), MAX_PART_SIZE)
+    for first in range(0, size, part_size):
+        yield first, min(first + part_size, size) - 1
+
+
+def _etag(value: str) -> str:
+    """ETags in their quoted HTTP form. SeaweedFS (4.48) leaves the quotes out of
+    CopyObjectResult, while its HEAD answers (and AWS everywhere) have them."""
+    if value and not value.startswith(('"', "W/")):
+        return f'"{value}"'
+    return value
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of an SDK exception."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{_error_code(exc) or 'error'} (HTTP {status}) in {exc.operation_name}"
+    if isinstance(exc, BotoCoreError | StorageError):
+        # botocore's messages name the endpoint or parameter, never credentials.
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Turn SDK exceptions raised inside the block into the neutral errors."""
+    try:
+        yield
+    except ClientError as exc:
+        code = _error_code(exc)
+        if code in _NOT_FOUND_CODES:
+            raise ObjectNotFound(f"{what}: not found ({code})") from exc
+        if code in _PRECONDITION_CODES:
+            raise ObjectExists(f"{what}: already exists") from exc
+        raise StorageError(f"{what}: {_describe(exc)}") from exc
+    except _SDK_ERRORS as exc:
+        raise StorageError(f"{what}: {_describe(exc)}") from exc
