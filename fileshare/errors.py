@@ -44,6 +44,14 @@ class TruncatedBody(BadRequest):
     code, title = "truncated_body", "Request body shorter than declared"
 
 
+class InvalidDigest(BadRequest):
+    code, title = "invalid_digest", "Invalid digest header"
+
+
+class DigestMismatch(BadRequest):
+    code, title = "digest_mismatch", "The body does not match its digest"
+
+
 class Unauthenticated(FileshareError):
     status, code, title = 401, "unauthenticated", "Authentication required"
     headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="fileshare"'})

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -116,8 +116,13 @@ class Pipeline:
         *,
         content_type: str,
         declared_size: int | None = None,
+        expected_sha256: str | None = None,
     ) -> IngestResult:
         """Stream ``chunks`` through hashing, staging and scanning; promote if clean.
+
+        ``expected_sha256`` (hex, from the client's ``Content-Digest``) lets a re-upload
+        of content already held skip staging and scanning; a body that does not match it
+        is refused.
 
         Raises ``PayloadTooLarge``, ``TruncatedBody``, ``Infected``,
         ``ScannerUnavailable`` or ``StorageUnavailable``; in every case nothing is left
@@ -129,7 +134,7 @@ class Pipeline:
             upload = _Upload(self, content_type)
             self.metrics.inflight.inc()
             try:
-                result = await upload.run(chunks, declared_size)
+                result = await upload.run(chunks, declared_size, expected_sha256)
             except errors.FileshareError as exc:
                 self._count_failure(exc)
                 raise
@@ -170,9 +175,20 @@ class _Upload:
         self.staged = False  # the staging object became visible
         self.log = log.bind(staging_key=self.staging_key)
 
-    async def run(self, chunks: AsyncIterator[bytes], declared_size: int | None) -> IngestResult:
+    async def run(
+        self,
+        chunks: AsyncIterator[bytes],
+        declared_size: int | None,
+        expected_sha256: str | None,
+    ) -> IngestResult:
         p = self.p
-        started = time.perf_counter()
+        if expected_sha256 is not None and await self._exists(permanent_key(expected_sha256)):
+            # The client told us the digest and we already hold those bytes clean: only
+            # prove the body matches. Nothing is staged and clamd is not involved.
+            content = await self._receive(chunks, declared_size, ())
+            _check_digest(content, expected_sha256)
+            self.log.info("upload.duplicate", sha256=content.sha256, verified_only=True)
+            return IngestResult(content, duplicate=True)
         try:
             self.scan = await p.scanner.open()
         except ScanError as exc:
@@ -182,20 +198,10 @@ class _Upload:
             "open_writer",
             p.storage.open_writer(p.unscanned, self.staging_key, content_type=self.content_type),
         )
-        hashers = _Hashers()
-        size = 0
-        async for chunk in _regroup(chunks, FANOUT_CHUNK):
-            size += len(chunk)
-            p.metrics.bytes_in.inc(len(chunk))
-            if size > p.max_size or (declared_size is not None and size > declared_size):
-                raise errors.PayloadTooLarge(f"the limit is {p.max_size} bytes")
-            await _fan_out(hashers.feed(chunk), self.writer.write(chunk), self.scan.feed(chunk))
-        if declared_size is not None and size != declared_size:
-            raise errors.TruncatedBody(f"declared {declared_size} bytes, received {size}")
-        p.metrics.observe_stage("transfer", time.perf_counter() - started)
-
-        content = Content(sha256=hashers.sha256.hexdigest(), sha1=hashers.sha1.digest(), size=size)
-        self.log = self.log.bind(sha256=content.sha256, size=size)
+        content = await self._receive(chunks, declared_size, (self.writer.write, self.scan.feed))
+        if expected_sha256 is not None:
+            _check_digest(content, expected_sha256)
+        self.log = self.log.bind(sha256=content.sha256, size=content.size)
         key = permanent_key(content.sha256)
         if await self._exists(key):
             # Already clean and permanent: clamd discards an unterminated stream unscanned.
@@ -215,7 +221,7 @@ class _Upload:
                         self.staging_key,
                         p.permanent,
                         key,
-                        size=size,
+                        size=content.size,
                         content_type=self.content_type,
                         metadata=_metadata(content),
                     ),
@@ -257,6 +263,28 @@ class _Upload:
         self.log.info("file.promoted")
         return IngestResult(content, duplicate=False)
 
+    async def _receive(
+        self,
+        chunks: AsyncIterator[bytes],
+        declared_size: int | None,
+        consumers: tuple[Callable[[bytes], Awaitable[None]], ...],
+    ) -> Content:
+        """The read loop: limit, hash, and hand each chunk to every consumer."""
+        p = self.p
+        started = time.perf_counter()
+        hashers = _Hashers()
+        size = 0
+        async for chunk in _regroup(chunks, FANOUT_CHUNK):
+            size += len(chunk)
+            p.metrics.bytes_in.inc(len(chunk))
+            if size > p.max_size or (declared_size is not None and size > declared_size):
+                raise errors.PayloadTooLarge(f"the limit is {p.max_size} bytes")
+            await _fan_out(hashers.feed(chunk), *(consume(chunk) for consume in consumers))
+        if declared_size is not None and size != declared_size:
+            raise errors.TruncatedBody(f"declared {declared_size} bytes, received {size}")
+        p.metrics.observe_stage("transfer", time.perf_counter() - started)
+        return Content(sha256=hashers.sha256.hexdigest(), sha1=hashers.sha1.digest(), size=size)
+
     async def _verdict(self) -> Verdict:
         assert self.scan is not None
         started = time.perf_counter()
@@ -292,6 +320,11 @@ class _Upload:
             except StorageError as exc:
                 # The unscanned bucket's lifecycle rule expires it; say so loudly.
                 self.log.error("staging.delete_failed", error=str(exc))
+
+
+def _check_digest(content: Content, expected_sha256: str) -> None:
+    if content.sha256 != expected_sha256:
+        raise errors.DigestMismatch("the body does not match the sha-256 digest sent with it")
 
 
 async def _fan_out(*steps: Awaitable[None]) -> None:

@@ -46,9 +46,10 @@ class FileService:
         name: str | None,
         content_type: str,
         declared_size: int | None,
+        sha256: str | None = None,
     ) -> Uploaded:
         result = await self.pipeline.ingest(
-            chunks, content_type=content_type, declared_size=declared_size
+            chunks, content_type=content_type, declared_size=declared_size, expected_sha256=sha256
         )
         content = result.content
         try:

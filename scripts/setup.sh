@@ -23,7 +23,9 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install o
 
 PACKAGES=(clamav-daemon clamav clamav-testfiles)
 PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    PACKAGES+=(python3 python3-venv) # Debian 12's python3 is 3.11, as fileshare needs
+elif ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     PACKAGES+=(python3-venv)
 fi
 

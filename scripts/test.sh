@@ -28,6 +28,7 @@ step() {
 step ruff "$V/ruff" check .
 step format "$V/ruff" format --check .
 step mypy "$V/mypy" --strict fileshare
+step deploy bash scripts/lint-deploy.sh
 
 printf '\n[test] == pytest\n' >&2
 "$V/pytest" "$@"

@@ -8,6 +8,9 @@ broken multipart framing) become domain errors here, at the edge.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -29,6 +32,34 @@ class IncomingFile:
     name: str | None
     content_type: str
     declared_size: int | None
+    #: Hex sha256 the client declared for the file (RFC 9530 ``Content-Digest``).
+    sha256: str | None = None
+
+
+_DIGEST_MEMBER = re.compile(r"^\s*([a-z0-9-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*$")
+
+
+def declared_sha256(request: web.Request) -> str | None:
+    """The sha-256 of ``Content-Digest`` or ``Repr-Digest`` (the same thing for a raw,
+    unencoded body); other algorithms are ignored, as RFC 9530 allows."""
+    for header in ("Content-Digest", "Repr-Digest"):
+        value = request.headers.get(header)
+        if not value:
+            continue
+        for member in value.split(","):
+            m = _DIGEST_MEMBER.match(member)
+            if not m:
+                raise errors.InvalidDigest(f"{header} is not an RFC 9530 digest dictionary")
+            if m.group(1) != "sha-256":
+                continue
+            try:
+                digest = base64.b64decode(m.group(2), validate=True)
+            except binascii.Error:
+                raise errors.InvalidDigest(f"{header}: sha-256 is not base64") from None
+            if len(digest) != 32:
+                raise errors.InvalidDigest(f"{header}: sha-256 must be 32 bytes")
+            return digest.hex()
+    return None
 
 
 async def _raw_chunks(request: web.Request) -> AsyncIterator[bytes]:
@@ -50,6 +81,7 @@ def raw_file(request: web.Request) -> IncomingFile:
         name=name,
         content_type=validate_media_type(request.headers.get("Content-Type")),
         declared_size=request.content_length,
+        sha256=declared_sha256(request),
     )
 
 

@@ -61,6 +61,7 @@ async def upload(request: web.Request) -> web.Response:
         name=incoming.name,
         content_type=incoming.content_type,
         declared_size=incoming.declared_size,
+        sha256=incoming.sha256,
     )
     record = uploaded.record
     return web.json_response(

@@ -211,11 +211,15 @@ async def test_writer_to_a_bucket_that_cannot_exist_fails(storage: StorageCase) 
         await _write_and_commit(s, "no_such_bucket", key, _data(3 * P))
 
 
+# Backends with credentials to break (the local directory has none).
+WITH_CREDENTIALS = pytest.mark.parametrize("storage", ["s3", "gcs"], indirect=True)
+
+
+@WITH_CREDENTIALS
 async def test_writer_failing_midway_broken_backend(storage: StorageCase) -> None:
     """Backend-specific (S3: wrong secret key): the failure surfaces as ``StorageError``
     once the writer talks to the server, and nothing is left behind."""
-    if storage.broken is None:
-        pytest.skip(f"{storage.name} has no credentials to break")
+    assert storage.broken is not None
     key = storage.key()
     async with storage.broken() as bad:
         with pytest.raises(StorageError) as caught:
@@ -224,10 +228,10 @@ async def test_writer_failing_midway_broken_backend(storage: StorageCase) -> Non
     await _assert_absent(storage, storage.unscanned, key)
 
 
+@WITH_CREDENTIALS
 async def test_bad_credentials_are_storage_errors(storage: StorageCase) -> None:
     """Backend-specific: no SDK exception escapes, and no secret is in the message."""
-    if storage.broken is None:
-        pytest.skip(f"{storage.name} has no credentials to break")
+    assert storage.broken is not None
     key = storage.key()
     await storage.storage.put(storage.unscanned, key, b"exists")
     async with storage.broken() as bad:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from fileshare.config import ClamdAddress, MiB
 from tests.e2e.conftest import ALICE, PART, Env
 from tests.e2e.test_upload import EICAR, upload
-from tests.servers import Clamd
+from tests.servers import Clamd, free_port
 
 MakeEnv = Callable[..., Awaitable[Env]]
 
@@ -35,14 +34,8 @@ async def assert_still_serving(env: Env) -> None:
     assert resp.status in (200, 201), await resp.text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_clamd_down_is_503_with_retry_after(make_env: MakeEnv) -> None:
-    env = await make_env(clamd=ClamdAddress(host="127.0.0.1", port=_free_port()))
+    env = await make_env(clamd=ClamdAddress(host="127.0.0.1", port=free_port()))
     resp = await upload(env, os.urandom(PART * 2))
     assert resp.status == 503
     assert resp.headers["Retry-After"]
@@ -188,7 +181,7 @@ async def test_storage_credentials_rejected_is_503(make_env: MakeEnv) -> None:
 
 async def test_storage_down_is_503_and_nothing_is_written(make_env: MakeEnv) -> None:
     env = await make_env()
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     if env.backend == "local":
         # Turn the permanent bucket's directory into a file: every write there fails.
         path = env.settings.data_dir / env.settings.permanent_bucket

@@ -11,7 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fileshare.config import ClamdAddress
 from tests.e2e.conftest import ALICE, BOB, MAX_UPLOAD, PART, Env
+from tests.servers import free_port
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 TESTFILES = Path("/usr/share/clamav-testfiles")
@@ -288,3 +290,50 @@ async def _raw_connection(env: Env) -> tuple[object, object]:
 
     server = env.client.server
     return await asyncio.open_connection(server.host, server.port)  # type: ignore[return-value]
+
+
+def content_digest(data: bytes) -> dict[str, str]:
+    return {
+        "Content-Digest": f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
+    }
+
+
+async def test_declared_digest_lets_a_reupload_skip_staging_and_scanning(make_env: object) -> None:
+    env = await make_env()  # type: ignore[operator]
+    data = os.urandom(PART + 99)
+    first = await upload(env, data, headers=content_digest(data))
+    assert first.status == 201
+    # Same buckets and index, but no scanner at all: a verified re-upload never needs one.
+    blind = await make_env(clamd=ClamdAddress(host="127.0.0.1", port=free_port()))  # type: ignore[operator]
+    again = await upload(blind, data, headers=content_digest(data))
+    assert again.status == 200, await again.text()
+    assert (await again.json())["sha256"] == (await first.json())["sha256"]
+    # Without the digest the same upload must be scanned, and the scanner is down.
+    unverified = await upload(blind, data)
+    assert unverified.status == 503
+    assert await env.unscanned_keys() == []
+    assert len(await env.permanent_keys()) == 1
+
+
+@pytest.mark.parametrize("existing", [False, True])
+async def test_body_not_matching_its_digest_is_refused(env: Env, existing: bool) -> None:
+    claimed = os.urandom(PART + 5)
+    if existing:
+        assert (await upload(env, claimed)).status == 201
+    before = await env.permanent_keys()
+    resp = await upload(env, os.urandom(PART + 5), headers=content_digest(claimed))
+    assert resp.status == 400
+    assert (await resp.json())["code"] == "digest_mismatch"
+    assert await env.permanent_keys() == before
+    assert await env.unscanned_keys() == []
+    assert env.open_multipart_uploads() == []
+
+
+@pytest.mark.parametrize(
+    "header", ["sha-256=abc", "sha-256=:not base64!:", "sha-256=:AAAA:", "garbage"]
+)
+async def test_malformed_digest_is_400(env: Env, header: str) -> None:
+    resp = await upload(env, b"data", headers={"Content-Digest": header})
+    assert resp.status == 400
+    assert (await resp.json())["code"] == "invalid_digest"
+    await env.assert_nothing_left()
