@@ -3,14 +3,20 @@
 Framing: ``zINSTREAM\\0``, then chunks each prefixed by a 4-byte big-endian length, then a
 zero-length chunk; clamd answers one ``\\0``-terminated line. clamd spools the stream and
 scans only after the terminator, so the verdict arrives about size / scan speed after the
-last byte. When a stream passes StreamMaxLength clamd answers *early* and closes: the reply
-is read concurrently with sending, or it would be lost as a broken pipe.
+last byte.
+
+When a stream passes StreamMaxLength clamd answers *early* and closes, and our next send
+fails with a broken pipe. The reply is read by a task of its own from the start, on a
+raw non-blocking socket rather than asyncio streams: a stream transport tears the whole
+connection down on a failed write, losing a reply still waiting in the receive buffer,
+whereas a raw socket can still be read after its send side broke.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Callable
 
@@ -23,9 +29,10 @@ log = structlog.get_logger(__name__)
 
 _TERMINATOR = struct.pack(">I", 0)
 _SIZE_LIMIT_REPLY = "INSTREAM size limit exceeded"
-#: clamd reads a frame of at most its own buffer; large frames are fine, but keeping them
-#: around 1 MiB bounds what sits in the socket buffer per scan.
+#: Frames of at most 1 MiB bound what sits in the socket per scan.
 MAX_FRAME = 1024 * 1024
+#: A reply is one short line; anything longer is not clamd.
+MAX_REPLY = 64 * 1024
 
 
 def parse_reply(raw: bytes) -> Verdict:
@@ -44,6 +51,26 @@ def parse_reply(raw: bytes) -> Verdict:
     if text.endswith("ERROR"):
         raise ScanError(f"clamd error: {text}")
     raise ScanError(f"unexpected clamd reply: {text[:200]!r}")
+
+
+async def _read_reply(sock: socket.socket) -> bytes:
+    """Read up to the ``\\0`` that ends a reply. Data already received is returned even
+    if the connection then breaks; an empty read is a ScanError."""
+    loop = asyncio.get_running_loop()
+    reply = bytearray()
+    while b"\0" not in reply and len(reply) < MAX_REPLY:
+        try:
+            data = await loop.sock_recv(sock, 4096)
+        except OSError as exc:
+            if reply:
+                break
+            raise ScanError(f"clamd connection failed: {exc!r}") from None
+        if not data:
+            break
+        reply += data
+    if not reply:
+        raise ScanError("clamd closed the connection without a verdict")
+    return bytes(reply.split(b"\0", 1)[0])
 
 
 class ClamdScanner:
@@ -65,29 +92,40 @@ class ClamdScanner:
         self._verdict_timeout = verdict_timeout
         self._slots = asyncio.Semaphore(max_scans)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        sock: socket.socket | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 if self._address.path is not None:
-                    return await asyncio.open_unix_connection(self._address.path)
-                return await asyncio.open_connection(self._address.host, self._address.port)
-        except (OSError, TimeoutError) as exc:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, self._address.path)
+                    return sock
+                infos = await loop.getaddrinfo(
+                    self._address.host, self._address.port, type=socket.SOCK_STREAM
+                )
+                family, type_, proto, _name, addr = infos[0]
+                sock = socket.socket(family, type_, proto)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, addr)
+                return sock
+        except (OSError, TimeoutError, IndexError) as exc:
+            if sock is not None:
+                sock.close()
             raise ScanError(f"cannot connect to clamd at {self._address}: {exc!r}") from None
 
     async def _command(self, command: bytes) -> str:
-        reader, writer = await self._connect()
+        sock = await self._connect()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                writer.write(b"z" + command + b"\0")
-                await writer.drain()
-                raw = await reader.readuntil(b"\0")
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                await asyncio.get_running_loop().sock_sendall(sock, b"z" + command + b"\0")
+                raw = await _read_reply(sock)
+        except (OSError, TimeoutError) as exc:
             raise ScanError(f"clamd {command.decode()} failed: {exc!r}") from None
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        return raw.rstrip(b"\0").decode("utf-8", "replace").strip()
+            sock.close()
+        return raw.decode("utf-8", "replace").strip()
 
     async def ping(self) -> None:
         reply = await self._command(b"PING")
@@ -100,18 +138,18 @@ class ClamdScanner:
     async def open(self) -> ClamdSession:
         await self._slots.acquire()
         try:
-            reader, writer = await self._connect()
+            sock = await self._connect()
             try:
-                writer.write(b"zINSTREAM\0")
-            except OSError as exc:
-                writer.close()
+                async with asyncio.timeout(self._idle_timeout):
+                    await asyncio.get_running_loop().sock_sendall(sock, b"zINSTREAM\0")
+            except (OSError, TimeoutError) as exc:
+                sock.close()
                 raise ScanError(f"clamd INSTREAM failed: {exc!r}") from None
         except BaseException:
             self._slots.release()
             raise
         return ClamdSession(
-            reader,
-            writer,
+            sock,
             release=self._slots.release,
             idle_timeout=self._idle_timeout,
             verdict_timeout=self._verdict_timeout,
@@ -121,31 +159,19 @@ class ClamdScanner:
 class ClamdSession:
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        sock: socket.socket,
         *,
         release: Callable[[], None],
         idle_timeout: float,
         verdict_timeout: float,
     ) -> None:
-        self._writer = writer
+        self._sock = sock
         self._release = release
         self._idle_timeout = idle_timeout
         self._verdict_timeout = verdict_timeout
         self._closed = False
         # Reading starts now: an early answer (size limit) must not be lost.
-        self._reply: asyncio.Task[bytes] = asyncio.create_task(self._read_reply(reader))
-
-    @staticmethod
-    async def _read_reply(reader: asyncio.StreamReader) -> bytes:
-        try:
-            return await reader.readuntil(b"\0")
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                return exc.partial
-            raise ScanError("clamd closed the connection without a verdict") from None
-        except OSError as exc:
-            raise ScanError(f"clamd connection failed: {exc!r}") from None
+        self._reply: asyncio.Task[bytes] = asyncio.create_task(_read_reply(sock))
 
     def _early_reply_error(self) -> ScanError:
         """The reply task finished before the stream did: say why."""
@@ -161,6 +187,10 @@ class ClamdSession:
             return exc
         return ScanError(f"clamd answered before the end of the stream: {verdict}")
 
+    async def _send(self, data: bytes | memoryview) -> None:
+        async with asyncio.timeout(self._idle_timeout):
+            await asyncio.get_running_loop().sock_sendall(self._sock, data)
+
     async def feed(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         for start in range(0, len(view), MAX_FRAME):
@@ -168,15 +198,15 @@ class ClamdSession:
                 raise self._early_reply_error()
             frame = view[start : start + MAX_FRAME]
             try:
-                self._writer.writelines((struct.pack(">I", len(frame)), frame))
-                async with asyncio.timeout(self._idle_timeout):
-                    await self._writer.drain()
+                await self._send(struct.pack(">I", len(frame)))
+                await self._send(frame)
             except TimeoutError:
                 raise ScanError("clamd stopped reading the stream (idle timeout)") from None
             except OSError as exc:
-                # A broken pipe usually means clamd answered and closed: prefer its words.
-                with contextlib.suppress(TimeoutError, Exception):
-                    await asyncio.wait_for(asyncio.shield(self._reply), 1.0)
+                # Usually clamd answered and closed: its reply says why.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._idle_timeout):
+                        await asyncio.wait([self._reply])
                 if self._reply.done():
                     raise self._early_reply_error() from None
                 raise ScanError(f"sending to clamd failed: {exc!r}") from None
@@ -185,12 +215,8 @@ class ClamdSession:
         try:
             if self._reply.done():
                 raise self._early_reply_error()
-            try:
-                self._writer.write(_TERMINATOR)
-                async with asyncio.timeout(self._idle_timeout):
-                    await self._writer.drain()
-            except (OSError, TimeoutError):
-                pass  # the reply (or its absence) tells what happened
+            with contextlib.suppress(OSError, TimeoutError):
+                await self._send(_TERMINATOR)  # if this fails, the reply tells why
             try:
                 async with asyncio.timeout(self._verdict_timeout):
                     raw = await asyncio.shield(self._reply)
@@ -205,9 +231,10 @@ class ClamdSession:
             return
         self._closed = True
         self._reply.cancel()
-        self._writer.close()
         # wait() never raises, so a cancellation of our own caller is not swallowed here.
         await asyncio.wait([self._reply])
         if not self._reply.cancelled():
             self._reply.exception()  # retrieved: an early error was already reported
+        # Closing without the terminator makes clamd discard the stream unscanned.
+        self._sock.close()
         self._release()

@@ -617,6 +617,26 @@ async def test_transient_errors_are_retried_on_safe_requests(env: Env, failures:
     assert len(env.rec.seen) == min(failures + 1, 3)
 
 
+async def test_a_retried_upload_sends_its_body_again(env: Env) -> None:
+    failed = False
+
+    async def unavailable_once(request: web.Request, body: bytes) -> web.Response | None:
+        nonlocal failed
+        if request.method == "POST" and not failed:
+            failed = True
+            return web.json_response({"error": {"message": "backend error"}}, status=503)
+        return None
+
+    env.rec.intercept = unavailable_once
+    data = os.urandom(PART)
+    info = await env.storage.put(env.bucket, "retried", data, if_absent=True)
+    assert info.size == len(data)
+    assert await _read_all(env.storage, env.bucket, "retried") == data
+    first, second = env.rec.requests("POST", r"uploadType=multipart")
+    assert (first.status, second.status) == (503, 200)
+    assert first.body == second.body
+
+
 async def test_emulator_requests_are_anonymous(env: Env) -> None:
     await env.storage.put(env.bucket, "anon", b"x")
     assert env.rec.seen
@@ -704,12 +724,15 @@ async def test_tokens_refresh_off_the_loop_once_and_are_cached(env: Env) -> None
 
 
 async def test_a_token_near_expiry_is_refreshed(env: Env) -> None:
-    creds = SlowCredentials(lifetime=120.0)  # inside the refresh margin
+    creds = SlowCredentials(lifetime=0.4)  # used for half its life
     storage = await GcsStorage.create(
         endpoint=env.rec.url, buckets=(env.bucket,), credentials=creds
     )
     try:
         await storage.ping()
+        await storage.ping()
+        assert creds.refreshes == 1
+        await asyncio.sleep(0.25)
         await storage.ping()
         assert creds.refreshes == 2
     finally:
