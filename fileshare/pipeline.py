@@ -212,8 +212,9 @@ class _Upload:
         try:
             buffered = self.writer.buffered()
             if buffered is None:
-                await _storage("stage", self.writer.commit())
+                # Set first: a commit whose answer was lost may still have made the object.
                 self.staged = True
+                await _storage("stage", self.writer.commit())
                 self.copy = await _storage(
                     "copy",
                     p.storage.begin_copy(
