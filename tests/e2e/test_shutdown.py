@@ -107,6 +107,15 @@ async def test_in_flight_upload_finishes_after_sigterm(serve: Any) -> None:
     assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["size"] == len(body)
     assert proc.wait(timeout=20) == 0
+    # Production logs: one JSON object a line, requests bound to their id and principal.
+    lines = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]
+    requests = [e for e in lines if e["event"] == "request" and e["path"] == "/v1/files"]
+    assert requests
+    assert requests[0]["principal"] == "alice"
+    assert requests[0]["request_id"]
+    promoted = [e for e in lines if e["event"] == "file.promoted"]
+    assert promoted[0]["request_id"] == requests[0]["request_id"]
+    assert not any(ALICE_KEY in json.dumps(e) for e in lines)
 
 
 async def test_upload_still_running_at_the_end_of_grace_is_aborted_cleanly(serve: Any) -> None:
