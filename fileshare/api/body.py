@@ -11,7 +11,8 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, ClientError, MultipartReader, web
@@ -85,9 +86,22 @@ def raw_file(request: web.Request) -> IncomingFile:
     )
 
 
+@contextmanager
+def _multipart_errors() -> Iterator[None]:
+    """aiohttp's multipart parser reports broken framing with plain exceptions."""
+    try:
+        yield
+    except errors.FileshareError:
+        raise
+    except (ValueError, AssertionError, RuntimeError, KeyError):
+        raise errors.MalformedMultipart("the multipart body is malformed") from None
+    except _TRANSPORT_ERRORS:
+        raise errors.ClientDisconnected("the request body ended early") from None
+
+
 async def multipart_file(request: web.Request) -> IncomingFile:
     """Find the file part; the chunks iterator then checks that nothing follows it."""
-    try:
+    with _multipart_errors():
         reader = await request.multipart()
         while True:
             part = await reader.next()
@@ -98,12 +112,6 @@ async def multipart_file(request: web.Request) -> IncomingFile:
             if part.filename is not None or part.name == "file":
                 break
             await _skip_field(part)
-    except errors.FileshareError:
-        raise
-    except (ValueError, AssertionError, RuntimeError, KeyError):
-        raise errors.MalformedMultipart("the multipart body is malformed") from None
-    except _TRANSPORT_ERRORS:
-        raise errors.ClientDisconnected("the request body ended early") from None
     name = validate_name(part.filename) if part.filename is not None else None
     return IncomingFile(
         chunks=_part_chunks(reader, part),
@@ -122,7 +130,7 @@ async def _skip_field(part: BodyPartReader) -> None:
 
 
 async def _part_chunks(reader: MultipartReader, part: BodyPartReader) -> AsyncIterator[bytes]:
-    try:
+    with _multipart_errors():
         while chunk := await part.read_chunk(READ_CHUNK):
             yield chunk
         # Still inside the read loop of the pipeline: a second file fails the upload
@@ -132,9 +140,3 @@ async def _part_chunks(reader: MultipartReader, part: BodyPartReader) -> AsyncIt
                 raise errors.MalformedMultipart("send exactly one file part")
             if isinstance(extra, BodyPartReader):
                 await _skip_field(extra)
-    except errors.FileshareError:
-        raise
-    except (ValueError, AssertionError, RuntimeError, KeyError):
-        raise errors.MalformedMultipart("the multipart body is malformed") from None
-    except _TRANSPORT_ERRORS:
-        raise errors.ClientDisconnected("the request body ended early") from None
