@@ -7,17 +7,24 @@
 #      a few checks of our own (non-root numeric USER, HEALTHCHECK, slim base, no bytecode
 #      writes) and an allow-list .dockerignore. No Docker engine is needed (none is run).
 #   2. Kubernetes: every overlay under k8s/overlays/ (and the base) is rendered with
-#      kustomize (`kustomize build`, else `kubectl kustomize`), and the output validated
-#      with kubernetes-validate --strict against the schemas bundled in the wheel (offline)
+#      `kustomize build`, else `kubectl kustomize`, else k8s/tools/render.py (a Python
+#      renderer of exactly the kustomize features k8s/ uses, so that a machine with neither
+#      tool, e.g. a fresh Debian, can run this), and the output validated with
+#      kubernetes-validate --strict against the schemas bundled in the wheel (offline)
 #      for the oldest supported and newer Kubernetes versions; the Secret template too.
 #   3. k8s/tools/check_manifests.py: policy and consistency checks on the rendered output
 #      (security contexts, clamd limits vs. the max upload size, shutdown timing, Ingress
 #      streaming, NetworkPolicy, cloud identity) and on the lifecycle/IAM JSON files.
 #   4. clamd.conf / freshclam.conf parsed by ClamAV's own `clamconf` when installed.
-#   5. Self-test: known-bad variants must be rejected, proving 2 and 3 actually bite.
+#   5. Self-test: known-bad variants must be rejected, proving 2 and 3 actually bite; when
+#      kustomize or kubectl is installed, render.py's output must equal theirs (parsed);
+#      render.py's own tests (k8s/tools/test_render.py) when pytest is installed.
 #
 # Tools are installed into the project venv (.venv, or $VENV) at pinned versions, only
 # when missing or at another version.
+#
+# LINT_DEPLOY_RENDERER=kustomize|kubectl|python forces a renderer (default: auto, the first
+# available in the order above); "python" is what a machine without kustomize/kubectl runs.
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -69,16 +76,34 @@ KV=$VENV/bin/kubernetes-validate
 echo "hadolint: $("$HADOLINT" --version)"
 echo "kubernetes-validate: $("$KV" --version) (schemas bundled; Kubernetes ${K8S_VERSIONS[*]})"
 
+# A real kustomize, if any: it renders, and render.py is compared with it in the self-test.
+REFERENCE=()
 if command -v kustomize >/dev/null 2>&1; then
-    KUSTOMIZE=(kustomize build)
-    echo "kustomize: $(kustomize version 2>/dev/null | head -n1)"
+    REFERENCE=(kustomize build)
+    reference_version="kustomize $(kustomize version 2>/dev/null | head -n1)"
 elif command -v kubectl >/dev/null 2>&1 && kubectl kustomize --help >/dev/null 2>&1; then
-    KUSTOMIZE=(kubectl kustomize)
-    echo "kustomize: kubectl kustomize ($(kubectl version --client 2>/dev/null | paste -sd ' ' -))"
+    REFERENCE=(kubectl kustomize)
+    reference_version="kubectl kustomize ($(kubectl version --client 2>/dev/null | paste -sd ' ' -))"
+fi
+PYTHON_RENDERER=("$PY" k8s/tools/render.py)
+renderer=${LINT_DEPLOY_RENDERER:-auto}
+case "$renderer" in
+auto) if ((${#REFERENCE[@]})); then renderer=${REFERENCE[0]}; else renderer=python; fi ;;
+kustomize | kubectl | python) ;;
+*)
+    echo "FATAL: LINT_DEPLOY_RENDERER must be auto, kustomize, kubectl or python" >&2
+    exit 2
+    ;;
+esac
+if [[ "$renderer" == python ]]; then
+    KUSTOMIZE=("${PYTHON_RENDERER[@]}")
+    echo "renderer: python k8s/tools/render.py (PyYAML $("$PY" -c 'import yaml; print(yaml.__version__)'))"
+elif [[ "${REFERENCE[0]:-}" == "$renderer" ]]; then
+    KUSTOMIZE=("${REFERENCE[@]}")
+    echo "renderer: $reference_version"
 else
-    echo "FATAL: neither kustomize nor kubectl is installed; the overlays cannot be rendered." >&2
-    echo "       Install kubectl (Debian package 'kubectl' from the Google Cloud SDK repo, or" >&2
-    echo "       any kubectl >= 1.27) or a kustomize >= 5 binary." >&2
+    echo "FATAL: LINT_DEPLOY_RENDERER=$renderer, but $renderer is not installed" >&2
+    echo "       (or not the first choice: kustomize is preferred over kubectl)." >&2
     exit 2
 fi
 
@@ -120,7 +145,8 @@ validate() { # file label
         fail "kubernetes-validate rejected $2"
         return 1
     fi
-    echo "kubernetes-validate: $2: $(grep -c '^kind:' "$1") object(s) valid for Kubernetes ${K8S_VERSIONS[*]}"
+    echo "kubernetes-validate: $2: $(grep -c '^kind:' "$1") object(s) valid for Kubernetes" \
+        "${K8S_VERSIONS[*]} (sha256 $(sha256sum <"$1" | cut -c1-12))"
 }
 
 rendered=()
@@ -228,6 +254,34 @@ if ((${#rendered[@]})); then
     else
         fail "self-test: kubernetes-validate --strict accepted a misspelled field"
     fi
+fi
+
+section "self-test: k8s/tools/render.py renders like kustomize"
+if ((${#REFERENCE[@]})); then
+    for dir in k8s/base k8s/overlays/*/; do
+        dir=${dir%/}
+        if ! "${REFERENCE[@]}" "$dir" >"$tmp/reference.yaml"; then
+            fail "${REFERENCE[*]} could not build $dir"
+        elif out=$("${PYTHON_RENDERER[@]}" "$dir" --compare "$tmp/reference.yaml" 2>&1); then
+            echo "${out/$tmp\/reference.yaml/${REFERENCE[*]}}"
+        else
+            printf '%s\n' "$out" >&2
+            fail "k8s/tools/render.py renders $dir differently from ${REFERENCE[*]}"
+        fi
+    done
+else
+    echo "neither kustomize nor kubectl installed: render.py not compared with them" \
+        "(test_render.py compares it with recorded kustomize output)"
+fi
+if "$PY" -c 'import pytest' 2>/dev/null; then
+    if out=$("$PY" -m pytest -q -p no:cacheprovider k8s/tools/test_render.py 2>&1); then
+        echo "k8s/tools/test_render.py: $(tail -n1 <<<"$out")"
+    else
+        printf '%s\n' "$out" >&2
+        fail "k8s/tools/test_render.py failed"
+    fi
+else
+    echo "pytest not installed: k8s/tools/test_render.py skipped"
 fi
 
 echo
