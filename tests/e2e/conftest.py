@@ -1,4 +1,6 @@
-"""The whole service, in-process, on each storage backend against real servers."""
+"""The whole service, in-process, on each storage backend against real servers:
+local storage with the SQLite index, S3 (SeaweedFS) and GCS (fake-gcs-server) with the
+PostgreSQL index."""
 
 from __future__ import annotations
 
@@ -95,6 +97,10 @@ def base_settings(
         "log_format": "console",
         "clamd_verdict_timeout": 30.0,
     }
+    if backend != "local":
+        # Cloud backends run with the production index: a database of their own each.
+        postgres = request.getfixturevalue("postgres")
+        common["index_url"] = postgres.create_database(f"e2e_{uuid.uuid4().hex[:12]}")
     if backend == "s3":
         seaweed = request.getfixturevalue("seaweed")
         seaweed.create_bucket(unscanned)
