@@ -66,6 +66,11 @@ def _disposition_params(header: str) -> dict[str, str]:
     return params
 
 
+#: Types that describe an HTTP form, never a file: a raw body sent with one is almost
+#: always a client that forgot its Content-Type (curl --data-binary does this).
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
+
+
 def validate_media_type(value: str | None) -> str:
     """A bare ``type/subtype`` (parameters dropped), lower-cased; default octet-stream."""
     if not value:
@@ -73,6 +78,11 @@ def validate_media_type(value: str | None) -> str:
     media = value.split(";", 1)[0].strip().lower()
     if not _MEDIA_TYPE.match(media):
         raise errors.UnsupportedMediaType(f"{value[:100]!r} is not a media type")
+    if media in _FORM_TYPES:
+        raise errors.UnsupportedMediaType(
+            f"{media} is a form encoding, not a file type: send the file's own Content-Type "
+            "(or application/octet-stream), or multipart/form-data with one file part"
+        )
     return media
 
 

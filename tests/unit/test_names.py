@@ -65,6 +65,12 @@ def test_rendered_disposition_is_ascii_and_exact() -> None:
 def test_media_types() -> None:
     assert validate_media_type(None) == "application/octet-stream"
     assert validate_media_type("Application/PDF; charset=x") == "application/pdf"
-    for bad in ("pdf", "text/", "a b/c", "text/plain\r\nX-Evil: 1"):
+    for bad in (
+        "pdf",
+        "text/",
+        "a b/c",
+        "text/plain\r\nX-Evil: 1",
+        "application/x-www-form-urlencoded",
+    ):
         with pytest.raises(errors.UnsupportedMediaType):
             validate_media_type(bad)
