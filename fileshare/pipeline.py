@@ -56,18 +56,21 @@ class IngestResult:
 
 
 async def _regroup(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    """Gather small socket chunks into chunks of about ``size`` bytes."""
-    pending = bytearray()
+    """Gather small socket chunks into chunks of about ``size`` bytes (one copy each)."""
+    pending: list[bytes] = []
+    pending_size = 0
     async for chunk in chunks:
         if not pending and len(chunk) >= size:
             yield chunk
             continue
-        pending += chunk
-        if len(pending) >= size:
-            yield bytes(pending)
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= size:
+            yield b"".join(pending)
             pending.clear()
+            pending_size = 0
     if pending:
-        yield bytes(pending)
+        yield b"".join(pending)
 
 
 class _Hashers:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -484,7 +485,7 @@ class S3Writer:
         if self._state != "open":
             raise StorageError(f"{self._what}: the writer is {self._state}")
 
-    async def _send(self, part: bytes) -> None:
+    async def _send(self, part: io.BytesIO) -> None:
         """Start uploading ``part``, after waiting for room among the parts in flight."""
         if self._create is None:
             self._create = asyncio.create_task(self._create_upload())
@@ -516,7 +517,9 @@ class S3Writer:
             )
         return resp["UploadId"]
 
-    async def _upload_part(self, upload_id: str, number: int, data: bytes) -> CompletedPartTypeDef:
+    async def _upload_part(
+        self, upload_id: str, number: int, data: io.BytesIO
+    ) -> CompletedPartTypeDef:
         with _translate(f"{self._what} (part {number})"):
             resp = await self._s._client.upload_part(
                 Bucket=self._bucket,
@@ -686,22 +689,27 @@ class _PartBuffer:
             self._pieces.append(chunk)
             self.size += len(chunk)
 
-    def take(self, n: int) -> bytes:
-        """Remove and return the first ``n`` bytes (``n <= size``)."""
-        out: list[bytes | memoryview] = []
+    def take(self, n: int) -> io.BytesIO:
+        """Remove and return the first ``n`` bytes (``n <= size``) as a body for botocore.
+
+        A BytesIO we fill ourselves, not ``bytes``: botocore would wrap bytes in a BytesIO
+        sharing their buffer, and aiohttp's ``getbuffer()`` on that forces a private copy,
+        holding every part in flight twice."""
+        out = io.BytesIO()
         need = n
         while need:
             piece = self._pieces[0]
             if len(piece) <= need:
-                out.append(self._pieces.popleft())
+                out.write(self._pieces.popleft())
                 need -= len(piece)
             else:
                 view = memoryview(piece)
-                out.append(view[:need])
+                out.write(view[:need])
                 self._pieces[0] = view[need:]
                 need = 0
         self.size -= n
-        return b"".join(out)
+        out.seek(0)
+        return out
 
     def peek(self) -> bytes:
         return b"".join(self._pieces)
