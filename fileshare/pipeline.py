@@ -27,7 +27,14 @@ from fileshare import errors
 from fileshare.budget import MemoryBudget
 from fileshare.metrics import Metrics
 from fileshare.models import Content, permanent_key
-from fileshare.scan.base import ScanError, Scanner, ScanSession, ScanSizeExceeded, Verdict
+from fileshare.scan.base import (
+    ScanError,
+    Scanner,
+    ScannerBusy,
+    ScanSession,
+    ScanSizeExceeded,
+    Verdict,
+)
 from fileshare.storage.base import (
     ObjectExists,
     ObjectNotFound,
@@ -194,6 +201,8 @@ class _Upload:
             return IngestResult(content, duplicate=True)
         try:
             self.scan = await p.scanner.open()
+        except ScannerBusy:
+            raise errors.Overloaded("the virus scanner is saturated; retry later") from None
         except ScanError as exc:
             self.log.warning("scan.unavailable", error=str(exc))
             raise errors.ScannerUnavailable() from None

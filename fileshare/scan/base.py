@@ -15,6 +15,10 @@ class ScanSizeExceeded(ScanError):
     """The scanner refused the stream as too long (clamd's StreamMaxLength)."""
 
 
+class ScannerBusy(ScanError):
+    """Every scan slot stayed taken for too long: shed load rather than queue forever."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     clean: bool

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import structlog
 
 from fileshare.config import ClamdAddress
-from fileshare.scan.base import ScanError, ScanSizeExceeded, Verdict
+from fileshare.scan.base import ScanError, ScannerBusy, ScanSizeExceeded, Verdict
 
 log = structlog.get_logger(__name__)
 
@@ -136,7 +136,13 @@ class ClamdScanner:
         return await self._command(b"VERSION")
 
     async def open(self) -> ClamdSession:
-        await self._slots.acquire()
+        # A slot is held for at most one transfer plus one verdict; waiting longer than a
+        # verdict may take means the scanner is saturated.
+        try:
+            async with asyncio.timeout(self._verdict_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise ScannerBusy("every clamd scan slot is busy") from None
         try:
             sock = await self._connect()
             try:

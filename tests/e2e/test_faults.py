@@ -245,3 +245,25 @@ async def test_no_local_disk_writes_during_a_large_upload(env: Env) -> None:
     assert resp.status == 201
     # The SQLite index writes a few KiB; the 64 MiB body must not touch the disk.
     assert written() - before < 1 * MiB
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_saturated_scanner_sheds_load_with_503(make_env: MakeEnv) -> None:
+    env = await make_env(clamd_max_scans=1, clamd_verdict_timeout=0.5)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield os.urandom(1000)
+        started.set()
+        await release.wait()
+        yield os.urandom(1000)
+
+    first = asyncio.create_task(upload(env, slow()))
+    await started.wait()
+    second = await upload(env, os.urandom(1000))  # waits 0.5 s for the only scan slot
+    assert second.status == 503
+    assert (await second.json())["code"] == "overloaded"
+    release.set()
+    assert (await first).status == 201
+    await assert_still_serving(env)
