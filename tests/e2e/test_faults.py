@@ -203,9 +203,11 @@ async def test_storage_down_is_503_and_nothing_is_written(make_env: MakeEnv) -> 
     assert (await ready.json())["checks"]["storage"] != "ok"
 
 
-async def test_memory_budget_pushes_back_with_503(make_env: MakeEnv, base_settings: Any) -> None:
-    one = replace(base_settings).per_upload_memory
-    env = await make_env(memory_budget=one, budget_wait=0.2)
+async def assert_second_upload_is_overloaded(
+    env: Env, holding: Callable[[], Awaitable[bool]] | None = None
+) -> None:
+    """Hold one upload open mid-body, then show that a second one is refused with
+    503 ``overloaded`` while the first still completes."""
     release = asyncio.Event()
     started = asyncio.Event()
 
@@ -217,13 +219,21 @@ async def test_memory_budget_pushes_back_with_503(make_env: MakeEnv, base_settin
 
     first = asyncio.create_task(upload(env, slow()))
     await started.wait()
-    await eventually(lambda: _true_after_budget(env, one))
+    if holding is not None:
+        await eventually(holding)
     second = await upload(env, os.urandom(1000))
     assert second.status == 503
     assert (await second.json())["code"] == "overloaded"
+    assert second.headers["Retry-After"]
     release.set()
     assert (await first).status == 201
     await assert_still_serving(env)
+
+
+async def test_memory_budget_pushes_back_with_503(make_env: MakeEnv, base_settings: Any) -> None:
+    one = replace(base_settings).per_upload_memory
+    env = await make_env(memory_budget=one, budget_wait=0.2)
+    await assert_second_upload_is_overloaded(env, lambda: _true_after_budget(env, one))
 
 
 async def _true_after_budget(env: Env, amount: int) -> bool:
@@ -243,27 +253,13 @@ async def test_no_local_disk_writes_during_a_large_upload(env: Env) -> None:
     before = written()
     resp = await upload(env, data)
     assert resp.status == 201
-    # The SQLite index writes a few KiB; the 64 MiB body must not touch the disk.
+    # The S3 setup keeps its index in PostgreSQL (another process): nothing of the 64 MiB
+    # body, and nothing else of the upload, is written to this process's disk.
     assert written() - before < 1 * MiB
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_saturated_scanner_sheds_load_with_503(make_env: MakeEnv) -> None:
+    # One scan slot, held by the first upload; the second waits 0.5 s for it, then 503.
     env = await make_env(clamd_max_scans=1, clamd_verdict_timeout=0.5)
-    release = asyncio.Event()
-    started = asyncio.Event()
-
-    async def slow() -> AsyncIterator[bytes]:
-        yield os.urandom(1000)
-        started.set()
-        await release.wait()
-        yield os.urandom(1000)
-
-    first = asyncio.create_task(upload(env, slow()))
-    await started.wait()
-    second = await upload(env, os.urandom(1000))  # waits 0.5 s for the only scan slot
-    assert second.status == 503
-    assert (await second.json())["code"] == "overloaded"
-    release.set()
-    assert (await first).status == 201
-    await assert_still_serving(env)
+    await assert_second_upload_is_overloaded(env)
