@@ -5,7 +5,7 @@
 #
 #   bash scripts/run.sh                       # serve with a development API key
 #   FILESHARE_API_KEYS=... bash scripts/run.sh
-#   CLAMD_PORT=3311 CLAMD_MAX_STREAM=1073741824 bash scripts/run.sh
+#   FILESHARE_MAX_UPLOAD_SIZE=1GiB CLAMD_PORT=3311 bash scripts/run.sh   # clamd follows the limit
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,7 +13,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 
 CLAMD_PORT="${CLAMD_PORT:-3310}"
-CLAMD_MAX_STREAM="${CLAMD_MAX_STREAM:-536870912}" # 512 MiB
+export FILESHARE_API_KEYS="${FILESHARE_API_KEYS:-dev:dev-key-change-me-0123456789}"
+# clamd's StreamMaxLength follows fileshare's upload limit (FILESHARE_MAX_UPLOAD_SIZE, 512 MiB
+# by default): the limit must never exceed what clamd will scan.
+if [ -z "${CLAMD_MAX_STREAM:-}" ]; then
+    CLAMD_MAX_STREAM=$(.venv/bin/python -c \
+        'from fileshare.config import load_settings; print(load_settings().max_upload_size)')
+fi
 
 mkdir -p .servers
 .venv/bin/python -m tests.servers clamd --port "$CLAMD_PORT" --max-stream "$CLAMD_MAX_STREAM" \
@@ -54,7 +60,6 @@ echo "[run] clamd ready: $(cat .servers/clamd.json)" >&2
 export FILESHARE_STORAGE="${FILESHARE_STORAGE:-local}"
 export FILESHARE_DATA_DIR="${FILESHARE_DATA_DIR:-./data}"
 export FILESHARE_CLAMD="tcp://127.0.0.1:$CLAMD_PORT"
-export FILESHARE_API_KEYS="${FILESHARE_API_KEYS:-dev:dev-key-change-me-0123456789}"
 mkdir -p "$FILESHARE_DATA_DIR"
 
 # Run the service in the foreground; SIGINT/SIGTERM are passed on for a graceful drain.
