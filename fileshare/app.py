@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator
 
@@ -10,8 +11,8 @@ from aiohttp import web
 
 from fileshare.api import files, problems
 from fileshare.api.auth import ApiKeyAuthenticator
-from fileshare.api.keys import AUTHENTICATOR, IN_FLIGHT, METRICS, SERVICE, SETTINGS
-from fileshare.api.middleware import authenticate, request_context
+from fileshare.api.keys import AUTHENTICATOR, DRAINING, IN_FLIGHT, METRICS, SERVICE, SETTINGS
+from fileshare.api.middleware import authenticate, refuse_while_draining, request_context
 from fileshare.budget import MemoryBudget
 from fileshare.config import Settings
 from fileshare.health import InFlight, Readiness
@@ -31,6 +32,8 @@ BUDGET = web.AppKey("budget", MemoryBudget)
 READINESS = web.AppKey("readiness", Readiness)
 
 log = structlog.get_logger(__name__)
+#: How long shutdown waits for cancelled uploads to remove their staging data.
+CLEANUP_LIMIT = 10.0
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -52,7 +55,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, problems.problems_middleware, authenticate],
+        middlewares=[
+            request_context,
+            problems.problems_middleware,
+            refuse_while_draining,
+            authenticate,
+        ],
         # Uploads are streamed, never read whole; this bounds only what aiohttp itself
         # would buffer (request.read/post), which fileshare never calls.
         client_max_size=1024 * 1024,
@@ -62,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     app[BUDGET] = MemoryBudget(settings.memory_budget)
     app[METRICS] = Metrics()
     app[IN_FLIGHT] = InFlight()
+    app[DRAINING] = asyncio.Event()
     app[METRICS].track_budget(lambda: app[BUDGET].in_use, settings.memory_budget)
     app[SCANNER] = ClamdScanner(
         settings.clamd,
@@ -121,6 +130,9 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             "clamd": functools.partial(_check_clamd, app),
             "storage": app[STORAGE].ping,
             "index": app[INDEX].ping,
-        }
+        },
+        draining=app[DRAINING],
     )
     yield
+    # Runs before the storage and index contexts close (cleanup_ctx unwinds in reverse).
+    await pipeline.wait_for_cleanups(CLEANUP_LIMIT)

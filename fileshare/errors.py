@@ -77,6 +77,10 @@ class UnsupportedMediaType(FileshareError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 
 
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    code, title = "unsupported_content_encoding", "Unsupported content encoding"
+
+
 class RangeNotSatisfiable(FileshareError):
     status, code, title = 416, "range_not_satisfiable", "Range not satisfiable"
 

@@ -25,7 +25,8 @@ class Readiness:
     checks: Mapping[str, Check]
     timeout: float = 2.0
     failure_threshold: int = 3
-    draining: bool = False
+    #: Set on SIGTERM (shared with the middleware that refuses new requests).
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
     _failures: dict[str, int] = field(default_factory=dict)
     #: Checks that have answered at least once: before that, no benefit of the doubt.
     _seen_ok: set[str] = field(default_factory=set)
@@ -50,7 +51,7 @@ class Readiness:
     async def evaluate(self) -> tuple[bool, dict[str, str]]:
         results = await asyncio.gather(*(self._run(n, c) for n, c in self.checks.items()))
         report: dict[str, str] = {}
-        ready = not self.draining
+        ready = not self.draining.is_set()
         for name, error in results:
             if error is None:
                 report[name] = "ok"
@@ -59,7 +60,7 @@ class Readiness:
                 ready = False
             else:
                 report[name] = f"degraded: {error}"
-        if self.draining:
+        if self.draining.is_set():
             report["server"] = "draining"
         return ready, report
 

@@ -119,6 +119,7 @@ class Pipeline:
         self.per_upload_memory = per_upload_memory
         self.budget_wait = budget_wait
         self.metrics = metrics
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     async def ingest(
         self,
@@ -153,10 +154,20 @@ class Pipeline:
                 raise
             finally:
                 self.metrics.inflight.dec()
-                # Shielded: a cancelled request (shutdown, disconnect) must still clean up.
-                await asyncio.shield(upload.cleanup())
+                # Shielded, and tracked: a cancelled request (shutdown) must still clean
+                # up, and shutdown waits for that before it closes the storage client.
+                cleanup = asyncio.ensure_future(upload.cleanup())
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
+                await asyncio.shield(cleanup)
         self.metrics.uploads.labels("duplicate" if result.duplicate else "clean").inc()
         return result
+
+    async def wait_for_cleanups(self, limit: float) -> None:
+        """Let the cleanup of cancelled uploads finish (bounded) before the storage and
+        scanner clients they need are closed."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=limit)
 
     def _count_failure(self, exc: errors.FileshareError) -> None:
         m = self.metrics

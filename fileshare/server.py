@@ -14,8 +14,8 @@ import signal
 import structlog
 from aiohttp import web
 
-from fileshare.api.keys import IN_FLIGHT
-from fileshare.app import READINESS, create_app
+from fileshare.api.keys import DRAINING, IN_FLIGHT
+from fileshare.app import create_app
 from fileshare.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,7 +45,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        app[READINESS].draining = True
+        app[DRAINING].set()  # /readyz answers 503 and new requests are refused
         await site.stop()
         in_flight = app[IN_FLIGHT]
         log.info(

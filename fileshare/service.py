@@ -6,6 +6,7 @@ existence does not leak.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -20,13 +21,17 @@ from fileshare.pipeline import Pipeline
 from fileshare.storage.base import ObjectNotFound, Storage, StorageError
 
 log = structlog.get_logger(__name__)
+#: Record ids are uuid4 hex; anything else cannot name a record.
+_FILE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)
 class Uploaded:
     record: FileRecord
-    #: True when these bytes were already permanent before this upload.
-    duplicate: bool
+    #: False when the owner already had this record (a retried upload). Whether the
+    #: *content* was already held is not told: it may be another owner's, and saying so
+    #: would let anyone confirm what others stored.
+    created: bool
 
 
 class FileService:
@@ -56,7 +61,7 @@ class FileService:
             # A retry of the same upload (same owner, bytes, name, type) gets the same record.
             existing = await self.index.find_same(owner, content.sha256, name, content_type)
             if existing is not None:
-                return Uploaded(existing, duplicate=True)
+                return Uploaded(existing, created=False)
             record = FileRecord(
                 id=uuid.uuid4().hex,
                 owner=owner,
@@ -71,10 +76,12 @@ class FileService:
         except IndexError_ as exc:
             log.error("index.failed", error=str(exc))
             raise errors.ServiceUnavailable("the file index failed") from None
-        log.info("file.created", file_id=record.id, duplicate=result.duplicate)
-        return Uploaded(record, duplicate=result.duplicate)
+        log.info("file.created", file_id=record.id, content_was_present=result.duplicate)
+        return Uploaded(record, created=True)
 
     async def get(self, owner: str, file_id: str) -> FileRecord:
+        if not _FILE_ID.match(file_id):
+            raise errors.NotFound("no such file")  # not even worth asking the index
         try:
             record = await self.index.get(file_id)
         except IndexError_ as exc:

@@ -27,6 +27,17 @@ READ_CHUNK = 256 * 1024
 _TRANSPORT_ERRORS = (ClientError, HttpProcessingError, OSError, asyncio.IncompleteReadError)
 
 
+def refuse_content_encoding(request: web.Request) -> None:
+    """Compressed uploads are refused (RFC 7694: 415): aiohttp would inflate them on the
+    fly, which makes the declared length and any digest describe other bytes, and turns
+    a small request into an unbounded stream of work (a decompression bomb)."""
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise errors.UnsupportedContentEncoding(
+            f"Content-Encoding {coding[:40]!r} is not accepted: send the file as it is"
+        )
+
+
 @dataclass
 class IncomingFile:
     chunks: AsyncIterator[bytes]
@@ -67,6 +78,8 @@ async def _raw_chunks(request: web.Request) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.content.iter_any():
             yield chunk
+    except web.RequestPayloadError:
+        raise errors.BadRequest("the request body could not be read as sent") from None
     except _TRANSPORT_ERRORS:
         raise errors.ClientDisconnected("the request body ended early") from None
 
@@ -93,7 +106,7 @@ def _multipart_errors() -> Iterator[None]:
         yield
     except errors.FileshareError:
         raise
-    except (ValueError, AssertionError, RuntimeError, KeyError):
+    except (ValueError, AssertionError, RuntimeError, KeyError, web.RequestPayloadError):
         raise errors.MalformedMultipart("the multipart body is malformed") from None
     except _TRANSPORT_ERRORS:
         raise errors.ClientDisconnected("the request body ended early") from None

@@ -6,7 +6,7 @@ import structlog
 from aiohttp import hdrs, web
 
 from fileshare import errors
-from fileshare.api.body import multipart_file, raw_file
+from fileshare.api.body import multipart_file, raw_file, refuse_content_encoding
 from fileshare.api.context import PRINCIPAL
 from fileshare.api.keys import METRICS, SERVICE, SETTINGS
 from fileshare.api.names import content_disposition
@@ -51,6 +51,7 @@ async def upload(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > settings.max_upload_size:
         # Answer before reading a byte of an oversized body.
         raise errors.PayloadTooLarge(f"the limit is {settings.max_upload_size} bytes")
+    refuse_content_encoding(request)
     if request.content_type == "multipart/form-data":
         incoming = await multipart_file(request)
     else:
@@ -66,7 +67,7 @@ async def upload(request: web.Request) -> web.Response:
     record = uploaded.record
     return web.json_response(
         render(request, record),
-        status=200 if uploaded.duplicate else 201,
+        status=201 if uploaded.created else 200,
         headers={hdrs.LOCATION: file_url(request, record)},
     )
 

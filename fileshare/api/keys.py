@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from fileshare.api.auth import ApiKeyAuthenticator
@@ -15,3 +17,5 @@ SERVICE = web.AppKey("service", FileService)
 AUTHENTICATOR = web.AppKey("authenticator", ApiKeyAuthenticator)
 METRICS = web.AppKey("metrics", Metrics)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+#: Set on SIGTERM: the instance is draining.
+DRAINING = web.AppKey("draining", asyncio.Event)

@@ -10,8 +10,9 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from fileshare import errors
 from fileshare.api.context import PRINCIPAL, REQUEST_ID
-from fileshare.api.keys import AUTHENTICATOR, IN_FLIGHT
+from fileshare.api.keys import AUTHENTICATOR, DRAINING, IN_FLIGHT
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         in_flight.leave()
         if response is not None and not response.prepared:
             response.headers["X-Request-ID"] = request_id
+            if request.app[DRAINING].is_set():
+                response.force_close()  # no further requests on this connection
         if request.path not in PUBLIC_PATHS:
             log.info(
                 "request",
@@ -47,6 +50,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 status=response.status if response is not None else None,
                 seconds=round(time.perf_counter() - started, 4),
             )
+
+
+@web.middleware
+async def refuse_while_draining(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Listening has stopped, but kept-alive connections (an ingress's upstreams) can still
+    bring requests: answer them 503 and close, so the client retries on another pod."""
+    if request.app[DRAINING].is_set() and request.path not in PUBLIC_PATHS:
+        raise errors.ShuttingDown("this instance is shutting down; retry")
+    return await handler(request)
 
 
 @web.middleware

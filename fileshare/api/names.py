@@ -27,6 +27,10 @@ def validate_name(name: str) -> str:
         raise errors.InvalidFileName("the file name is empty")
     if _CONTROL.search(name):
         raise errors.InvalidFileName("the file name contains control characters")
+    # Format characters (bidi overrides, zero-width marks) make "invoice\u202efdp.exe"
+    # display as "invoiceexe.pdf".
+    if any(unicodedata.category(c) == "Cf" for c in name):
+        raise errors.InvalidFileName("the file name contains invisible formatting characters")
     if "/" in name or "\\" in name or name in (".", ".."):
         raise errors.InvalidFileName("the file name must not contain a path")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:

@@ -8,7 +8,8 @@ import re
 
 from fileshare import errors
 
-_SINGLE = re.compile(r"^bytes=(\d*)-(\d*)$")
+#: 18 digits cover any file size; longer numbers are not a range this server can serve.
+_SINGLE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

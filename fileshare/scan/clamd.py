@@ -151,6 +151,9 @@ class ClamdScanner:
             except (OSError, TimeoutError) as exc:
                 sock.close()
                 raise ScanError(f"clamd INSTREAM failed: {exc!r}") from None
+            except BaseException:
+                sock.close()
+                raise
         except BaseException:
             self._slots.release()
             raise
@@ -237,10 +240,13 @@ class ClamdSession:
             return
         self._closed = True
         self._reply.cancel()
-        # wait() never raises, so a cancellation of our own caller is not swallowed here.
-        await asyncio.wait([self._reply])
-        if not self._reply.cancelled():
-            self._reply.exception()  # retrieved: an early error was already reported
-        # Closing without the terminator makes clamd discard the stream unscanned.
-        self._sock.close()
-        self._release()
+        try:
+            # wait() never raises, so a cancellation of our own caller is not swallowed.
+            await asyncio.wait([self._reply])
+            if not self._reply.cancelled():
+                self._reply.exception()  # retrieved: an early error was already reported
+        finally:
+            # Even if cancelled again above: closing without the terminator makes clamd
+            # discard the stream unscanned, and the slot must come back.
+            self._sock.close()
+            self._release()

@@ -263,3 +263,41 @@ async def test_saturated_scanner_sheds_load_with_503(make_env: MakeEnv) -> None:
     # One scan slot, held by the first upload; the second waits 0.5 s for it, then 503.
     env = await make_env(clamd_max_scans=1, clamd_verdict_timeout=0.5)
     await assert_second_upload_is_overloaded(env)
+
+
+async def test_draining_refuses_new_requests_on_open_connections(env: Env) -> None:
+    from fileshare.api.keys import DRAINING
+
+    env.client.app[DRAINING].set()
+    resp = await upload(env, os.urandom(100))
+    assert resp.status == 503
+    assert (await resp.json())["code"] == "shutting_down"
+    assert resp.headers["Connection"].lower() == "close"
+    ready = await env.client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["checks"]["server"] == "draining"
+    await env.assert_nothing_left()
+
+
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+async def test_shutdown_during_the_scan_window_still_cleans_up(make_env: MakeEnv) -> None:
+    """The app closes (as on SIGTERM after the grace period) while an upload waits for a
+    verdict that never comes: once it has closed, the staging object and the promotion
+    copy are gone. (The race this guards, cleanup against the storage client closing,
+    is not forced here: the S3 calls are usually fast enough either way.)"""
+    async with fake_clamd(None) as silent:
+        env = await make_env(clamd=silent, clamd_verdict_timeout=60)
+        task = asyncio.create_task(upload(env, os.urandom(2 * PART + 1)))
+
+        async def staged() -> bool:
+            return bool(await env.unscanned_keys())
+
+        await eventually(staged)
+        await env.client.close()  # cancels the handler, then runs the app's cleanup
+        with contextlib.suppress(Exception):
+            await task
+    listing = env.s3.list_objects_v2(Bucket=env.settings.unscanned_bucket)
+    assert listing.get("KeyCount", 0) == 0
+    assert env.open_multipart_uploads() == []
+    permanent = env.s3.list_objects_v2(Bucket=env.settings.permanent_bucket)
+    assert permanent.get("KeyCount", 0) == 0

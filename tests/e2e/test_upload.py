@@ -117,7 +117,7 @@ async def test_reupload_is_deduplicated_without_a_second_promotion(env: Env) -> 
     assert again.status == 200
     assert (await again.json())["id"] == (await first.json())["id"]  # a retry, same record
     renamed = await upload(env, data, params={"name": "b.bin"})
-    assert renamed.status == 200
+    assert renamed.status == 201  # a new record of the same content
     assert (await renamed.json())["id"] != (await first.json())["id"]
     after = await env.storage.head(env.settings.permanent_bucket, key)
     assert after.version == before.version  # not rewritten
@@ -130,7 +130,8 @@ async def test_two_owners_share_one_blob_but_not_records(env: Env) -> None:
     data = os.urandom(1000)
     mine = await (await upload(env, data)).json()
     theirs = await env.client.post("/v1/files", data=data, headers=BOB)
-    assert theirs.status == 200
+    # 201 for bob too: answering 200 would tell him that someone already stored these bytes.
+    assert theirs.status == 201
     assert (await theirs.json())["id"] != mine["id"]
     assert len(await env.permanent_keys()) == 1
     assert (await env.client.get(f"/v1/files/{mine['id']}", headers=BOB)).status == 404
@@ -337,3 +338,24 @@ async def test_malformed_digest_is_400(env: Env, header: str) -> None:
     assert resp.status == 400
     assert (await resp.json())["code"] == "invalid_digest"
     await env.assert_nothing_left()
+
+
+async def test_more_bad_input_is_a_clear_4xx(env: Env) -> None:
+    import gzip
+
+    data = os.urandom(5000)
+    body = await (await upload(env, data)).json()
+    huge = await download(env, body["id"], {"Range": "bytes=" + "9" * 5000 + "-"})
+    assert huge.status == 200  # a range no file can have is ignored, as RFC 9110 allows
+    assert await huge.read() == data
+    packed = await upload(env, gzip.compress(b"x" * 1000), headers={"Content-Encoding": "gzip"})
+    assert packed.status == 415
+    assert (await packed.json())["code"] == "unsupported_content_encoding"
+    bidi = await upload(env, b"x", params={"name": "invoice\u202efdp.exe"})
+    assert bidi.status == 400
+    assert (await bidi.json())["code"] == "invalid_file_name"
+    for bad_id in ("a%00b", "%ED%A0%80", "../" + body["id"], body["id"].upper()):
+        resp = await env.client.get(f"/v1/files/{bad_id}", headers=ALICE)
+        assert resp.status == 404, bad_id
+        assert (await resp.json())["code"] == "not_found"
+    assert len(await env.permanent_keys()) == 1

@@ -44,7 +44,7 @@ async def test_slow_check_times_out_as_a_failure() -> None:
 
 async def test_draining_is_not_ready() -> None:
     readiness = Readiness({"clamd": Flaky(True)})
-    readiness.draining = True
+    readiness.draining.set()
     ready, report = await readiness.evaluate()
     assert ready is False
     assert report["server"] == "draining"
