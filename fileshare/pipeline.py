@@ -237,7 +237,7 @@ class _Upload:
             if buffered is None:
                 # Set first: a commit whose answer was lost may still have made the object.
                 self.staged = True
-                await _storage("stage", self.writer.commit())
+                staged = await _storage("stage", self.writer.commit())
                 self.copy = await _storage(
                     "copy",
                     p.storage.begin_copy(
@@ -248,6 +248,8 @@ class _Upload:
                         size=content.size,
                         content_type=self.content_type,
                         metadata=_metadata(content),
+                        # Only the bytes written (and scanned) may be promoted.
+                        src_version=staged.version,
                     ),
                 )
             verdict = await verdict_task

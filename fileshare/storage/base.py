@@ -116,10 +116,15 @@ class Storage(Protocol):
         size: int,
         content_type: str = "application/octet-stream",
         metadata: dict[str, str] | None = None,
+        src_version: str | None = None,
     ) -> PendingCopy:
         """Start a server-side copy whose result stays invisible until
         ``PendingCopy.commit``: the copy can run while a scan verdict is awaited, and be
-        thrown away if the verdict is not clean. Never downloads and re-uploads."""
+        thrown away if the verdict is not clean. Never downloads and re-uploads.
+
+        ``src_version`` (the ``ObjectInfo.version`` the staging write returned) pins the
+        source: if the object under ``src_key`` is no longer that version, the copy fails
+        with ``StorageError`` rather than promote bytes that were not the ones scanned."""
 
     async def delete(self, bucket: str, key: str) -> None:
         """Remove the object; a missing object is not an error."""

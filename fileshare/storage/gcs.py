@@ -610,11 +610,19 @@ class GcsStorage:
         size: int,
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: dict[str, str] | None = None,
+        src_version: str | None = None,
     ) -> GcsPendingCopy:
         # ``size`` is not needed: GCS sizes its rewrite rounds itself.
         self._session()
         return GcsPendingCopy(
-            self, src_bucket, src_key, dst_bucket, dst_key, content_type, dict(metadata or {})
+            self,
+            src_bucket,
+            src_key,
+            dst_bucket,
+            dst_key,
+            content_type,
+            dict(metadata or {}),
+            src_version,
         )
 
     async def _rewrite(
@@ -625,8 +633,10 @@ class GcsStorage:
         dst_key: str,
         content_type: str,
         metadata: dict[str, str],
+        src_version: str | None = None,
     ) -> ObjectInfo:
-        """objects.rewrite into a target that must not exist, until ``done``."""
+        """objects.rewrite into a target that must not exist, until ``done``; with
+        ``src_version``, only from that generation of the source."""
         what = f"GCS copy {src_bucket}/{src_key} -> {dst_bucket}/{dst_key}"
         if self._check_target_first:
             try:
@@ -643,6 +653,8 @@ class GcsStorage:
         body = json.dumps({"contentType": content_type, "metadata": metadata}).encode()
         headers = {"Content-Type": "application/json; charset=UTF-8"}
         params = {"ifGenerationMatch": "0"}
+        if src_version:
+            params["ifSourceGenerationMatch"] = src_version
         if self._rewrite_max:
             params["maxBytesRewrittenPerCall"] = str(self._rewrite_max)
         while True:
@@ -865,16 +877,31 @@ class GcsPendingCopy:
         dst_key: str,
         content_type: str,
         metadata: dict[str, str],
+        src_version: str | None = None,
     ) -> None:
         self._storage = storage
         self._args = (src_bucket, src_key, dst_bucket, dst_key, content_type, metadata)
+        self._src_version = src_version
         self._state = "pending"
 
     async def commit(self) -> ObjectInfo:
         if self._state != "pending":
             raise StorageError(f"GCS copy: already {self._state}")
         self._state = "committed"
-        return await self._storage._rewrite(*self._args)
+        try:
+            return await self._storage._rewrite(*self._args, self._src_version)
+        except ObjectExists:
+            if self._src_version is None:
+                raise
+            # Two preconditions share one 412: tell "target exists" from "source changed".
+            _src_bucket, _src_key, dst_bucket, dst_key = self._args[:4]
+            try:
+                await self._storage.head(dst_bucket, dst_key)
+            except ObjectNotFound:
+                raise StorageError(
+                    "GCS copy: the source is no longer the generation written"
+                ) from None
+            raise
 
     async def abort(self) -> None:
         if self._state == "pending":

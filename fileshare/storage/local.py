@@ -155,13 +155,20 @@ class LocalStorage:
         size: int,
         content_type: str = _DEFAULT_TYPE,
         metadata: dict[str, str] | None = None,
+        src_version: str | None = None,
     ) -> LocalPendingCopy:
         source = self._target(src_bucket, src_key)
         target = self._target(dst_bucket, dst_key)
         meta = _meta(content_type, metadata)
 
         def prepare() -> _Staged:
-            src_data = source.resolve() / _DATA
+            src_dir = source.resolve()
+            if src_version is not None and src_dir.name != src_version:
+                # An object's version is the name of its directory.
+                raise StorageError(
+                    f"copy {src_bucket}/{src_key}: the source is no longer the version written"
+                )
+            src_data = src_dir / _DATA
             staged = target.stage(empty=False)
             try:
                 try:

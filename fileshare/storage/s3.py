@@ -308,6 +308,7 @@ class S3Storage:
         size: int,
         content_type: str = _DEFAULT_TYPE,
         metadata: dict[str, str] | None = None,
+        src_version: str | None = None,
     ) -> S3PendingCopy:
         if size < 0:
             raise StorageError(f"invalid size {size}")
@@ -320,6 +321,7 @@ class S3Storage:
             size=size,
             content_type=content_type,
             metadata=metadata or {},
+            src_version=src_version,
         )
         if size >= MIN_PART_SIZE:
             await copy.start_parts()
@@ -549,8 +551,13 @@ class S3PendingCopy:
         size: int,
         content_type: str,
         metadata: dict[str, str],
+        src_version: str | None = None,
     ) -> None:
         self._s = storage
+        # CopySourceIfMatch: only the staged version that was scanned may be copied.
+        self._source_condition: dict[str, str] = (
+            {"CopySourceIfMatch": src_version} if src_version else {}
+        )
         self._src_bucket = src_bucket
         self._src_key = src_key
         self._bucket = dst_bucket
@@ -596,6 +603,7 @@ class S3PendingCopy:
                             ContentType=self._content_type,
                             Metadata=self._metadata,
                             IfNoneMatch="*",
+                            **self._source_condition,  # type: ignore[arg-type]
                         )
                     else:
                         resp = await client.copy_object(
@@ -605,6 +613,7 @@ class S3PendingCopy:
                             MetadataDirective="REPLACE",
                             ContentType=self._content_type,
                             Metadata=self._metadata,
+                            **self._source_condition,  # type: ignore[arg-type]
                         )
                 etag = _etag(resp["CopyObjectResult"].get("ETag", ""))
             else:
@@ -664,15 +673,22 @@ class S3PendingCopy:
     ) -> CompletedPartTypeDef:
         assert self._upload_id is not None
         async with limit:
-            with _translate(f"{self._what} (part {number})"):
-                resp = await self._s._client.upload_part_copy(
-                    Bucket=self._bucket,
-                    Key=self._key,
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    CopySource={"Bucket": self._src_bucket, "Key": self._src_key},
-                    CopySourceRange=f"bytes={first}-{last}",
-                )
+            try:
+                with _translate(f"{self._what} (part {number})"):
+                    resp = await self._s._client.upload_part_copy(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        UploadId=self._upload_id,
+                        PartNumber=number,
+                        CopySource={"Bucket": self._src_bucket, "Key": self._src_key},
+                        CopySourceRange=f"bytes={first}-{last}",
+                        **self._source_condition,  # type: ignore[arg-type]
+                    )
+            except ObjectExists:
+                # A part has no target to exist: its only precondition is the source's.
+                raise StorageError(
+                    f"{self._what}: the source is no longer the version written"
+                ) from None
         return {"PartNumber": number, "ETag": resp["CopyPartResult"].get("ETag", "")}
 
 

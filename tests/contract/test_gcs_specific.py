@@ -466,6 +466,29 @@ async def test_rewrite_412_is_object_exists(env: Env) -> None:
         await copy.commit()
 
 
+async def test_rewrite_is_pinned_to_the_source_generation(env: Env) -> None:
+    """Real GCS answers 412 when ifSourceGenerationMatch no longer holds (the emulator
+    ignores it): the pin is sent, and a 412 while the target is absent means the source
+    changed, a storage failure, never a dedup hit."""
+    sent: list[str | None] = []
+
+    async def source_changed(request: web.Request, body: bytes) -> web.Response | None:
+        if "/rewriteTo/" in request.raw_path:
+            sent.append(request.query.get("ifSourceGenerationMatch"))
+            return web.json_response({"error": {"code": 412}}, status=412)
+        return None
+
+    info = await env.storage.put(env.bucket, "src", b"abc")
+    env.rec.intercept = source_changed
+    copy = await env.storage.begin_copy(
+        env.bucket, "src", env.other, "dst", size=3, src_version=info.version
+    )
+    with pytest.raises(StorageError) as caught:
+        await copy.commit()
+    assert not isinstance(caught.value, ObjectExists)
+    assert sent == [info.version]
+
+
 async def test_rewrite_loops_on_the_rewrite_token(fake_gcs: FakeGcs, recorder: Recorder) -> None:
     """GCS copies big or cross-location objects in rounds; the emulator always finishes
     in one, so the proxy plays the first rounds and checks each request."""

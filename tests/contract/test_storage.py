@@ -58,8 +58,10 @@ async def _write_and_commit(s: Storage, bucket: str, key: str, data: bytes) -> O
         await writer.abort()
 
 
-async def _copy_and_commit(s: Storage, *args: str, size: int) -> ObjectInfo:
-    copy = await s.begin_copy(*args, size=size)
+async def _copy_and_commit(
+    s: Storage, *args: str, size: int, src_version: str | None = None
+) -> ObjectInfo:
+    copy = await s.begin_copy(*args, size=size, src_version=src_version)
     try:
         return await copy.commit()
     finally:
@@ -509,6 +511,38 @@ async def test_writer_then_copy_pipeline_path(storage: StorageCase) -> None:
         await _read_all(storage, storage.permanent, final, start=P - 1, end=P)
         == data[P - 1 : P + 1]
     )
+
+
+# fake-gcs-server ignores ifSourceGenerationMatch: GCS sends it (test_gcs_specific.py).
+@pytest.mark.parametrize("storage", ["local", "s3"], indirect=True)
+async def test_copy_is_pinned_to_the_version_written(storage: StorageCase) -> None:
+    """The pipeline's source pin: a staging object replaced after it was written (and
+    scanned) must not be promoted; the written version itself copies fine."""
+    s, staging, final = storage.storage, storage.key("staging"), storage.key("sha256")
+    size = 2 * P + 5
+    first = await s.put(storage.unscanned, staging, _data(size))
+    pinned = await s.begin_copy(
+        storage.unscanned, staging, storage.permanent, final, size=size, src_version=first.version
+    )
+    try:
+        assert (await pinned.commit()).size == size
+    finally:
+        await pinned.abort()
+    await s.delete(storage.permanent, final)
+    await s.put(storage.unscanned, staging, _data(size)[::-1])  # swapped after the scan
+    with pytest.raises(StorageError) as caught:
+        await _copy_and_commit(
+            s,
+            storage.unscanned,
+            staging,
+            storage.permanent,
+            final,
+            size=size,
+            src_version=first.version,
+        )
+    assert not isinstance(caught.value, ObjectExists | ObjectNotFound)
+    await _assert_absent(storage, storage.permanent, final)
+    assert await storage.leftovers(storage.permanent, final) == []
 
 
 # --- local backend specifics -----------------------------------------------------------
