@@ -558,6 +558,10 @@ class S3PendingCopy:
         self._source_condition: dict[str, str] = (
             {"CopySourceIfMatch": src_version} if src_version else {}
         )
+        # If-None-Match: a promotion never replaces an existing object.
+        self._target_condition: dict[str, str] = (
+            {"IfNoneMatch": "*"} if storage.conditional_writes else {}
+        )
         self._src_bucket = src_bucket
         self._src_key = src_key
         self._bucket = dst_bucket
@@ -594,27 +598,16 @@ class S3PendingCopy:
                 if not self._s.conditional_writes:
                     await self._s._raise_if_exists(self._bucket, self._key)
                 with _translate(self._what):
-                    if self._s.conditional_writes:
-                        resp = await client.copy_object(
-                            Bucket=self._bucket,
-                            Key=self._key,
-                            CopySource={"Bucket": self._src_bucket, "Key": self._src_key},
-                            MetadataDirective="REPLACE",
-                            ContentType=self._content_type,
-                            Metadata=self._metadata,
-                            IfNoneMatch="*",
-                            **self._source_condition,  # type: ignore[arg-type]
-                        )
-                    else:
-                        resp = await client.copy_object(
-                            Bucket=self._bucket,
-                            Key=self._key,
-                            CopySource={"Bucket": self._src_bucket, "Key": self._src_key},
-                            MetadataDirective="REPLACE",
-                            ContentType=self._content_type,
-                            Metadata=self._metadata,
-                            **self._source_condition,  # type: ignore[arg-type]
-                        )
+                    resp = await client.copy_object(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        CopySource={"Bucket": self._src_bucket, "Key": self._src_key},
+                        MetadataDirective="REPLACE",
+                        ContentType=self._content_type,
+                        Metadata=self._metadata,
+                        **self._target_condition,  # type: ignore[arg-type]
+                        **self._source_condition,  # type: ignore[arg-type]
+                    )
                 etag = _etag(resp["CopyObjectResult"].get("ETag", ""))
             else:
                 parts = [await task for task in self._tasks]
@@ -622,21 +615,13 @@ class S3PendingCopy:
                     # Racy fallback, see S3Storage.put.
                     await self._s._raise_if_exists(self._bucket, self._key)
                 with _translate(self._what):
-                    if self._s.conditional_writes:
-                        done = await client.complete_multipart_upload(
-                            Bucket=self._bucket,
-                            Key=self._key,
-                            UploadId=self._upload_id,
-                            MultipartUpload={"Parts": parts},
-                            IfNoneMatch="*",
-                        )
-                    else:
-                        done = await client.complete_multipart_upload(
-                            Bucket=self._bucket,
-                            Key=self._key,
-                            UploadId=self._upload_id,
-                            MultipartUpload={"Parts": parts},
-                        )
+                    done = await client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": parts},
+                        **self._target_condition,  # type: ignore[arg-type]
+                    )
                 etag = _etag(done["ETag"])
         except BaseException:
             # The upload cannot be completed any more (a 412 leaves it open): drop it.
