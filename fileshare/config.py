@@ -128,7 +128,8 @@ class Settings:
         if self.memory_budget < self.per_upload_memory:
             raise ConfigError(
                 f"FILESHARE_MEMORY_BUDGET ({self.memory_budget}) is below what one upload "
-                f"needs ({self.per_upload_memory} = part size x (parts in flight + 1) + 1 MiB)"
+                f"needs ({self.per_upload_memory} = part size x "
+                "(max(parts in flight, 2) + 1) + 1 MiB)"
             )
         if self.clamd_max_scans < 1:
             raise ConfigError("FILESHARE_CLAMD_MAX_SCANS must be at least 1")
@@ -157,9 +158,10 @@ class Settings:
 
     @property
     def per_upload_memory(self) -> int:
-        """What one upload may hold at once: the part being filled, the parts being sent,
-        and one socket chunk."""
-        return self.part_size * (self.parts_in_flight + 1) + MiB
+        """What one upload may hold at once: the part being filled and the parts being
+        sent, plus one socket chunk. At least three parts: a body that fits in one part
+        is held as its pieces, their join, and the HTTP client's copy while it is PUT."""
+        return self.part_size * (max(self.parts_in_flight, 2) + 1) + MiB
 
     @property
     def sqlite_path(self) -> Path:

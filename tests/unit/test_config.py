@@ -53,3 +53,10 @@ def test_config_file_is_read_and_env_wins(tmp_path: object) -> None:
     path.write_text("# comment\nFILESHARE_PORT=9000\nFILESHARE_HOST=0.0.0.0\n")
     settings = load_settings(BASE | {"FILESHARE_CONFIG": str(path), "FILESHARE_PORT": "9100"})
     assert (settings.host, settings.port) == ("0.0.0.0", 9100)  # noqa: S104
+
+
+def test_each_upload_reserves_at_least_three_parts() -> None:
+    one_in_flight = load_settings(BASE | {"FILESHARE_PARTS_IN_FLIGHT": "1"})
+    assert one_in_flight.per_upload_memory == 3 * one_in_flight.part_size + 1024 * 1024
+    four = load_settings(BASE | {"FILESHARE_PARTS_IN_FLIGHT": "4"})
+    assert four.per_upload_memory == 5 * four.part_size + 1024 * 1024
