@@ -31,7 +31,7 @@ import contextlib
 import io
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Literal
 
@@ -465,14 +465,8 @@ class S3Writer:
             return
         self._state = "aborted"
         self._buf.clear()
-        for task in self._in_flight:
-            task.cancel()
-        if self._in_flight:
-            await asyncio.wait(self._in_flight)
-            for task in self._in_flight:  # retrieve outcomes: no "never retrieved" noise
-                if not task.cancelled():
-                    task.exception()
-            self._in_flight.clear()
+        await _cancel_and_reap(self._in_flight)
+        self._in_flight.clear()
         if self._create is None:
             return
         # The creation was shielded from cancelled writes: wait for it to learn the id.
@@ -641,13 +635,7 @@ class S3PendingCopy:
         if self._state in ("committed", "aborted"):
             return
         self._state = "aborted"
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
-            for task in self._tasks:
-                if not task.cancelled():
-                    task.exception()
+        await _cancel_and_reap(self._tasks)
         self._tasks = []
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
@@ -718,6 +706,19 @@ class _PartBuffer:
     def clear(self) -> None:
         self._pieces.clear()
         self.size = 0
+
+
+async def _cancel_and_reap(tasks: Iterable[asyncio.Task[CompletedPartTypeDef]]) -> None:
+    """Cancel part uploads and wait for them; their outcomes are retrieved so that a
+    failed part does not also log "exception never retrieved"."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in pending:
+        if not task.cancelled():
+            task.exception()
 
 
 def _copy_ranges(size: int, part_size: int) -> Iterator[tuple[int, int]]:
