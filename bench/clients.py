@@ -358,6 +358,14 @@ class FileshareClient:
                 raise RuntimeError(f"fileshare upload: HTTP {resp.status} {body[:500]!r}")
             return resp.status, json.loads(body)
 
+    async def delete(self, file_id: str) -> None:
+        """DELETE /v1/files/{id}: the record, and its bytes once nothing uses them."""
+        async with self.http.delete(
+            f"{self.base_url}/v1/files/{file_id}", headers=self.headers
+        ) as resp:
+            if resp.status not in (204, 404):
+                raise RuntimeError(f"fileshare delete: HTTP {resp.status}")
+
     async def metrics(self) -> dict[str, float]:
         """Every sample of /metrics, keyed ``name{labels}``."""
         async with self.http.get(f"{self.base_url}/metrics") as resp:

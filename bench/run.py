@@ -48,7 +48,7 @@ from bench.clients import (
 )
 from bench.procs import REPO, CpuMeter, FileshareServer, hwm_bytes, reset_hwm, rss_bytes
 from fileshare.config import ClamdAddress
-from fileshare.models import permanent_key
+from fileshare.models import legacy_key
 from fileshare.scan.clamd import ClamdScanner
 from tests.servers import Clamd, FakeGcs, SeaweedS3, clamd_command
 
@@ -255,7 +255,7 @@ async def s3_seed(ctx: S3Context, size: int, record: bool) -> None:
     """(c): the original seed, one step after the other."""
     data = fresh(size)
     digest = hashlib.sha256(data).hexdigest()
-    staging, target = f"staging/{uuid.uuid4().hex}", permanent_key(digest)
+    staging, target = f"staging/{uuid.uuid4().hex}", legacy_key(digest)
     steps: dict[str, float] = {}
 
     async def seed() -> None:
@@ -290,7 +290,6 @@ async def fileshare_upload_and_again(
     section: str,
     size: int,
     record: bool,
-    delete: Callable[[str], Awaitable[None]],
 ) -> None:
     """(d) a fresh upload, (e) the same bytes again, (e2) again with Content-Digest."""
     data = fresh(size)
@@ -298,6 +297,7 @@ async def fileshare_upload_and_again(
     fs, pid = ctx.fileshare, ctx.fileshare_pid
     stage_sums = [stage_key("sum", s) for s in STAGES]
     scanned_key = stage_key("count", "verdict_wait")
+    ids: set[str] = set()
 
     async def one(scenario: str, expect: int, digest: bytes | None) -> None:
         before = await fs.metrics()
@@ -308,6 +308,7 @@ async def fileshare_upload_and_again(
         after = await fs.metrics()
         if status != expect or body.get("sha256") != sha.hexdigest():
             raise RuntimeError(f"({scenario}) HTTP {status}, sha256 {body.get('sha256')}")
+        ids.add(body["id"])
         stages = {
             k.split('"')[1] + "_s": v for k, v in metric_delta(before, after, stage_sums).items()
         }
@@ -329,7 +330,8 @@ async def fileshare_upload_and_again(
     await one("d", 201, None)
     await one("e", 200, None)
     await one("e2", 200, sha.digest())
-    await delete(permanent_key(sha.hexdigest()))
+    for file_id in ids:  # physically: the next run's bytes are fresh anyway
+        await fs.delete(file_id)
 
 
 async def s3_concurrency(ctx: S3Context) -> None:
@@ -360,9 +362,12 @@ async def s3_concurrency(ctx: S3Context) -> None:
     blobs = [fresh(size) for _ in range(n)]
     statuses: list[int] = []
 
+    ids: list[str] = []
+
     async def upload(i: int) -> None:
-        status, _ = await ctx.fileshare.upload(blobs[i])
+        status, body = await ctx.fileshare.upload(blobs[i])
         statuses.append(status)
+        ids.append(body["id"])
 
     rss_before = rss_bytes(ctx.fileshare_pid)
     hwm_reset = reset_hwm(ctx.fileshare_pid)
@@ -371,8 +376,7 @@ async def s3_concurrency(ctx: S3Context) -> None:
         out["fileshare"]["rss_growth"] = hwm_bytes(ctx.fileshare_pid) - rss_before
     if statuses.count(201) != n:
         raise RuntimeError(f"concurrent fileshare uploads answered {sorted(set(statuses))}")
-    digests = [permanent_key(hashlib.sha256(b).hexdigest()) for b in blobs]
-    await bounded(n, workers, lambda i: ctx.direct.delete(ctx.fs_permanent, digests[i]))
+    await bounded(n, workers, lambda i: ctx.fileshare.delete(ids[i]))
     ctx.results.concurrency = out
 
 
@@ -417,9 +421,6 @@ async def run_s3(
             timer=Timer(CpuMeter(pids)),
         )
 
-        async def fs_delete(key: str) -> None:
-            await ctx.direct.delete(ctx.fs_permanent, key)
-
         units: list[tuple[str, Callable[[int, bool], Awaitable[None]]]] = [
             ("a", lambda size, rec: s3_direct_multipart(ctx, size, rec)),
             ("a1", lambda size, rec: s3_direct_put(ctx, size, rec)),
@@ -429,7 +430,7 @@ async def run_s3(
             ("c", lambda size, rec: s3_seed(ctx, size, rec)),
             (
                 "d/e/e2",
-                lambda size, rec: fileshare_upload_and_again(ctx, "s3", size, rec, fs_delete),
+                lambda size, rec: fileshare_upload_and_again(ctx, "s3", size, rec),
             ),
         ]
         await _run_units("s3", plan.sizes, plan.runs, units, results)
@@ -538,9 +539,6 @@ async def run_gcs(
             timer=Timer(CpuMeter(pids)),
         )
 
-        async def fs_delete(key: str) -> None:
-            await ctx.direct.delete(ctx.fs_permanent, key)
-
         units: list[tuple[str, Callable[[int, bool], Awaitable[None]]]] = [
             ("g_simple", lambda size, rec: gcs_direct(ctx, size, rec, resumable=False)),
             ("g_resumable", lambda size, rec: gcs_direct(ctx, size, rec, resumable=True)),
@@ -548,7 +546,7 @@ async def run_gcs(
             ("g_both", lambda size, rec: gcs_both(ctx, size, rec)),
             (
                 "d/e/e2",
-                lambda size, rec: fileshare_upload_and_again(ctx, "gcs", size, rec, fs_delete),
+                lambda size, rec: fileshare_upload_and_again(ctx, "gcs", size, rec),
             ),
         ]
         await _run_units("gcs", plan.gcs_sizes, plan.gcs_runs, units, results)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from fileshare.api import files, problems
+from fileshare.api import files, problems, tags
 from fileshare.api.auth import ApiKeyAuthenticator
 from fileshare.api.keys import AUTHENTICATOR, DRAINING, IN_FLIGHT, METRICS, SERVICE, SETTINGS
 from fileshare.api.middleware import authenticate, refuse_while_draining, request_context
@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.add_routes(files.routes)
+    app.add_routes(tags.routes)
     return app
 
 
@@ -111,6 +112,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     pipeline = Pipeline(
         storage=app[STORAGE],
         scanner=app[SCANNER],
+        catalog=app[INDEX],
         budget=app[BUDGET],
         unscanned_bucket=settings.unscanned_bucket,
         permanent_bucket=settings.permanent_bucket,
@@ -119,7 +121,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         budget_wait=settings.budget_wait,
         metrics=app[METRICS],
     )
-    app[SERVICE] = FileService(
+    service = app[SERVICE] = FileService(
         pipeline=pipeline,
         index=app[INDEX],
         storage=app[STORAGE],
@@ -133,6 +135,22 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         },
         draining=app[DRAINING],
     )
+    sweeper = asyncio.create_task(_sweep_forever(service, settings.sweep_interval))
     yield
+    sweeper.cancel()
+    await asyncio.wait([sweeper])
     # Runs before the storage and index contexts close (cleanup_ctx unwinds in reverse).
     await pipeline.wait_for_cleanups(CLEANUP_LIMIT)
+
+
+async def _sweep_forever(service: FileService, interval: float) -> None:
+    """Remove objects whose deletion failed earlier (the store was down), at start-up
+    and then every ``interval`` seconds; a failing round is logged and retried later."""
+    while True:
+        try:
+            removed = await service.sweep()
+            if removed:
+                log.info("sweep.removed", objects=removed)
+        except Exception as exc:  # the store or index is down: next round
+            log.warning("sweep.failed", error=str(exc))
+        await asyncio.sleep(interval)

@@ -82,6 +82,8 @@ class Settings:
     part_size: int = 8 * MiB
     parts_in_flight: int = 2
     storage_timeout: float = 60.0
+    #: How often objects whose deletion failed are removed again (seconds).
+    sweep_interval: float = 300.0
     # scanner
     clamd: ClamdAddress = field(default_factory=lambda: ClamdAddress(host="127.0.0.1", port=3310))
     clamd_connect_timeout: float = 5.0
@@ -131,6 +133,8 @@ class Settings:
                 f"needs ({self.per_upload_memory} = part size x "
                 "(max(parts in flight, 2) + 1) + 1 MiB)"
             )
+        if not self.sweep_interval > 0:
+            raise ConfigError("FILESHARE_SWEEP_INTERVAL must be a positive number of seconds")
         if self.clamd_max_scans < 1:
             raise ConfigError("FILESHARE_CLAMD_MAX_SCANS must be at least 1")
         parts = urlsplit(self.public_base_url)
@@ -268,6 +272,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "CLAMD_VERDICT_TIMEOUT": "clamd_verdict_timeout",
         "BUDGET_WAIT": "budget_wait",
         "SHUTDOWN_GRACE": "shutdown_grace",
+        "SWEEP_INTERVAL": "sweep_interval",
     }
     for env_name, attr in floats.items():
         if v := get(env_name):

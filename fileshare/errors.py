@@ -52,6 +52,22 @@ class DigestMismatch(BadRequest):
     code, title = "digest_mismatch", "The body does not match its digest"
 
 
+class InvalidParameter(BadRequest):
+    code, title = "invalid_parameter", "Invalid query parameter"
+
+
+class InvalidFileId(BadRequest):
+    code, title = "invalid_file_id", "Invalid file id"
+
+
+class InvalidTag(BadRequest):
+    code, title = "invalid_tag", "Invalid tag"
+
+
+class InvalidJson(BadRequest):
+    code, title = "invalid_json", "The body is not the JSON this route takes"
+
+
 class Unauthenticated(FileshareError):
     status, code, title = 401, "unauthenticated", "Authentication required"
     headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="fileshare"'})
@@ -67,6 +83,16 @@ class NotFound(FileshareError):
 
 class Conflict(FileshareError):
     status, code, title = 409, "conflict", "Conflict"
+
+
+class ContentNotAvailable(Conflict):
+    """The record exists but its content is not clean and stored: never served."""
+
+    code, title = "content_not_available", "The file's content is not available"
+
+
+class PreconditionFailed(FileshareError):
+    status, code, title = 412, "precondition_failed", "Precondition failed"
 
 
 class PayloadTooLarge(FileshareError):
@@ -120,6 +146,14 @@ class StorageUnavailable(ServiceUnavailable):
         super().__init__(detail)
         #: Which storage call failed; for metrics and logs, never for the client.
         self.operation = operation
+
+
+class IndexUnavailable(ServiceUnavailable):
+    code, title = "index_unavailable", "The file index failed"
+
+
+class ContentChanged(ServiceUnavailable):
+    code, title = "content_changed", "The content changed during the upload; retry"
 
 
 class Overloaded(ServiceUnavailable):

@@ -2,13 +2,18 @@
 
     chunks -> size limit -> sha256 + sha1 -> staging writer (unscanned bucket)
                                         \\-> clamd INSTREAM (at the same time)
-    end -> permanent has sha256?  yes -> drop staging and scan, answer
+    end -> index knows it clean?  yes -> drop staging and scan, answer
                                   no  -> verdict (a server-side copy into an invisible
                                          target runs meanwhile) -> clean: make it visible
                                          otherwise: throw everything away
 
 Every failure path throws away what was staged: nothing unscanned is ever promoted, and
 nothing is left behind but what the unscanned bucket's lifecycle rule will expire.
+
+Whether bytes are already held is the index's answer (a content row, clean, with its
+object key), not the bucket's: a HEAD would say yes for an object a concurrent DELETE is
+about to remove. Every promotion writes a key of its own (``models.new_object_key``); the
+service then records it, and the index decides which object records use.
 """
 
 from __future__ import annotations
@@ -18,34 +23,21 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 
 from fileshare import errors
+from fileshare.boundary import domain_error, index_call, storage_call
 from fileshare.budget import MemoryBudget
 from fileshare.metrics import Metrics
-from fileshare.models import Content, permanent_key
-from fileshare.scan.base import (
-    ScanError,
-    Scanner,
-    ScannerBusy,
-    ScanSession,
-    ScanSizeExceeded,
-    Verdict,
-)
-from fileshare.storage.base import (
-    ObjectExists,
-    ObjectNotFound,
-    PendingCopy,
-    Storage,
-    StorageError,
-    Writer,
-)
+from fileshare.models import Content, ScanRecord, ScanState, new_object_key
+from fileshare.scan.base import ScanError, Scanner, ScannerBusy, ScanSession, ScanSizeExceeded
+from fileshare.storage.base import PendingCopy, Storage, StorageError, Writer
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 #: Chunks from the socket are small (tens of KiB); they are gathered to this size before
 #: fanning out so the per-chunk overhead (a task, a thread hop for hashing) stays small.
@@ -55,10 +47,21 @@ FANOUT_CHUNK = 1024 * 1024
 THREAD_HASH_MIN = 256 * 1024
 
 
+class ContentCatalog(Protocol):
+    """What the pipeline asks the index (``FileIndex`` is one)."""
+
+    async def find_clean(self, sha256: str) -> Content | None:
+        """The clean, stored content with that hash, or None."""
+
+    async def record_verdict(self, content: Content) -> None:
+        """Remember a verdict that is not clean."""
+
+
 @dataclass(frozen=True)
 class IngestResult:
+    #: Clean and stored: the index's content (a duplicate), or the object just promoted.
     content: Content
-    #: True when the content was already permanent (or appeared during this upload).
+    #: True when the index already held the content clean: nothing was promoted.
     duplicate: bool
 
 
@@ -102,6 +105,7 @@ class Pipeline:
         *,
         storage: Storage,
         scanner: Scanner,
+        catalog: ContentCatalog,
         budget: MemoryBudget,
         unscanned_bucket: str,
         permanent_bucket: str,
@@ -112,6 +116,7 @@ class Pipeline:
     ) -> None:
         self.storage = storage
         self.scanner = scanner
+        self.catalog = catalog
         self.budget = budget
         self.unscanned = unscanned_bucket
         self.permanent = permanent_bucket
@@ -203,13 +208,15 @@ class _Upload:
         expected_sha256: str | None,
     ) -> IngestResult:
         p = self.p
-        if expected_sha256 is not None and await self._exists(permanent_key(expected_sha256)):
-            # The client told us the digest and we already hold those bytes clean: only
-            # prove the body matches. Nothing is staged and clamd is not involved.
-            content = await self._receive(chunks, declared_size, ())
-            _check_digest(content, expected_sha256)
-            self.log.info("upload.duplicate", sha256=content.sha256, verified_only=True)
-            return IngestResult(content, duplicate=True)
+        if expected_sha256 is not None:
+            held = await index_call(p.catalog.find_clean(expected_sha256))
+            if held is not None:
+                # The client told us the digest and we already hold those bytes clean:
+                # only prove the body matches. Nothing is staged, clamd is not involved.
+                digest = await self._receive(chunks, declared_size, ())
+                _check_digest(digest, expected_sha256)
+                self.log.info("upload.duplicate", sha256=digest.sha256, verified_only=True)
+                return IngestResult(held, duplicate=True)
         try:
             self.scan = await p.scanner.open()
         except ScannerBusy:
@@ -217,77 +224,80 @@ class _Upload:
         except ScanError as exc:
             self.log.warning("scan.unavailable", error=str(exc))
             raise errors.ScannerUnavailable() from None
-        self.writer = await _storage(
+        self.writer = await storage_call(
             "open_writer",
             p.storage.open_writer(p.unscanned, self.staging_key, content_type=self.content_type),
         )
-        content = await self._receive(chunks, declared_size, (self.writer.write, self.scan.feed))
+        digest = await self._receive(chunks, declared_size, (self.writer.write, self.scan.feed))
         if expected_sha256 is not None:
-            _check_digest(content, expected_sha256)
-        self.log = self.log.bind(sha256=content.sha256, size=content.size)
-        key = permanent_key(content.sha256)
-        if await self._exists(key):
-            # Already clean and permanent: clamd discards an unterminated stream unscanned.
+            _check_digest(digest, expected_sha256)
+        self.log = self.log.bind(sha256=digest.sha256, size=digest.size)
+        held = await index_call(p.catalog.find_clean(digest.sha256))
+        if held is not None:
+            # Already clean and stored: clamd discards an unterminated stream unscanned.
             self.log.info("upload.duplicate")
-            return IngestResult(content, duplicate=True)
+            return IngestResult(held, duplicate=True)
 
+        key = new_object_key(digest.sha256)
         verdict_task = asyncio.create_task(self._verdict())
         try:
             buffered = self.writer.buffered()
             if buffered is None:
                 # Set first: a commit whose answer was lost may still have made the object.
                 self.staged = True
-                staged = await _storage("stage", self.writer.commit())
-                self.copy = await _storage(
+                staged = await storage_call("stage", self.writer.commit())
+                self.copy = await storage_call(
                     "copy",
                     p.storage.begin_copy(
                         p.unscanned,
                         self.staging_key,
                         p.permanent,
                         key,
-                        size=content.size,
+                        size=digest.size,
                         content_type=self.content_type,
-                        metadata=_metadata(content),
+                        metadata=_metadata(digest),
                         # Only the bytes written (and scanned) may be promoted.
                         src_version=staged.version,
                     ),
                 )
-            verdict = await verdict_task
+            scan = await verdict_task
         finally:
             if not verdict_task.done():
                 verdict_task.cancel()
                 await asyncio.wait([verdict_task])
-        if not verdict.clean:
-            self.log.warning("scan.infected", signature=verdict.signature)
-            raise errors.Infected(verdict.signature or "unknown")
+        if scan.state is not ScanState.CLEAN:
+            self.log.warning("scan.infected", signature=scan.signature)
+            await self._remember(replace(digest, scan=scan))
+            raise errors.Infected(scan.signature or "unknown")
         self.log.info("scan.clean")
 
         promote_started = time.perf_counter()
-        try:
-            if buffered is not None:
-                await _storage(
-                    "put",
-                    p.storage.put(
-                        p.permanent,
-                        key,
-                        buffered,
-                        content_type=self.content_type,
-                        metadata=_metadata(content),
-                        if_absent=True,
-                    ),
-                    ObjectExists,
-                )
-            else:
-                assert self.copy is not None
-                await _storage("promote", self.copy.commit(), ObjectExists)
-                self.copy = None
-        except ObjectExists:
-            # Another upload of the same bytes promoted first: same content, same answer.
-            self.log.info("upload.duplicate", raced=True)
-            return IngestResult(content, duplicate=True)
+        if buffered is not None:
+            await storage_call(
+                "put",
+                p.storage.put(
+                    p.permanent,
+                    key,
+                    buffered,
+                    content_type=self.content_type,
+                    metadata=_metadata(digest),
+                    if_absent=True,
+                ),
+            )
+        else:
+            assert self.copy is not None
+            await storage_call("promote", self.copy.commit())
+            self.copy = None
         p.metrics.observe_stage("promote", time.perf_counter() - promote_started)
-        self.log.info("file.promoted")
-        return IngestResult(content, duplicate=False)
+        self.log.info("file.promoted", key=key)
+        return IngestResult(replace(digest, key=key, scan=scan), duplicate=False)
+
+    async def _remember(self, content: Content) -> None:
+        """Record a verdict that is not clean; the upload is refused whatever happens."""
+        try:
+            await self.p.catalog.record_verdict(content)
+        except Exception as exc:  # the answer stays the verdict, not an index error
+            self.log.error("index.verdict_not_recorded", error=str(exc))
 
     async def _receive(
         self,
@@ -311,11 +321,17 @@ class _Upload:
         p.metrics.observe_stage("transfer", time.perf_counter() - started)
         return Content(sha256=hashers.sha256.hexdigest(), sha1=hashers.sha1.digest(), size=size)
 
-    async def _verdict(self) -> Verdict:
+    async def _verdict(self) -> ScanRecord:
         assert self.scan is not None
         started = time.perf_counter()
         try:
-            return await self.scan.verdict()
+            verdict = await self.scan.verdict()
+            return ScanRecord(
+                state=ScanState.CLEAN if verdict.clean else ScanState.INFECTED,
+                signature=verdict.signature,
+                scanner=await self.p.scanner.provenance(),
+                scanned_at=datetime.now(UTC),
+            )
         except ScanSizeExceeded:
             self.log.warning("scan.size_exceeded")
             raise errors.PayloadTooLarge("the virus scanner refused a stream this large") from None
@@ -324,13 +340,6 @@ class _Upload:
             raise errors.ScannerUnavailable() from None
         finally:
             self.p.metrics.observe_stage("verdict_wait", time.perf_counter() - started)
-
-    async def _exists(self, key: str) -> bool:
-        try:
-            await _storage("head", self.p.storage.head(self.p.permanent, key), ObjectNotFound)
-        except ObjectNotFound:
-            return False
-        return True
 
     async def cleanup(self) -> None:
         """Throw away everything this upload left; never raises."""
@@ -370,35 +379,7 @@ async def _fan_out(*steps: Awaitable[None]) -> None:
         await asyncio.wait(pending)
     for t in tasks:
         if not t.cancelled() and (exc := t.exception()) is not None:
-            _raise_domain(exc)
-
-
-def _raise_domain(exc: BaseException) -> None:
-    if isinstance(exc, ScanSizeExceeded):
-        raise errors.PayloadTooLarge("the virus scanner refused a stream this large") from None
-    if isinstance(exc, ScanError):
-        log.warning("scan.failed", error=str(exc))
-        raise errors.ScannerUnavailable() from None
-    if isinstance(exc, StorageError):
-        log.warning("storage.failed", operation="write", error=str(exc))
-        raise errors.StorageUnavailable(operation="write") from None
-    raise exc
-
-
-async def _storage(
-    operation: str,
-    awaitable: Awaitable[T],
-    expected: type[StorageError] | None = None,
-) -> T:
-    """Await a storage call; ``expected`` (a meaningful answer such as "not found" for a
-    HEAD) passes through, any other backend failure becomes a 503."""
-    try:
-        return await awaitable
-    except StorageError as exc:
-        if expected is not None and isinstance(exc, expected):
-            raise
-        log.warning("storage.failed", operation=operation, error=str(exc))
-        raise errors.StorageUnavailable(operation=operation) from None
+            raise domain_error(exc) from None
 
 
 def _metadata(content: Content) -> dict[str, str]:

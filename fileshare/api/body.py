@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from fileshare.api.names import name_from_content_disposition, validate_media_ty
 #: Non-file form fields are skipped, but only if small: a form is not a place to smuggle data.
 MAX_FIELD_BYTES = 64 * 1024
 READ_CHUNK = 256 * 1024
+#: The largest JSON body a route takes (PATCH, POST /v1/tags).
+MAX_JSON_BODY = 64 * 1024
 _TRANSPORT_ERRORS = (ClientError, HttpProcessingError, OSError, asyncio.IncompleteReadError)
 
 
@@ -153,3 +156,28 @@ async def _part_chunks(reader: MultipartReader, part: BodyPartReader) -> AsyncIt
                 raise errors.MalformedMultipart("send exactly one file part")
             if isinstance(extra, BodyPartReader):
                 await _skip_field(extra)
+
+
+async def read_json(request: web.Request, *, media_types: tuple[str, ...]) -> object:
+    """A small JSON body, read in bounded chunks (never more than ``MAX_JSON_BODY``)."""
+    refuse_content_encoding(request)
+    if request.content_type not in media_types:
+        raise errors.UnsupportedMediaType(f"send the body as {' or '.join(media_types)}")
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise errors.PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BODY} bytes")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await request.content.read(16 * 1024):
+            size += len(chunk)
+            if size > MAX_JSON_BODY:
+                raise errors.PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BODY} bytes")
+            parts.append(chunk)
+    except web.RequestPayloadError:
+        raise errors.BadRequest("the request body could not be read as sent") from None
+    except _TRANSPORT_ERRORS:
+        raise errors.ClientDisconnected("the request body ended early") from None
+    try:
+        return json.loads(b"".join(parts).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise errors.InvalidJson("the body is not valid UTF-8 JSON") from None

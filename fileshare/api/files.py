@@ -1,20 +1,38 @@
-"""``/v1/files``: upload, download, metadata. Thin: parse, authorize, call, render."""
+"""``/v1/files`` and ``/v1/search/files``: upload (POST, PUT), download, metadata, list,
+search, patch, tag, delete. Thin: parse, authorize, call, render."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import EllipsisType
 
 import structlog
 from aiohttp import hdrs, web
 
 from fileshare import errors
-from fileshare.api.body import multipart_file, raw_file, refuse_content_encoding
+from fileshare.api import params
+from fileshare.api.body import multipart_file, raw_file, read_json, refuse_content_encoding
 from fileshare.api.context import PRINCIPAL
 from fileshare.api.keys import METRICS, SERVICE, SETTINGS
-from fileshare.api.names import content_disposition
+from fileshare.api.names import content_disposition, validate_name
 from fileshare.api.ranges import parse_range
+from fileshare.index.base import FilePatch, Page
 from fileshare.models import FileRecord
+from fileshare.service import Target, Uploaded
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
+
+MERGE_PATCH = ("application/merge-patch+json", "application/json")
+#: What a PATCH may hold: a record's metadata is small, its tags few.
+METADATA_LIMIT = 16 * 1024
+MAX_TAGS_PER_FILE = 50
+_PATCHABLE = frozenset({"name", "metadata", "tags"})
+
+
+def timestamp(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def file_url(request: web.Request, record: FileRecord) -> str:
@@ -22,60 +40,210 @@ def file_url(request: web.Request, record: FileRecord) -> str:
 
 
 def render(request: web.Request, record: FileRecord) -> dict[str, object]:
+    """One shape for a file everywhere: POST, PUT, PATCH, metadata, list, search."""
+    content = record.content
     url = file_url(request, record)
-    created = record.created.isoformat().replace("+00:00", "Z")
+    created = timestamp(record.created)
     attachment: dict[str, object] = {
         "contentType": record.content_type,
-        "url": url,
-        "size": record.size,
-        "hash": record.sha1_b64,
+        "size": content.size,
+        "hash": content.sha1_b64,
         "creation": created,
     }
     if record.name:
         attachment["title"] = record.name
-    return {
+    body: dict[str, object] = {
         "id": record.id,
         "name": record.name,
         "contentType": record.content_type,
-        "size": record.size,
-        "sha256": record.sha256,
+        "size": content.size,
+        "sha256": content.sha256,
         "created": created,
-        "url": url,
-        "attachment": attachment,
+        "updated": timestamp(record.updated),
+        "state": content.state.value,
+        "present": content.present,
+        "tags": list(record.tags),
+        "metadata": dict(record.metadata),
     }
+    if content.scan.signature:
+        body["signature"] = content.scan.signature
+    if content.present:
+        # Seed 002: a file has a url only once its content is really there.
+        body["url"] = url
+        attachment["url"] = url
+    body["attachment"] = attachment
+    return body
 
 
-@routes.post("/v1/files")
-async def upload(request: web.Request) -> web.Response:
+def render_page(request: web.Request, page: Page) -> dict[str, object]:
+    body: dict[str, object] = {"items": [render(request, r) for r in page.items]}
+    if page.next is not None:
+        body["nextOffsetKey"] = params.encode_cursor(page.next)
+    return body
+
+
+def _answer(request: web.Request, uploaded: Uploaded) -> web.Response:
+    record = uploaded.record
+    return web.json_response(
+        render(request, record),
+        status=201 if uploaded.created else 200,
+        headers={hdrs.LOCATION: file_url(request, record), hdrs.ETAG: record.etag},
+    )
+
+
+async def _upload(request: web.Request, target: Target | None) -> Uploaded:
     settings = request.app[SETTINGS]
     if request.content_length is not None and request.content_length > settings.max_upload_size:
         # Answer before reading a byte of an oversized body.
         raise errors.PayloadTooLarge(f"the limit is {settings.max_upload_size} bytes")
     refuse_content_encoding(request)
+    if target is not None:
+        await request.app[SERVICE].check_target(request[PRINCIPAL], target)
     if request.content_type == "multipart/form-data":
         incoming = await multipart_file(request)
     else:
         incoming = raw_file(request)
-    uploaded = await request.app[SERVICE].upload(
+    return await request.app[SERVICE].upload(
         request[PRINCIPAL],
         incoming.chunks,
         name=incoming.name,
         content_type=incoming.content_type,
         declared_size=incoming.declared_size,
         sha256=incoming.sha256,
+        target=target,
     )
-    record = uploaded.record
-    return web.json_response(
-        render(request, record),
-        status=201 if uploaded.created else 200,
-        headers={hdrs.LOCATION: file_url(request, record)},
+
+
+@routes.post("/v1/files")
+async def upload(request: web.Request) -> web.Response:
+    return _answer(request, await _upload(request, None))
+
+
+def _etags(header: str) -> tuple[str, ...]:
+    """An ``If-Match`` list as sha256 values (our strong ETags), ``*`` kept. A weak or
+    foreign ETag is kept as written: it matches nothing, as RFC 9110 wants for If-Match."""
+    found = []
+    for item in header.split(","):
+        item = item.strip()
+        if item == "*" or (len(item) == 66 and item[0] == item[-1] == '"'):
+            found.append(item.strip('"'))
+        elif item:
+            found.append(item)
+    return tuple(found)
+
+
+@routes.put("/v1/files/{file_id}")
+async def put_file(request: web.Request) -> web.Response:
+    """Create or replace the file under the client's id (seed 000)."""
+    file_id = params.file_id(request.match_info["file_id"], creating=True)
+    if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise errors.BadRequest("If-None-Match on PUT takes only * (create, never replace)")
+    if_match = request.headers.get(hdrs.IF_MATCH)
+    target = Target(
+        file_id=file_id,
+        if_match=_etags(if_match) if if_match else (),
+        if_none_match=if_none_match is not None,
     )
+    return _answer(request, await _upload(request, target))
+
+
+@routes.get("/v1/files")
+async def list_files(request: web.Request) -> web.Response:
+    query = params.file_query(request.query, search=False)
+    page = await request.app[SERVICE].list_files(request[PRINCIPAL], query)
+    return web.json_response(render_page(request, page))
+
+
+@routes.get("/v1/search/files")
+async def search_files(request: web.Request) -> web.Response:
+    query = params.file_query(request.query, search=True)
+    page = await request.app[SERVICE].list_files(request[PRINCIPAL], query)
+    return web.json_response(render_page(request, page))
+
+
+async def _record(request: web.Request) -> FileRecord:
+    file_id = params.file_id(request.match_info["file_id"])
+    return await request.app[SERVICE].get(request[PRINCIPAL], file_id)
 
 
 @routes.get("/v1/files/{file_id}/metadata")
 async def metadata(request: web.Request) -> web.Response:
-    record = await request.app[SERVICE].get(request[PRINCIPAL], request.match_info["file_id"])
+    record = await _record(request)
     return web.json_response(render(request, record), headers={hdrs.ETAG: record.etag})
+
+
+def _patch(body: object) -> FilePatch:
+    patch = params.json_object(body, "a merge patch")
+    unknown = sorted(set(patch) - _PATCHABLE)
+    if unknown:
+        raise errors.ValidationFailed(
+            f"{unknown[0][:40]!r} cannot be patched; name, metadata and tags can"
+        )
+    name: str | EllipsisType | None = ...
+    if "name" in patch:
+        value = patch["name"]
+        if value is not None and not isinstance(value, str):
+            raise errors.ValidationFailed("name must be a string or null")
+        name = None if value is None else validate_name(value)
+    meta: Mapping[str, object] | EllipsisType | None = ...
+    if "metadata" in patch:
+        value = patch["metadata"]
+        if value is not None and not isinstance(value, dict):
+            raise errors.ValidationFailed("metadata must be a JSON object or null")
+        meta = value  # null removes the member: the metadata becomes empty
+    tags: tuple[str, ...] | EllipsisType = ...
+    if "tags" in patch:
+        value = patch["tags"]
+        if value is None:
+            value = []
+        if not isinstance(value, list) or len(value) > MAX_TAGS_PER_FILE:
+            raise errors.ValidationFailed(
+                f"tags must be a list of at most {MAX_TAGS_PER_FILE} tags or null"
+            )
+        try:
+            tags = tuple(params.tag(t) for t in value)
+        except errors.InvalidTag as exc:
+            raise errors.ValidationFailed(exc.detail) from None
+    return FilePatch(name=name, metadata=meta, tags=tags, metadata_limit=METADATA_LIMIT)
+
+
+@routes.patch("/v1/files/{file_id}")
+async def patch_file(request: web.Request) -> web.Response:
+    """RFC 7396 merge patch of name, metadata and tags."""
+    file_id = params.file_id(request.match_info["file_id"])
+    service = request.app[SERVICE]
+    # Existence first: a patch of someone else's (or no) file is 404 whatever its body.
+    await service.get(request[PRINCIPAL], file_id)
+    patch = _patch(await read_json(request, media_types=MERGE_PATCH))
+    record = await service.patch(request[PRINCIPAL], file_id, patch)
+    return web.json_response(render(request, record), headers={hdrs.ETAG: record.etag})
+
+
+@routes.delete("/v1/files/{file_id}")
+async def delete_file(request: web.Request) -> web.Response:
+    file_id = params.file_id(request.match_info["file_id"])
+    await request.app[SERVICE].delete(request[PRINCIPAL], file_id)
+    return web.Response(status=204)
+
+
+async def _tagging(request: web.Request, *, add: bool) -> web.Response:
+    file_id = params.file_id(request.match_info["file_id"])
+    service = request.app[SERVICE]
+    await service.get(request[PRINCIPAL], file_id)
+    tag = params.tag(request.match_info["tag"])
+    record = await service.tag_file(request[PRINCIPAL], file_id, tag, add=add)
+    return web.json_response(render(request, record))
+
+
+@routes.put("/v1/files/{file_id}/tags/{tag}")
+async def tag_file(request: web.Request) -> web.Response:
+    return await _tagging(request, add=True)
+
+
+@routes.delete("/v1/files/{file_id}/tags/{tag}")
+async def untag_file(request: web.Request) -> web.Response:
+    return await _tagging(request, add=False)
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -86,7 +254,10 @@ def _etag_matches(header: str, etag: str) -> bool:
 @routes.route("GET", "/v1/files/{file_id}")
 async def download(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    record = await service.get(request[PRINCIPAL], request.match_info["file_id"])
+    record = await _record(request)
+    if not record.content.present:
+        raise errors.ContentNotAvailable(f"the file's content is {record.content.state.value}")
+    size = record.content.size
     headers = {
         hdrs.ETAG: record.etag,
         hdrs.ACCEPT_RANGES: "bytes",
@@ -101,15 +272,15 @@ async def download(request: web.Request) -> web.StreamResponse:
     byte_range = None
     if_range = request.headers.get(hdrs.IF_RANGE)
     if if_range is None or if_range.strip() == record.etag:
-        byte_range = parse_range(request.headers.get(hdrs.RANGE), record.size)
-    status, start, end = 200, 0, record.size - 1
+        byte_range = parse_range(request.headers.get(hdrs.RANGE), size)
+    status, start, end = 200, 0, size - 1
     if byte_range is not None:
         status, (start, end) = 206, byte_range
-        headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{end}/{record.size}"
+        headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{end}/{size}"
     response = web.StreamResponse(status=status, headers=headers)
     response.content_type = record.content_type
-    response.content_length = end - start + 1 if record.size else 0
-    if request.method == hdrs.METH_HEAD or record.size == 0:
+    response.content_length = end - start + 1 if size else 0
+    if request.method == hdrs.METH_HEAD or size == 0:
         await response.prepare(request)
         await response.write_eof()
         return response

@@ -1,30 +1,198 @@
-"""The file index: records (owner, name, type, content) by opaque id."""
+"""The file index contract: records per owner, the contents they share, tags.
+
+The index is the source of truth. A content row says whether clean bytes exist and under
+which key; a file row points at a content. Every method is one transaction; none leaves a
+file pointing at content that is not (or will not stay) in the permanent bucket.
+
+Errors: ``IndexUnavailable`` for any failure of the database (fail closed); the other
+exceptions below are answers, not failures.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import EllipsisType
 from typing import Protocol
 
-from fileshare.models import FileRecord
+from fileshare.models import Content, FileRecord
 
 
 class IndexError_(Exception):
+    """Base of everything the index raises."""
+
+
+class IndexUnavailable(IndexError_):
     """The index could not be reached or answered an error. Fail closed."""
 
 
+class PreconditionFailed(IndexError_):
+    """``If-Match`` / ``If-None-Match`` did not hold for the current record."""
+
+
+class ContentGone(IndexError_):
+    """The clean content an upload was deduplicated onto was deleted meanwhile; the upload
+    holds no bytes of its own to promote and must be retried."""
+
+
+class TooLarge(IndexError_):
+    """A patch would make the record's metadata larger than its limit."""
+
+
+class Conflict(IndexError_):
+    """A concurrent change made this one impossible (a record created at the same moment
+    under the same id); retrying decides."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the (created, id) order every listing uses."""
+
+    created: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class FileQuery:
+    """A page of one owner's files. Every filter narrows; none is required."""
+
+    page_size: int = 50
+    after: Cursor | None = None
+    name: str | None = None
+    #: ``type/subtype``, or ``type/*`` for every subtype.
+    content_type: str | None = None
+    #: ``created >= created_from`` (inclusive) and ``created < created_to`` (exclusive).
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    #: Every one of these tags, exactly (case-sensitive).
+    tags: tuple[str, ...] = ()
+    #: A tag matching this pattern: ``%`` is any run of characters, everything else is
+    #: literal (``_`` included); compared case-insensitively.
+    tag_like: str | None = None
+    #: Only files whose content is clean and stored (True), or only those that are not.
+    present: bool | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[FileRecord]
+    #: Where the next page starts; None on the last page.
+    next: Cursor | None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an upload's record goes, and under which conditions."""
+
+    #: The client's id (PUT: create or replace); None lets the index reuse the owner's
+    #: record of the same bytes, name and type (a retried POST) or take ``new_id``.
+    file_id: str | None = None
+    new_id: str = ""
+    #: PUT only: the sha256 the current record must have (``If-Match``).
+    if_match: tuple[str, ...] = ()
+    #: PUT only: the record must not exist yet (``If-None-Match: *``).
+    if_none_match: bool = False
+
+
+@dataclass(frozen=True)
+class Committed:
+    record: FileRecord
+    #: False when the record existed: a retried POST, or a replacing PUT.
+    created: bool
+    #: Permanent objects nothing references any more: delete them, then ``forget``.
+    doomed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Removed:
+    doomed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FilePatch:
+    """RFC 7396 merge patch of a record: absent fields (``...``) are left alone."""
+
+    name: str | EllipsisType | None = ...
+    #: Merged into the metadata (keys set to None are removed); None empties it.
+    metadata: Mapping[str, object] | EllipsisType | None = ...
+    tags: tuple[str, ...] | EllipsisType = ...
+    #: The largest the metadata may become, as compact JSON (UTF-8 bytes).
+    metadata_limit: int = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    created: datetime
+
+
 class FileIndex(Protocol):
-    async def add(self, record: FileRecord) -> None:
-        """Store a new record."""
+    async def find_clean(self, sha256: str) -> Content | None:
+        """The content with that hash if it is clean and stored (a dedup hit), else None."""
 
-    async def get(self, file_id: str) -> FileRecord | None:
-        """The record with that id, whoever owns it (callers check ownership)."""
+    async def record_verdict(self, content: Content) -> None:
+        """Remember a verdict that is not clean (infected, unscannable, failed) for bytes
+        that are not stored; a clean content row is never downgraded here."""
 
-    async def find_same(
-        self, owner: str, sha256: str, name: str | None, content_type: str
+    async def commit(
+        self,
+        owner: str,
+        content: Content,
+        *,
+        name: str | None,
+        content_type: str,
+        placement: Placement,
+        held: bool,
+        now: datetime,
+    ) -> Committed:
+        """Record an upload: make ``content`` (clean, stored under ``content.key``) known
+        and point the owner's record at it, in one transaction.
+
+        ``held``: the content was ``find_clean``'s answer (no bytes were promoted); raises
+        ``ContentGone`` if it is no longer clean. Otherwise ``content.key`` is a fresh
+        object this upload promoted: if the content became known meanwhile under another
+        key, the record uses that one and this object is returned as doomed.
+
+        Raises ``PreconditionFailed`` when the placement's conditions do not hold,
+        ``Conflict`` when a concurrent create took the id."""
+
+    async def get(self, owner: str, file_id: str) -> FileRecord | None:
+        """The owner's record, or None."""
+
+    async def list_files(self, owner: str, query: FileQuery) -> Page:
+        """A page of the owner's records in (created, id) order."""
+
+    async def update(self, owner: str, file_id: str, patch: FilePatch, now: datetime) -> FileRecord:
+        """Apply ``patch``; raises ``KeyError`` when there is no such record and
+        ``TooLarge`` when the merged metadata would pass ``patch.metadata_limit``."""
+
+    async def delete(self, owner: str, file_id: str, now: datetime) -> Removed | None:
+        """Remove the record; if it was the last one of its content, forget the content
+        too and return its object as doomed. None when there was no such record."""
+
+    async def create_tag(self, owner: str, tag: str, now: datetime) -> bool:
+        """Add a tag to the owner's vocabulary; False if it was there already."""
+
+    async def list_tags(self, owner: str, after: str | None, limit: int) -> list[Tag]:
+        """The owner's tags in name order, after ``after``."""
+
+    async def delete_tag(self, owner: str, tag: str) -> bool:
+        """Remove the tag from the vocabulary and from every file; False if unknown."""
+
+    async def tag_file(
+        self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool
     ) -> FileRecord | None:
-        """An existing record of this owner for the same bytes, name and type: a retried
-        upload answers with it instead of creating a duplicate record."""
+        """Put the tag on the file (creating it in the vocabulary) or take it off; None
+        when there is no such record."""
+
+    async def doomed(self, limit: int) -> list[str]:
+        """Objects awaiting deletion from the permanent bucket, oldest first."""
+
+    async def forget(self, keys: Sequence[str]) -> None:
+        """The objects are gone from the store: drop them from the doomed list."""
 
     async def ping(self) -> None:
-        """Raise ``IndexError_`` unless the index answers."""
+        """Raise ``IndexUnavailable`` unless the index answers."""
 
     async def close(self) -> None: ...

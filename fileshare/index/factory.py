@@ -1,4 +1,4 @@
-"""Build the configured file index (the only place that knows all of them)."""
+"""Build the configured file index."""
 
 from __future__ import annotations
 
@@ -7,34 +7,16 @@ from contextlib import asynccontextmanager
 
 from fileshare.config import Settings
 from fileshare.index.base import FileIndex
-
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+from fileshare.index.engine import open_sql_index
 
 
 @asynccontextmanager
 async def open_index(settings: Settings) -> AsyncIterator[FileIndex]:
-    """The opened index: PostgreSQL when ``settings.index_url`` names one (production, shared
-    by every replica), else the embedded SQLite file at ``settings.sqlite_path``.
-
-    Raises ``IndexError_`` when it cannot be opened; closes it on exit."""
-    index: FileIndex
-    url = settings.index_url
-    if url is not None and url.lower().startswith(_POSTGRES_SCHEMES):
-        from fileshare.index.postgres import PostgresIndex
-
-        pg = PostgresIndex(url)
-        await pg.open()
-        index = pg
-    else:
-        from fileshare.index.sqlite import SqliteIndex
-
-        sqlite = SqliteIndex(settings.sqlite_path)
-        try:
-            await sqlite.open()
-        except BaseException:
-            await sqlite.close()  # its worker thread
-            raise
-        index = sqlite
+    """The opened and migrated index: PostgreSQL when ``settings.index_url`` names one
+    (production, shared by every replica), else the embedded SQLite file at
+    ``settings.sqlite_path``. Raises ``IndexUnavailable`` when it cannot be opened; closes
+    it on exit."""
+    index = await open_sql_index(url=settings.index_url, sqlite_path=settings.sqlite_path)
     try:
         yield index
     finally:

@@ -51,3 +51,7 @@ class Scanner(Protocol):
 
     async def version(self) -> str:
         """The scanner's version string (engine/database/date)."""
+
+    async def provenance(self) -> str | None:
+        """The version string verdicts are being made with (cached briefly), or None
+        when the scanner cannot tell; recorded beside every verdict."""

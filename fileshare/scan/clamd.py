@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 import structlog
@@ -33,6 +34,8 @@ _SIZE_LIMIT_REPLY = "INSTREAM size limit exceeded"
 MAX_FRAME = 1024 * 1024
 #: A reply is one short line; anything longer is not clamd.
 MAX_REPLY = 64 * 1024
+#: How long a VERSION answer is taken as the signatures verdicts are made with.
+PROVENANCE_TTL = 30.0
 
 
 def parse_reply(raw: bytes) -> Verdict:
@@ -91,6 +94,7 @@ class ClamdScanner:
         self._idle_timeout = idle_timeout
         self._verdict_timeout = verdict_timeout
         self._slots = asyncio.Semaphore(max_scans)
+        self._provenance: tuple[float, str] | None = None
 
     async def _connect(self) -> socket.socket:
         loop = asyncio.get_running_loop()
@@ -134,6 +138,17 @@ class ClamdScanner:
 
     async def version(self) -> str:
         return await self._command(b"VERSION")
+
+    async def provenance(self) -> str | None:
+        # One VERSION round trip per upload would cost more than the index write it
+        # annotates; a signature update is seen within PROVENANCE_TTL.
+        now = time.monotonic()
+        if self._provenance is None or now - self._provenance[0] > PROVENANCE_TTL:
+            try:
+                self._provenance = (now, await self.version())
+            except ScanError:
+                return None if self._provenance is None else self._provenance[1]
+        return self._provenance[1]
 
     async def open(self) -> ClamdSession:
         # A slot is held for at most one transfer plus one verdict; waiting longer than a

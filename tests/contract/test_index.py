@@ -1,31 +1,36 @@
 """The file index contract: one suite, every backend (an SQLite file, a PostgreSQL database),
-each opened through ``open_index`` as the application does; then what only PostgreSQL has
-(a network, a password, several replicas)."""
+each opened (and migrated) through ``open_index`` as the application does."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from fileshare.config import ConfigError, Settings, load_settings
-from fileshare.index.base import FileIndex, IndexError_
+from fileshare.config import Settings
+from fileshare.index.base import (
+    Committed,
+    ContentGone,
+    Cursor,
+    FileIndex,
+    FilePatch,
+    FileQuery,
+    Placement,
+    PreconditionFailed,
+    TooLarge,
+)
 from fileshare.index.factory import open_index
-from fileshare.index.postgres import PostgresIndex, redact_dsn
-from fileshare.index.sqlite import SqliteIndex
-from fileshare.models import FileRecord
-from tests.servers import Postgres, free_port
+from fileshare.index.sql import SqlIndex
+from fileshare.models import Content, FileRecord, ScanRecord, ScanState, new_object_key
+from tests.servers import Postgres
 
 API_KEYS = {"tester": "tester-key-0123456789"}
-PASSWORD = "Sup3r-secret/pw@x"  # needs percent-encoding in a DSN
-QUOTED_PASSWORD = "Sup3r-secret%2Fpw%40x"
-
-Opener = Callable[[], AbstractAsyncContextManager[FileIndex]]
+NOW = datetime(2024, 2, 29, 12, 0, 0, 123456, tzinfo=UTC)
+SCANNER = "ClamAV 1.4.6/27000/Thu Feb 29 09:00:00 2024"
 
 
 def fresh_database(postgres: Postgres) -> str:
@@ -49,242 +54,468 @@ async def index(settings: Settings) -> AsyncIterator[FileIndex]:
         yield opened
 
 
-def record(
+def sha(n: int) -> str:
+    return f"{n:064x}"
+
+
+def content(n: int = 1, *, key: str | None = None) -> Content:
+    h = sha(n)
+    return Content(
+        sha256=h,
+        sha1=bytes(range(20)),
+        size=3 * 2**30,  # beyond a 32-bit int
+        key=key or new_object_key(h),
+        scan=ScanRecord(ScanState.CLEAN, scanner=SCANNER, scanned_at=NOW),
+    )
+
+
+async def post(
+    index: FileIndex,
+    c: Content | None = None,
     *,
-    id: str | None = None,
     owner: str = "alice",
     name: str | None = "scan.pdf",
     content_type: str = "application/pdf",
-    sha256: str = "ab" * 32,
-    created: datetime | None = None,
-) -> FileRecord:
-    return FileRecord(
-        id=id or uuid.uuid4().hex,
-        owner=owner,
+    held: bool = False,
+    now: datetime = NOW,
+) -> Committed:
+    return await index.commit(
+        owner,
+        c or content(),
         name=name,
         content_type=content_type,
-        sha256=sha256,
-        sha1=bytes(range(20)),
-        size=3 * 2**30,  # beyond a 32-bit int
-        created=created or datetime(2024, 2, 29, 12, 0, 0, 123456, tzinfo=UTC),
+        placement=Placement(new_id=uuid.uuid4().hex),
+        held=held,
+        now=now,
     )
 
 
-# --------------------------------------------------------------------------------------------
-# the contract, every backend
+async def put(
+    index: FileIndex,
+    file_id: str,
+    c: Content,
+    *,
+    owner: str = "alice",
+    if_match: tuple[str, ...] = (),
+    if_none_match: bool = False,
+    now: datetime = NOW,
+    held: bool = False,
+) -> Committed:
+    return await index.commit(
+        owner,
+        c,
+        name="put.bin",
+        content_type="application/octet-stream",
+        placement=Placement(file_id=file_id, if_match=if_match, if_none_match=if_none_match),
+        held=held,
+        now=now,
+    )
 
 
-async def test_add_get_round_trip(index: FileIndex) -> None:
-    created = datetime(2024, 2, 29, 23, 59, 58, 654321, tzinfo=timezone(timedelta(hours=2)))
-    rec = record(name="Röntgenbefund \u2013 東京 😷.pdf", created=created)
-    await index.add(rec)
-    got = await index.get(rec.id)
-    assert got == rec
-    assert isinstance(got.sha1, bytes)
+async def walk(index: FileIndex, owner: str, query: FileQuery) -> list[FileRecord]:
+    found: list[FileRecord] = []
+    cursor: Cursor | None = None
+    while True:
+        page = await index.list_files(owner, FileQuery(**{**query.__dict__, "after": cursor}))
+        found += page.items
+        if page.next is None:
+            return found
+        assert len(page.items) == query.page_size
+        cursor = page.next
+
+
+# -------------------------------------------------------------------------------- records
+
+
+async def test_commit_and_get_round_trip(index: FileIndex) -> None:
+    c = content()
+    when = datetime(2024, 2, 29, 23, 59, 58, 654321, tzinfo=timezone(timedelta(hours=2)))
+    done = await post(index, c, name="Röntgenbefund \u2013 東京 😷.pdf", now=when)
+    assert done.created
+    assert done.doomed == ()
+    got = await index.get("alice", done.record.id)
+    assert got == done.record
+    assert got.name == "Röntgenbefund \u2013 東京 😷.pdf"
+    assert got.content == c
+    assert got.content.present
+    assert got.created == when
+    assert got.updated == when
     assert got.created.tzinfo is not None
-    assert got.created == created  # the same instant (PostgreSQL answers it in UTC)
+    assert got.metadata == {}
+    assert got.tags == ()
 
 
-async def test_none_name_round_trip(index: FileIndex) -> None:
-    rec = record(name=None)
-    await index.add(rec)
-    assert await index.get(rec.id) == rec
+async def test_unnamed_record(index: FileIndex) -> None:
+    done = await post(index, name=None)
+    got = await index.get("alice", done.record.id)
+    assert got is not None
+    assert got.name is None
 
 
-async def test_get_unknown_is_none(index: FileIndex) -> None:
-    assert await index.get("no-such-id") is None
+async def test_another_owner_sees_nothing(index: FileIndex) -> None:
+    done = await post(index)
+    assert await index.get("bob", done.record.id) is None
+    assert (await index.list_files("bob", FileQuery())).items == []
+    assert await index.delete("bob", done.record.id, NOW) is None
+    assert await index.tag_file("bob", done.record.id, "x", NOW, add=True) is None
+    with pytest.raises(KeyError):
+        await index.update("bob", done.record.id, FilePatch(name="stolen"), NOW)
+    assert await index.get("alice", done.record.id) == done.record
 
 
-async def test_find_same(index: FileIndex) -> None:
-    rec = record()
-    await index.add(rec)
-    assert await index.find_same("alice", rec.sha256, "scan.pdf", "application/pdf") == rec
-    assert await index.find_same("bob", rec.sha256, "scan.pdf", "application/pdf") is None
-    assert await index.find_same("alice", "cd" * 32, "scan.pdf", "application/pdf") is None
-    assert await index.find_same("alice", rec.sha256, "other.pdf", "application/pdf") is None
-    assert await index.find_same("alice", rec.sha256, "scan.pdf", "image/png") is None
-    assert await index.find_same("alice", rec.sha256, None, "application/pdf") is None
+async def test_a_retried_post_returns_the_same_record(index: FileIndex) -> None:
+    first = await post(index)
+    again = await post(index, content(), held=True)
+    assert not again.created
+    assert again.record == first.record
+    # the same bytes under another name, type or owner are other records
+    assert (await post(index, content(), name="other.pdf", held=True)).created
+    assert (await post(index, content(), content_type="image/png", held=True)).created
+    assert (await post(index, content(), name=None, held=True)).created
+    bob = await post(index, content(), owner="bob", held=True)
+    assert bob.created
+    assert bob.record.owner == "bob"
 
 
-async def test_find_same_none_name_matches_none_only(index: FileIndex) -> None:
-    unnamed = record(name=None)
-    await index.add(unnamed)
-    assert await index.find_same("alice", unnamed.sha256, None, "application/pdf") == unnamed
-    assert await index.find_same("alice", unnamed.sha256, "scan.pdf", "application/pdf") is None
-    assert await index.find_same("alice", unnamed.sha256, "", "application/pdf") is None
+async def test_find_clean_and_verdicts(index: FileIndex) -> None:
+    assert await index.find_clean(sha(1)) is None
+    infected = Content(
+        sha256=sha(2),
+        sha1=bytes(20),
+        size=68,
+        scan=ScanRecord(ScanState.INFECTED, signature="Eicar", scanner=SCANNER, scanned_at=NOW),
+    )
+    await index.record_verdict(infected)
+    assert await index.find_clean(sha(2)) is None
+    done = await post(index, content(1))
+    assert await index.find_clean(sha(1)) == done.record.content
+    # a clean content is never downgraded by a recorded verdict
+    await index.record_verdict(
+        Content(sha256=sha(1), sha1=bytes(20), size=1, scan=ScanRecord(ScanState.FAILED))
+    )
+    assert await index.find_clean(sha(1)) == done.record.content
+    # ... but content recorded infected and later scanned clean becomes clean
+    later = content(2)
+    await post(index, later)
+    assert await index.find_clean(sha(2)) == later
 
 
-async def test_find_same_answers_the_oldest(index: FileIndex) -> None:
-    first = datetime(2024, 1, 1, tzinfo=UTC)
-    newer = record(created=first + timedelta(seconds=1))
-    older = record(created=first)
-    await index.add(newer)
-    await index.add(older)
-    assert await index.find_same("alice", older.sha256, "scan.pdf", "application/pdf") == older
+async def test_held_content_that_was_deleted_is_gone(index: FileIndex) -> None:
+    done = await post(index)
+    removed = await index.delete("alice", done.record.id, NOW)
+    assert removed is not None
+    assert removed.doomed == (done.record.content.key,)
+    with pytest.raises(ContentGone):
+        await post(index, content(), held=True)
+    assert (await index.list_files("alice", FileQuery())).items == []
 
 
-async def test_duplicate_id_is_refused(index: FileIndex) -> None:
-    rec = record()
-    await index.add(rec)
-    with pytest.raises(IndexError_):
-        await index.add(record(id=rec.id, owner="mallory", name="evil.exe"))
-    assert await index.get(rec.id) == rec
-    await index.ping()  # the index is still usable
+async def test_two_promotions_of_the_same_bytes_converge(index: FileIndex) -> None:
+    first = await post(index, content(1))
+    second = await post(index, content(1), owner="bob")
+    assert second.created
+    # bob's record uses the object alice's upload made; bob's own copy is doomed
+    assert second.record.content.key == first.record.content.key
+    assert second.doomed != ()
+    assert second.doomed[0] != first.record.content.key
+    assert await index.doomed(10) == list(second.doomed)
+    await index.forget(second.doomed)
+    assert await index.doomed(10) == []
 
 
-async def test_ping(index: FileIndex) -> None:
+async def test_delete_frees_content_with_its_last_record(index: FileIndex) -> None:
+    a = await post(index, content(1))
+    b = await post(index, content(1), owner="bob", held=True)
+    c = await post(index, content(1), name="again.pdf", held=True)
+    key = a.record.content.key
+    for record in (a.record, c.record):
+        removed = await index.delete("alice", record.id, NOW)
+        assert removed is not None
+        assert removed.doomed == ()
+    assert await index.find_clean(sha(1)) is not None
+    last = await index.delete("bob", b.record.id, NOW)
+    assert last is not None
+    assert last.doomed == (key,)
+    assert await index.find_clean(sha(1)) is None
+    assert await index.doomed(10) == [key]
+    assert await index.delete("bob", b.record.id, NOW) is None
+
+
+# -------------------------------------------------------------------------------- PUT
+
+
+async def test_put_creates_then_replaces(index: FileIndex) -> None:
+    created = await put(index, "report-2024", content(1))
+    assert created.created
+    assert created.record.id == "report-2024"
+    await index.tag_file("alice", "report-2024", "kept", NOW, add=True)
+    later = NOW + timedelta(minutes=1)
+    replaced = await put(index, "report-2024", content(2), now=later)
+    assert not replaced.created
+    record = replaced.record
+    assert record.content.sha256 == sha(2)
+    assert record.created == NOW
+    assert record.updated == later
+    assert record.tags == ("kept",)
+    # no versioning: the old bytes had no other record and are released
+    assert replaced.doomed == (created.record.content.key,)
+    assert await index.find_clean(sha(1)) is None
+    # the same id is another owner's own name
+    assert (await put(index, "report-2024", content(2), owner="bob", held=True)).created
+
+
+async def test_replace_keeps_content_another_record_uses(index: FileIndex) -> None:
+    await put(index, "one", content(1))
+    await post(index, content(1), held=True)
+    replaced = await put(index, "one", content(2))
+    assert replaced.doomed == ()
+    assert await index.find_clean(sha(1)) is not None
+
+
+async def test_replace_with_the_same_bytes_frees_nothing(index: FileIndex) -> None:
+    await put(index, "same", content(1))
+    again = await put(index, "same", content(1), held=True)
+    assert not again.created
+    assert again.doomed == ()
+    assert await index.find_clean(sha(1)) is not None
+
+
+async def test_put_conditions(index: FileIndex) -> None:
+    with pytest.raises(PreconditionFailed):
+        await put(index, "cond", content(1), if_match=("*",))
+    with pytest.raises(PreconditionFailed):
+        await put(index, "cond", content(1), if_match=(sha(1),))
+    assert (await put(index, "cond", content(1), if_none_match=True)).created
+    with pytest.raises(PreconditionFailed):
+        await put(index, "cond", content(2), if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        await put(index, "cond", content(2), if_match=(sha(9),))
+    got = await index.get("alice", "cond")
+    assert got is not None
+    assert got.content.sha256 == sha(1)
+    assert not (await put(index, "cond", content(2), if_match=(sha(9), sha(1)))).created
+    assert not (await put(index, "cond", content(3), if_match=("*",))).created
+
+
+# -------------------------------------------------------------------------------- listing
+
+
+async def test_pages_walk_every_record_once_in_order(index: FileIndex) -> None:
+    ids = []
+    for i in range(23):
+        # pairs of records share a timestamp: the id breaks the tie
+        done = await post(index, content(i), now=NOW + timedelta(seconds=i // 2))
+        ids.append(done.record)
+    await post(index, content(99), owner="bob")
+    found = await walk(index, "alice", FileQuery(page_size=5))
+    assert len(found) == 23
+    assert [r.id for r in found] == [r.id for r in sorted(ids, key=lambda r: (r.created, r.id))]
+
+
+async def test_pages_under_concurrent_inserts(index: FileIndex) -> None:
+    before = [
+        (await post(index, content(i), now=NOW + timedelta(milliseconds=i))).record.id
+        for i in range(30)
+    ]
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        i = 1000
+        while not stop.is_set():
+            await post(index, content(i), now=datetime.now(UTC))
+            i += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(writer())
+    try:
+        found = await walk(index, "alice", FileQuery(page_size=5))
+    finally:
+        stop.set()
+        await task
+    seen = [r.id for r in found]
+    assert len(seen) == len(set(seen)), "a record came twice"
+    assert set(before) <= set(seen), "a record that existed before the walk was skipped"
+
+
+async def test_filters(index: FileIndex) -> None:
+    pdf = await post(index, content(1), name="a.pdf", content_type="application/pdf")
+    png = await post(
+        index, content(2), name="b.png", content_type="image/png", now=NOW + timedelta(hours=1)
+    )
+    jpg = await post(
+        index, content(3), name="a.pdf", content_type="image/jpeg", now=NOW + timedelta(hours=2)
+    )
+
+    async def ids(**kw: object) -> list[str]:
+        return [r.id for r in (await index.list_files("alice", FileQuery(**kw))).items]  # type: ignore[arg-type]
+
+    assert await ids(name="a.pdf") == [pdf.record.id, jpg.record.id]
+    assert await ids(content_type="image/png") == [png.record.id]
+    assert await ids(content_type="image/*") == [png.record.id, jpg.record.id]
+    # from is inclusive, to exclusive
+    assert await ids(created_from=NOW + timedelta(hours=1)) == [png.record.id, jpg.record.id]
+    assert await ids(created_to=NOW + timedelta(hours=1)) == [pdf.record.id]
+    assert await ids(created_from=NOW, created_to=NOW + timedelta(hours=2)) == [
+        pdf.record.id,
+        png.record.id,
+    ]
+    # the same instant in another zone is the same instant
+    plus2 = timezone(timedelta(hours=2))
+    assert await ids(created_from=(NOW + timedelta(hours=2)).astimezone(plus2)) == [jpg.record.id]
+    assert await ids(present=True) == [pdf.record.id, png.record.id, jpg.record.id]
+    assert await ids(present=False) == []
+
+
+async def test_hostile_values_are_only_values(index: FileIndex) -> None:
+    evil = "x' OR '1'='1"
+    done = await post(index, content(1), name=evil, owner="o'; DROP TABLE files; --")
+    assert (await index.list_files("alice", FileQuery(name=evil))).items == []
+    got = await index.list_files("o'; DROP TABLE files; --", FileQuery(name=evil))
+    assert [r.id for r in got.items] == [done.record.id]
+    assert (await index.list_files("alice", FileQuery(tags=(evil,)))).items == []
+    assert (await index.list_files("%", FileQuery(tag_like="%"))).items == []
     await index.ping()
 
 
+# -------------------------------------------------------------------------------- tags
+
+
+async def test_tag_vocabulary(index: FileIndex) -> None:
+    assert await index.create_tag("alice", "xray", NOW)
+    assert not await index.create_tag("alice", "xray", NOW)
+    assert await index.create_tag("alice", "Ärzte", NOW)
+    assert await index.create_tag("bob", "bob-only", NOW)
+    names = [t.name for t in await index.list_tags("alice", None, 10)]
+    assert names == sorted(["xray", "Ärzte"])
+    assert [t.name for t in await index.list_tags("alice", names[0], 10)] == names[1:]
+    done = await post(index)
+    await index.tag_file("alice", done.record.id, "xray", NOW, add=True)
+    assert await index.delete_tag("alice", "xray")
+    assert not await index.delete_tag("alice", "xray")
+    got = await index.get("alice", done.record.id)
+    assert got is not None
+    assert got.tags == ()
+
+
+async def test_tagging_files(index: FileIndex) -> None:
+    done = await post(index)
+    fid = done.record.id
+    tagged = await index.tag_file("alice", fid, "b", NOW, add=True)
+    assert tagged is not None
+    assert tagged.tags == ("b",)
+    tagged = await index.tag_file("alice", fid, "a", NOW, add=True)
+    assert tagged is not None
+    assert tagged.tags == ("a", "b")
+    again = await index.tag_file("alice", fid, "a", NOW, add=True)  # idempotent
+    assert again is not None
+    assert again.tags == ("a", "b")
+    assert [t.name for t in await index.list_tags("alice", None, 10)] == ["a", "b"]
+    untagged = await index.tag_file("alice", fid, "b", NOW, add=False)
+    assert untagged is not None
+    assert untagged.tags == ("a",)
+
+
+async def test_search_by_tags(index: FileIndex) -> None:
+    records = []
+    for i in range(12):
+        done = await post(index, content(i), now=NOW + timedelta(seconds=i))
+        records.append(done.record.id)
+        if i % 2 == 0:
+            await index.tag_file("alice", done.record.id, "even", NOW, add=True)
+        if i % 3 == 0:
+            await index.tag_file("alice", done.record.id, "three", NOW, add=True)
+    other = await post(index, content(50), owner="bob")
+    await index.tag_file("bob", other.record.id, "even", NOW, add=True)
+    evens = await walk(index, "alice", FileQuery(page_size=5, tags=("even",)))
+    assert [r.id for r in evens] == records[0::2]
+    assert all("even" in r.tags for r in evens)
+    both = await walk(index, "alice", FileQuery(page_size=5, tags=("even", "three")))
+    assert [r.id for r in both] == records[0::6]
+    # exact means exact
+    assert (await index.list_files("alice", FileQuery(tags=("Even",)))).items == []
+    assert (await index.list_files("alice", FileQuery(tags=("eve",)))).items == []
+    narrowed = await index.list_files(
+        "alice", FileQuery(tags=("even",), created_from=NOW + timedelta(seconds=5))
+    )
+    assert [r.id for r in narrowed.items] == records[6::2]
+
+
+async def test_matching_tags_escape_and_fold(index: FileIndex) -> None:
+    tags = {"a_b": 1, "axb": 2, "Ärzte-Befund": 3, "ÄRZTE-notes": 4, "plain": 5}
+    ids = {}
+    for tag, n in tags.items():
+        done = await post(index, content(n), now=NOW + timedelta(seconds=n))
+        await index.tag_file("alice", done.record.id, tag, NOW, add=True)
+        ids[tag] = done.record.id
+
+    async def matching(pattern: str) -> set[str]:
+        page = await index.list_files("alice", FileQuery(tag_like=pattern, page_size=100))
+        return {r.id for r in page.items}
+
+    # "_" is literal, not SQL's any-one-character
+    assert await matching("a_b") == {ids["a_b"]}
+    assert await matching("a_%") == {ids["a_b"]}
+    assert await matching("a%b") == {ids["a_b"], ids["axb"]}
+    # case-insensitive beyond ASCII
+    assert await matching("ärzte%") == {ids["Ärzte-Befund"], ids["ÄRZTE-notes"]}
+    assert await matching("%BEFUND") == {ids["Ärzte-Befund"]}
+    assert await matching("%") == set(ids.values())
+    assert await matching("nothing%") == set()
+    # a file with two matching tags comes once
+    await index.tag_file("alice", ids["axb"], "a-b", NOW, add=True)
+    page = await index.list_files("alice", FileQuery(tag_like="a%b", page_size=100))
+    assert [r.id for r in page.items] == [ids["a_b"], ids["axb"]]
+
+
+# -------------------------------------------------------------------------------- patch
+
+
+async def test_patch(index: FileIndex) -> None:
+    done = await post(index)
+    fid = done.record.id
+    later = NOW + timedelta(seconds=5)
+    got = await index.update(
+        "alice", fid, FilePatch(name="new.pdf", metadata={"a": 1, "b": {"c": 2}}), later
+    )
+    assert got.name == "new.pdf"
+    assert got.metadata == {"a": 1, "b": {"c": 2}}
+    assert got.updated == later
+    assert got.created == NOW
+    got = await index.update(
+        "alice", fid, FilePatch(metadata={"a": None, "b": {"d": "ü"}}, tags=("x", "y")), later
+    )
+    assert got.metadata == {"b": {"c": 2, "d": "ü"}}
+    assert got.name == "new.pdf"
+    assert got.tags == ("x", "y")
+    got = await index.update("alice", fid, FilePatch(name=None, tags=("y",)), later)
+    assert got.name is None
+    assert got.tags == ("y",)
+    got = await index.update("alice", fid, FilePatch(metadata=None), later)
+    assert got.metadata == {}
+    with pytest.raises(TooLarge):
+        await index.update(
+            "alice", fid, FilePatch(metadata={"big": "x" * 200}, metadata_limit=100), later
+        )
+    again = await index.get("alice", fid)
+    assert again is not None
+    assert again.metadata == {}
+    with pytest.raises(KeyError):
+        await index.update("alice", "nope", FilePatch(name="x"), later)
+
+
 async def test_records_survive_reopening(settings: Settings) -> None:
-    rec = record()
     async with open_index(settings) as index:
-        await index.add(rec)
-    async with open_index(settings) as index:  # schema creation is idempotent
-        assert await index.get(rec.id) == rec
+        done = await post(index)
+    async with open_index(settings) as index:  # migrating again changes nothing
+        assert await index.get("alice", done.record.id) == done.record
 
 
-async def test_concurrent_adds(index: FileIndex) -> None:
-    records = [record(sha256=f"{i:064x}") for i in range(40)]
-    await asyncio.gather(*(index.add(r) for r in records))
-    got = await asyncio.gather(*(index.get(r.id) for r in records))
-    assert got == records
+async def test_concurrent_commits(index: FileIndex) -> None:
+    done = await asyncio.gather(*(post(index, content(i % 7)) for i in range(40)))
+    got = await asyncio.gather(*(index.get("alice", d.record.id) for d in done))
+    assert [g.id if g else None for g in got] == [d.record.id for d in done]
+    assert len({d.record.id for d in done}) == 7  # a retried upload gets its record back
 
 
-# --------------------------------------------------------------------------------------------
-# choosing the backend
-
-
-async def test_open_index_chooses_the_backend(tmp_path: Path, postgres: Postgres) -> None:
-    sqlite = Settings(api_keys=API_KEYS, data_dir=tmp_path)
-    async with open_index(sqlite) as index:
-        assert isinstance(index, SqliteIndex)
-    assert (tmp_path / "index.sqlite3").is_file()
-    dsn = fresh_database(postgres)
-    for url in (dsn, dsn.replace("postgresql://", "postgres://", 1)):
-        async with open_index(Settings(api_keys=API_KEYS, index_url=url)) as index:
-            assert isinstance(index, PostgresIndex)
-            await index.ping()
-
-
-def test_index_url_setting_is_validated_without_showing_it() -> None:
-    url = f"postgresql://fileshare:{QUOTED_PASSWORD}@db.internal:5432/fileshare"
-    settings = load_settings({"FILESHARE_INDEX_URL": url, "FILESHARE_API_KEYS": "t:" + "k" * 16})
-    assert settings.index_url == url
-    assert QUOTED_PASSWORD not in repr(settings)
-    for bad in (
-        f"mysql://fileshare:{QUOTED_PASSWORD}@db/fileshare",
-        f"fileshare:{QUOTED_PASSWORD}@db/fileshare",
-        "sqlite:///var/lib/index.sqlite3",
-    ):
-        with pytest.raises(ConfigError, match="FILESHARE_INDEX_URL") as caught:
-            Settings(api_keys=API_KEYS, index_url=bad)
-        assert QUOTED_PASSWORD not in str(caught.value)
-
-
-# --------------------------------------------------------------------------------------------
-# PostgreSQL only: the network, the password, replicas
-
-
-def assert_no_password(message: str) -> None:
-    assert PASSWORD not in message
-    assert QUOTED_PASSWORD not in message
-    assert "secret" not in message
-
-
-def test_redact_dsn() -> None:
-    assert (
-        redact_dsn(f"postgresql://fileshare:{QUOTED_PASSWORD}@db:5432/x?sslmode=require")
-        == "postgresql://fileshare:***@db:5432/x?sslmode=require"
-    )
-    assert redact_dsn(f"postgresql://db/x?user=u&password={QUOTED_PASSWORD}") == (
-        "postgresql://db/x?user=u&password=***"
-    )
-    assert redact_dsn("postgresql://db/x") == "postgresql://db/x"
-    assert_no_password(redact_dsn(f"postgresql://u:{QUOTED_PASSWORD}@[::1/x"))
-
-
-async def test_unreachable_postgres_fails_open_without_the_password() -> None:
-    index = PostgresIndex(
-        f"postgresql://fileshare:{QUOTED_PASSWORD}@127.0.0.1:{free_port()}/fileshare",
-        timeout=5,
-    )
-    with pytest.raises(IndexError_) as caught:
-        await index.open()
-    message = str(caught.value)
-    assert_no_password(message)
-    assert "connect failed" in message
-    assert "127.0.0.1" in message
-    assert_no_password(repr(index))
-    with pytest.raises(IndexError_, match="not open"):
-        await index.ping()
-    await index.close()
-
-
-@pytest.mark.parametrize(
-    "dsn",
-    [
-        f"postgresql://fileshare:{QUOTED_PASSWORD}@127.0.0.1:notaport/fileshare",
-        f"postgresql://fileshare:{QUOTED_PASSWORD}@[::1/fileshare",
-        f"postgresql://fileshare@127.0.0.1:1/fileshare?password={QUOTED_PASSWORD}&sslmode=bogus",
-    ],
-)
-async def test_malformed_dsn_fails_open_without_the_password(dsn: str) -> None:
-    with pytest.raises(IndexError_) as caught:
-        await PostgresIndex(dsn, timeout=5).open()
-    assert_no_password(str(caught.value))
-
-
-async def test_wrong_password_fails_open_without_either_password(postgres: Postgres) -> None:
-    dsn = fresh_database(postgres)
-    assert postgres.password in dsn
-    with pytest.raises(IndexError_, match="password authentication failed") as caught:
-        await PostgresIndex(dsn.replace(postgres.password, QUOTED_PASSWORD), timeout=5).open()
-    assert_no_password(str(caught.value))
-    assert postgres.password not in str(caught.value)
-
-
-async def test_replicas_opening_at_once_on_a_fresh_database(postgres: Postgres) -> None:
-    dsn = fresh_database(postgres)
-    replicas = [PostgresIndex(dsn, timeout=10) for _ in range(8)]
-    try:
-        await asyncio.gather(*(r.open() for r in replicas))
-        rec = record()
-        await replicas[0].add(rec)
-        assert [await r.get(rec.id) for r in replicas] == [rec] * len(replicas)
-    finally:
-        await asyncio.gather(*(r.close() for r in replicas))
-
-
-async def test_naive_created_is_taken_as_utc(postgres: Postgres) -> None:
-    index = PostgresIndex(fresh_database(postgres))
-    await index.open()
-    try:
-        rec = record(created=datetime(2024, 6, 1, 8, 30))
-        await index.add(rec)
-        got = await index.get(rec.id)
-        assert got is not None
-        assert got.created == datetime(2024, 6, 1, 8, 30, tzinfo=UTC)
-    finally:
-        await index.close()
-
-
-async def test_postgres_going_away_and_coming_back(tmp_path: Path) -> None:
-    # Its own server: this test kills it.
-    with Postgres(dir=tmp_path, password=PASSWORD) as server:
-        index = PostgresIndex(server.dsn, timeout=5)
-        await index.open()
-        try:
-            rec = record()
-            await index.add(rec)
-            server.kill()
-            with pytest.raises(IndexError_) as caught:
-                await index.ping()
-            assert_no_password(str(caught.value))
-            with pytest.raises(IndexError_):
-                await index.get(rec.id)
-            server.restart()
-            await index.ping()  # the pool reconnects by itself
-            assert await index.get(rec.id) == rec
-        finally:
-            await index.close()
+def test_the_index_is_one_implementation(index: FileIndex) -> None:
+    assert isinstance(index, SqlIndex)

@@ -1,0 +1,178 @@
+"""Opening the index: the engine for SQLite or PostgreSQL, and its schema migrated.
+
+Migrations run at start-up, in one transaction that holds a lock: PostgreSQL's
+transaction-scoped advisory lock (replicas starting together queue behind it, and the
+second finds nothing left to do), SQLite's write lock (``BEGIN IMMEDIATE``). Running them
+at start-up keeps the embedded default and a fresh deployment at zero steps; ``fileshare
+migrate`` runs the same code on its own, for operators who upgrade the schema before they
+roll out the replicas that need it.
+
+DSNs carry passwords: no message, ``repr`` or log line made here ever shows one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, event, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from fileshare.index.base import IndexUnavailable
+from fileshare.index.sql import SqlIndex
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+#: Held around migrations on PostgreSQL (a transaction-scoped advisory lock).
+_MIGRATION_LOCK = 0x66696C6573686172  # "fileshar"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+MIGRATION_TIMEOUT = 600.0
+
+
+def _secrets(dsn: str) -> list[str]:
+    """The passwords a DSN carries (in its user info or as ``?password=``), as written and
+    percent-decoded, longest first."""
+    found: set[str] = set()
+    try:
+        parts = urlsplit(dsn)
+        netloc_password = parts.password
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:  # unparseable: hide everything after the scheme
+        return [dsn.partition("://")[2] or dsn]
+    if netloc_password:
+        found.update({netloc_password, unquote(netloc_password)})
+    found.update(value for key, value in query if key == "password" and value)
+    raw_query = parts.query.split("&")
+    found.update(item.partition("=")[2] for item in raw_query if item.startswith("password="))
+    found.discard("")
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password(s) replaced by ``***``: safe for logs and messages."""
+    return _scrub(dsn, _secrets(dsn))
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(_alembic_config(connection), "head")
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _postgres_engine(dsn: str, *, pool_size: int, timeout: float) -> AsyncEngine:
+    async def connect() -> Any:
+        # asyncpg parses the DSN itself (sslmode, passwords in the query...): exactly what
+        # the first release accepted keeps working.
+        return await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout)
+
+    return create_async_engine(
+        "postgresql+asyncpg://",
+        async_creator=connect,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=timeout,
+        pool_pre_ping=True,  # a restarted server: stale connections are replaced
+    )
+
+
+def _sqlite_engine(path: Path, *, timeout: float) -> AsyncEngine:
+    engine = create_async_engine(
+        f"sqlite+aiosqlite:///{path}",
+        # One connection: SQLite has one writer at a time anyway, and a single connection
+        # never waits on a lock another connection of this process holds.
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=timeout,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own transaction handling is off: transactions start below, so
+        # that they take the write lock at once (no lock upgrade deadlocks between
+        # processes sharing the file).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+            f"busy_timeout={int(timeout * 1000)}",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+async def open_sql_index(
+    *,
+    url: str | None,
+    sqlite_path: Path,
+    query_timeout: float = 10.0,
+    pool_size: int = 10,
+    migrate: bool = True,
+) -> SqlIndex:
+    """The index at ``url`` (PostgreSQL) or in the SQLite file, migrated to the current
+    schema; every query is bounded by ``query_timeout`` seconds. Raises
+    ``IndexUnavailable`` (without the password) when it cannot be opened."""
+    timeout = query_timeout
+    if url is not None and url.lower().startswith(POSTGRES_SCHEMES):
+        secrets = _secrets(url)
+        name = f"postgres ({redact_dsn(url)})"
+        engine = _postgres_engine(url, pool_size=pool_size, timeout=timeout)
+    else:
+        secrets = []
+        name = f"sqlite ({sqlite_path})"
+        try:
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexUnavailable(f"{name} index: {exc.strerror}") from None
+        engine = _sqlite_engine(sqlite_path, timeout=timeout)
+    index = SqlIndex(engine, timeout=timeout, name=name, scrub=lambda s: _scrub(s, secrets))
+    try:
+        if migrate:
+            await _migrate(engine)
+        else:
+            await index.ping()
+    except (SQLAlchemyError, OSError, TimeoutError, ValueError) as exc:
+        await engine.dispose()
+        detail = f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError) else exc
+        message = f"{name} index: connect and migrate failed: {type(exc).__name__}: {detail}"
+        raise IndexUnavailable(_scrub(str(message).splitlines()[0], secrets)) from None
+    except BaseException:
+        await engine.dispose()
+        raise
+    return index
+
+
+async def _migrate(engine: AsyncEngine) -> None:
+    # Migrating a large first-release index can take longer than one query may.
+    async with asyncio.timeout(MIGRATION_TIMEOUT), engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        await conn.run_sync(_upgrade)
