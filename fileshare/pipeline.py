@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -45,6 +45,9 @@ FANOUT_CHUNK = 1024 * 1024
 #: Below this, hashing inline is cheaper than a thread hop; above it hashlib releases the
 #: GIL and runs beside the event loop.
 THREAD_HASH_MIN = 256 * 1024
+#: How long an object promoted by an upload waits for its commit before the sweeper may
+#: remove it: far longer than any verdict wait and promotion take.
+PROMOTION_GRACE = timedelta(hours=1)
 
 
 class ContentCatalog(Protocol):
@@ -55,6 +58,10 @@ class ContentCatalog(Protocol):
 
     async def record_verdict(self, content: Content) -> None:
         """Remember a verdict that is not clean."""
+
+    async def reserve(self, key: str, until: datetime) -> None:
+        """An object about to be promoted: removed by the sweeper from ``until`` on,
+        unless the upload's commit claims it first."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,10 @@ class _Upload:
         key = new_object_key(digest.sha256)
         verdict_task = asyncio.create_task(self._verdict())
         try:
+            # Inside the scan window: listed before it exists, so that no crash or failed
+            # commit between promotion and the index can leave an object nothing knows.
+            until = datetime.now(UTC) + PROMOTION_GRACE
+            await index_call(p.catalog.reserve(key, until))
             buffered = self.writer.buffered()
             if buffered is None:
                 # Set first: a commit whose answer was lost may still have made the object.

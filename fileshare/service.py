@@ -131,7 +131,7 @@ class FileService:
         except (errors.Conflict, PreconditionFailed, ContentGone) as exc:
             # A definite "no": the object this upload promoted is nobody's.
             if promoted is not None:
-                await self._remove_objects([promoted], forget=False)
+                await self._remove_objects([promoted])
             if isinstance(exc, PreconditionFailed):
                 raise errors.PreconditionFailed(str(exc)) from None
             if isinstance(exc, ContentGone):
@@ -223,10 +223,10 @@ class FileService:
         """Remove objects the index forgot but the store may still hold (a delete whose
         object removal failed). Safe on several replicas at once: keys are never reused,
         so removing one twice is harmless. Returns how many were removed."""
-        keys = await index_call(self.index.doomed(SWEEP_BATCH))
+        keys = await index_call(self.index.doomed(self.clock(), SWEEP_BATCH))
         return await self._remove_objects(keys)
 
-    async def _remove_objects(self, keys: Sequence[str], *, forget: bool = True) -> int:
+    async def _remove_objects(self, keys: Sequence[str]) -> int:
         """Delete objects from the permanent bucket, then drop them from the doomed list.
         Never raises: what fails stays doomed, and the sweeper tries again."""
         removed: list[str] = []
@@ -236,7 +236,7 @@ class FileService:
                 removed.append(key)
             except StorageError as exc:
                 log.error("content.delete_failed", key=key, error=str(exc))
-        if forget and removed:
+        if removed:
             try:
                 await self.index.forget(removed)
             except Exception as exc:  # still listed: the sweeper deletes them again

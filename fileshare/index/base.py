@@ -186,8 +186,12 @@ class FileIndex(Protocol):
         """Put the tag on the file (creating it in the vocabulary) or take it off; None
         when there is no such record."""
 
-    async def doomed(self, limit: int) -> list[str]:
-        """Objects awaiting deletion from the permanent bucket, oldest first."""
+    async def reserve(self, key: str, until: datetime) -> None:
+        """An object about to be promoted: doomed from ``until`` on, unless a ``commit``
+        claims it first (so a crash or a failed commit cannot leak it)."""
+
+    async def doomed(self, now: datetime, limit: int) -> list[str]:
+        """Objects due for deletion from the permanent bucket at ``now``, oldest first."""
 
     async def forget(self, keys: Sequence[str]) -> None:
         """The objects are gone from the store: drop them from the doomed list."""

@@ -253,12 +253,20 @@ class SqlIndex:
         await self._doom(conn, key, now)
         return [key]
 
-    async def _doom(self, conn: AsyncConnection, key: str, now: datetime) -> None:
+    async def _doom(self, conn: AsyncConnection, key: str, not_before: datetime) -> None:
+        stmt = self._insert(doomed_objects).values(object_key=key, not_before=not_before)
         await conn.execute(
-            self._insert(doomed_objects)
-            .values(object_key=key, since=now)
-            .on_conflict_do_nothing(index_elements=[doomed_objects.c.object_key])
+            stmt.on_conflict_do_update(
+                index_elements=[doomed_objects.c.object_key],
+                set_={"not_before": stmt.excluded.not_before},
+            )
         )
+
+    async def reserve(self, key: str, until: datetime) -> None:
+        async def run(conn: AsyncConnection) -> None:
+            await self._doom(conn, key, until)
+
+        await self._tx("reserve", run)
 
     async def _settle_content(
         self, conn: AsyncConnection, content: Content, *, held: bool, now: datetime
@@ -274,6 +282,11 @@ class SqlIndex:
             )
         row = await self._lock_content(conn, content.sha256)
         stored = None if row is None else _content(row._mapping)
+        if not held:
+            # The object this upload promoted is claimed (kept) or doomed now (below).
+            await conn.execute(
+                delete(doomed_objects).where(doomed_objects.c.object_key == content.key)
+            )
         if stored is not None and stored.present:
             if not held and stored.key != content.key:
                 # Same bytes promoted by someone else first: theirs is the one records
@@ -618,10 +631,11 @@ class SqlIndex:
 
     # ---------------------------------------------------------------- maintenance
 
-    async def doomed(self, limit: int) -> list[str]:
+    async def doomed(self, now: datetime, limit: int) -> list[str]:
         stmt = (
             select(doomed_objects.c.object_key)
-            .order_by(doomed_objects.c.since, doomed_objects.c.object_key)
+            .where(doomed_objects.c.not_before <= literal(now, UtcDateTime()))
+            .order_by(doomed_objects.c.not_before, doomed_objects.c.object_key)
             .limit(limit)
         )
 

@@ -145,13 +145,17 @@ file_tags = Table(
     Index("file_tags_file", "owner", "file_id"),
 )
 
-#: Objects of the permanent bucket that no content row names any more: removed from the
-#: store after the transaction that forgot them, and again by the sweeper if that failed.
+#: Objects of the permanent bucket that no content row names (any more, or yet): removed
+#: from the store after the transaction that forgot them, and by the sweeper once
+#: ``not_before`` has passed. An upload lists the object it is about to promote here with a
+#: grace period, and its commit takes it off: a crash or a failed commit in between leaves
+#: an object the sweeper removes, never one that nothing knows of.
 doomed_objects = Table(
     "doomed_objects",
     metadata,
     Column("object_key", Text, primary_key=True),
-    Column("since", UtcDateTime, nullable=False),
+    Column("not_before", UtcDateTime, nullable=False),
+    Index("doomed_objects_due", "not_before"),
 )
 
 #: Uploads that outlive one request (presigned and resumable flows): their intent, where

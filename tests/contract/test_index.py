@@ -218,9 +218,21 @@ async def test_two_promotions_of_the_same_bytes_converge(index: FileIndex) -> No
     assert second.record.content.key == first.record.content.key
     assert second.doomed != ()
     assert second.doomed[0] != first.record.content.key
-    assert await index.doomed(10) == list(second.doomed)
+    assert await index.doomed(NOW, 10) == list(second.doomed)
     await index.forget(second.doomed)
-    assert await index.doomed(10) == []
+    assert await index.doomed(NOW, 10) == []
+
+
+async def test_a_reserved_object_is_doomed_unless_a_commit_claims_it(index: FileIndex) -> None:
+    claimed, lost = content(1), content(2)
+    for c in (claimed, lost):
+        assert c.key is not None
+        await index.reserve(c.key, NOW + timedelta(hours=1))
+    # not before its time: the upload may still be waiting for its verdict
+    assert await index.doomed(NOW, 10) == []
+    await post(index, claimed)
+    # the commit claimed one; the other (its upload crashed) is due after the grace
+    assert await index.doomed(NOW + timedelta(hours=2), 10) == [lost.key]
 
 
 async def test_delete_frees_content_with_its_last_record(index: FileIndex) -> None:
@@ -237,7 +249,7 @@ async def test_delete_frees_content_with_its_last_record(index: FileIndex) -> No
     assert last is not None
     assert last.doomed == (key,)
     assert await index.find_clean(sha(1)) is None
-    assert await index.doomed(10) == [key]
+    assert await index.doomed(NOW, 10) == [key]
     assert await index.delete("bob", b.record.id, NOW) is None
 
 

@@ -94,8 +94,9 @@ def _create_tables() -> None:
     op.create_table(
         "doomed_objects",
         sa.Column("object_key", sa.Text, primary_key=True),
-        sa.Column("since", TS, nullable=False),
+        sa.Column("not_before", TS, nullable=False),
     )
+    op.create_index("doomed_objects_due", "doomed_objects", ["not_before"])
     op.create_table(
         "uploads",
         sa.Column("id", sa.String(64), primary_key=True),
