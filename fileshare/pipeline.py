@@ -35,7 +35,8 @@ from fileshare.budget import MemoryBudget
 from fileshare.metrics import Metrics
 from fileshare.models import Content, ScanRecord, ScanState, new_object_key
 from fileshare.scan.base import ScanError, Scanner, ScannerBusy, ScanSession, ScanSizeExceeded
-from fileshare.storage.base import PendingCopy, Storage, StorageError, Writer
+from fileshare.storage.base import Storage, StorageError, Writer
+from fileshare.storage.promotion import Location, Promotion
 
 log = structlog.get_logger(__name__)
 
@@ -204,8 +205,7 @@ class _Upload:
         self.staging_key = f"staging/{uuid.uuid4().hex}"
         self.writer: Writer | None = None
         self.scan: ScanSession | None = None
-        self.copy: PendingCopy | None = None
-        self.staged = False  # the staging object became visible
+        self.promotion: Promotion | None = None
         self.log = log.bind(staging_key=self.staging_key)
 
     async def run(
@@ -252,25 +252,16 @@ class _Upload:
             # commit between promotion and the index can leave an object nothing knows.
             until = datetime.now(UTC) + PROMOTION_GRACE
             await index_call(p.catalog.reserve(key, until))
-            buffered = self.writer.buffered()
-            if buffered is None:
-                # Set first: a commit whose answer was lost may still have made the object.
-                self.staged = True
-                staged = await storage_call("stage", self.writer.commit())
-                self.copy = await storage_call(
-                    "copy",
-                    p.storage.begin_copy(
-                        p.unscanned,
-                        self.staging_key,
-                        p.permanent,
-                        key,
-                        size=digest.size,
-                        content_type=self.content_type,
-                        metadata=_metadata(digest),
-                        # Only the bytes written (and scanned) may be promoted.
-                        src_version=staged.version,
-                    ),
-                )
+            self.promotion = Promotion(
+                p.storage,
+                self.writer,
+                staging=Location(p.unscanned, self.staging_key),
+                target=Location(p.permanent, key),
+                size=digest.size,
+                content_type=self.content_type,
+                metadata=_metadata(digest),
+            )
+            await storage_call("prepare_promotion", self.promotion.prepare())
             scan = await verdict_task
         finally:
             if not verdict_task.done():
@@ -283,22 +274,7 @@ class _Upload:
         self.log.info("scan.clean")
 
         promote_started = time.perf_counter()
-        if buffered is not None:
-            await storage_call(
-                "put",
-                p.storage.put(
-                    p.permanent,
-                    key,
-                    buffered,
-                    content_type=self.content_type,
-                    metadata=_metadata(digest),
-                    if_absent=True,
-                ),
-            )
-        else:
-            assert self.copy is not None
-            await storage_call("promote", self.copy.commit())
-            self.copy = None
+        await storage_call("promote", self.promotion.commit())
         p.metrics.observe_stage("promote", time.perf_counter() - promote_started)
         self.log.info("file.promoted", key=key)
         return IngestResult(replace(digest, key=key, scan=scan), duplicate=False)
@@ -354,13 +330,13 @@ class _Upload:
 
     async def cleanup(self) -> None:
         """Throw away everything this upload left; never raises."""
-        if self.copy is not None:
-            await self.copy.abort()
+        if self.promotion is not None:
+            await self.promotion.abort()
         if self.scan is not None:
             await self.scan.cancel()
         if self.writer is not None:
             await self.writer.abort()
-        if self.staged:
+        if self.promotion is not None and self.promotion.staged:
             try:
                 await self.p.storage.delete(self.p.unscanned, self.staging_key)
             except StorageError as exc:
