@@ -21,14 +21,16 @@ PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MIN = 5
 PAGE_SIZE_MAX = 100
 #: A client's file id: URL-unreserved characters only (it is used in paths as is),
-#: starting with a letter or digit.
-FILE_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._~-]{{0,{FILE_ID_MAX - 1}}}$")
+#: starting with a letter or digit. (Every pattern here is used with ``fullmatch``: ``$``
+#: would let a trailing newline through.)
+FILE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._~-]{{0,{FILE_ID_MAX - 1}}}")
 #: A tag: letters and digits of any script, and ``_ - . : @ +``; no ``%`` (the wildcard
 #: of a matching search), no ``/`` (tags are path segments), no white space.
-_TAG = re.compile(rf"^[\w.:@+-]{{1,{TAG_MAX}}}$")
-_TAG_PATTERN = re.compile(rf"^[\w.:@+%-]{{1,{TAG_MAX}}}$")
+_TAG = re.compile(rf"[\w.:@+-]{{1,{TAG_MAX}}}")
+_TAG_PATTERN = re.compile(rf"[\w.:@+%-]{{1,{TAG_MAX}}}")
 _MEDIA_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # noqa: S105 (a regex)
-_MEDIA_FILTER = re.compile(rf"^{_MEDIA_TOKEN}/(\*|{_MEDIA_TOKEN})$")
+_MEDIA_FILTER = re.compile(rf"{_MEDIA_TOKEN}/(\*|{_MEDIA_TOKEN})")
+_DIGITS = re.compile(r"[0-9]{1,3}")
 MAX_NAME_FILTER = 1024
 MAX_TAGS_PER_QUERY = 5
 
@@ -36,7 +38,7 @@ MAX_TAGS_PER_QUERY = 5
 def file_id(value: str, *, creating: bool = False) -> str:
     """A path's file id. An id that cannot exist is "not found" where a record is looked
     up, and a 400 where the client is choosing it (PUT)."""
-    if FILE_ID.match(value):
+    if FILE_ID.fullmatch(value):
         return value
     if creating:
         raise errors.InvalidFileId(
@@ -51,7 +53,7 @@ def tag(value: object) -> str:
     if not isinstance(value, str):
         raise errors.InvalidTag("a tag is a string")
     normal = unicodedata.normalize("NFC", value)
-    if not _TAG.match(normal):
+    if not _TAG.fullmatch(normal):
         raise errors.InvalidTag(
             f"a tag is 1 to {TAG_MAX} letters, digits or _ - . : @ + (no spaces, / or %)"
         )
@@ -68,7 +70,7 @@ def decode_cursor(value: str) -> Cursor:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         created_text, id_ = json.loads(raw)
         created = datetime.fromisoformat(created_text)
-        if created.tzinfo is None or not isinstance(id_, str) or not FILE_ID.match(id_):
+        if created.tzinfo is None or not isinstance(id_, str) or not FILE_ID.fullmatch(id_):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise errors.InvalidParameter(
@@ -97,7 +99,8 @@ def page_size(query: MultiMapping[str]) -> int:
     value = _single(query, "pageSize")
     if value is None:
         return PAGE_SIZE_DEFAULT
-    if not value.isdigit() or not PAGE_SIZE_MIN <= int(value) <= PAGE_SIZE_MAX:
+    # ASCII digits only: str.isdigit() and int() also take other scripts' digits.
+    if not _DIGITS.fullmatch(value) or not PAGE_SIZE_MIN <= int(value) <= PAGE_SIZE_MAX:
         raise errors.InvalidParameter(
             f"pageSize must be a whole number from {PAGE_SIZE_MIN} to {PAGE_SIZE_MAX}"
         )
@@ -129,7 +132,7 @@ def file_query(query: MultiMapping[str], *, search: bool) -> FileQuery:
         raise errors.InvalidParameter(f"name must be 1 to {MAX_NAME_FILTER} characters")
     content_type = _single(query, "contentType")
     if content_type is not None:
-        if not _MEDIA_FILTER.match(content_type):
+        if not _MEDIA_FILTER.fullmatch(content_type):
             raise errors.InvalidParameter("contentType must be type/subtype or type/*")
         content_type = content_type.lower()
     created_from = _single(query, "from")
@@ -143,7 +146,7 @@ def file_query(query: MultiMapping[str], *, search: bool) -> FileQuery:
         tags = tuple(dict.fromkeys(tag(t) for t in raw_tags))
         if (pattern := _single(query, "tagLike")) is not None:
             pattern = unicodedata.normalize("NFC", pattern)
-            if not _TAG_PATTERN.match(pattern):
+            if not _TAG_PATTERN.fullmatch(pattern):
                 raise errors.InvalidParameter(
                     "tagLike is a tag with % standing for any run of characters"
                 )

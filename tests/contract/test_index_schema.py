@@ -283,3 +283,36 @@ async def test_postgres_going_away_and_coming_back(tmp_path: Path) -> None:
             assert [t.name for t in await index.list_tags("alice", None, 10)] == ["kept"]
         finally:
             await index.close()
+
+
+def test_the_migrate_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "index.sqlite3"
+    make_first_release_sqlite(path)
+    env = {
+        "FILESHARE_API_KEYS": "t:" + "k" * 16,
+        "FILESHARE_INDEX_PATH": str(path),
+        "FILESHARE_LOG_FORMAT": "console",
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "fileshare", "migrate"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "up to date" in done.stdout
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+    assert conn.execute("SELECT count(*) FROM files").fetchone() == (len(LEGACY_ROWS),)
+    conn.close()
+    unreachable = f"postgresql://u:{QUOTED_PASSWORD}@127.0.0.1:{free_port()}/x"
+    failed = subprocess.run(
+        [sys.executable, "-m", "fileshare", "migrate"],
+        env={**env, "FILESHARE_INDEX_URL": unreachable},
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1
+    assert "connect and migrate failed" in failed.stderr
+    assert_no_password(failed.stderr + failed.stdout)

@@ -301,3 +301,40 @@ async def test_shutdown_during_the_scan_window_still_cleans_up(make_env: MakeEnv
     assert env.open_multipart_uploads() == []
     permanent = env.s3.list_objects_v2(Bucket=env.settings.permanent_bucket)
     assert permanent.get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"], indirect=True)
+async def test_index_down_fails_closed_and_recovers(make_env: MakeEnv, tmp_path: Any) -> None:
+    from tests.servers import Postgres
+
+    with Postgres(dir=tmp_path) as server:
+        env = await make_env(index_url=server.dsn)
+        kept = await (await upload(env, os.urandom(2000))).json()
+        before = await env.permanent_keys()
+        server.kill()
+        for data in (os.urandom(1000), os.urandom(PART * 2)):
+            resp = await upload(env, data)
+            assert resp.status == 503, await resp.text()
+            assert (await resp.json())["code"] == "index_unavailable"
+            assert resp.headers["Retry-After"]
+        for method, path in (
+            ("GET", f"/v1/files/{kept['id']}"),
+            ("GET", f"/v1/files/{kept['id']}/metadata"),
+            ("GET", "/v1/files"),
+            ("GET", "/v1/search/files"),
+            ("DELETE", f"/v1/files/{kept['id']}"),
+            ("PUT", f"/v1/files/{kept['id']}/tags/x"),
+        ):
+            resp = await env.client.request(method, path, headers=ALICE)
+            assert resp.status == 503, (method, path, resp.status)
+            body = await resp.json()
+            assert body["code"] == "index_unavailable"
+            assert "postgres" not in body["detail"]  # the index's own text stays in the log
+        # nothing was promoted for the refused uploads, nothing stays staged
+        assert await env.permanent_keys() == before
+        assert await env.unscanned_keys() == []
+        assert env.open_multipart_uploads() == []
+        server.restart()
+        got = await env.client.get(f"/v1/files/{kept['id']}", headers=ALICE)
+        assert got.status == 200
+        await assert_still_serving(env)

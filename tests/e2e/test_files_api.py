@@ -470,3 +470,28 @@ async def test_another_owners_file_is_404_on_every_route(env: Env) -> None:
     assert await (await download(env, fid)).read() == b"alice's"
     meta = await (await env.client.get(base + "/metadata", headers=ALICE)).json()
     assert meta["tags"] == ["mine"]
+
+
+async def test_the_sweeper_removes_objects_no_commit_claimed(env: Env) -> None:
+    """An upload that promoted its object and then crashed (or lost its commit) left an
+    object only the doomed list knows: the sweeper removes it once the grace has passed."""
+    from datetime import UTC, datetime, timedelta
+
+    from fileshare.api.keys import SERVICE
+    from fileshare.app import INDEX
+    from fileshare.models import new_object_key
+    from fileshare.pipeline import PROMOTION_GRACE
+
+    kept = await (await upload(env, b"kept")).json()
+    index, service = env.client.app[INDEX], env.client.app[SERVICE]
+    key = new_object_key("cd" * 32)
+    now = datetime.now(UTC)
+    await index.reserve(key, now + PROMOTION_GRACE)
+    await env.storage.put(env.settings.permanent_bucket, key, b"orphan")
+    assert key in await env.permanent_keys()
+    assert await service.sweep() == 0  # its upload may still be waiting for a verdict
+    service.clock = lambda: now + PROMOTION_GRACE + timedelta(seconds=1)
+    assert await service.sweep() == 1
+    assert key not in await env.permanent_keys()
+    assert await index.doomed(now + timedelta(days=1), 10) == []
+    assert await (await download(env, kept["id"])).read() == b"kept"
