@@ -32,6 +32,7 @@ from sqlalchemy import (
     Row,
     RowMapping,
     and_,
+    bindparam,
     delete,
     exists,
     insert,
@@ -448,7 +449,16 @@ class SqlIndex:
                     .where(
                         file_tags.c.owner == owner,
                         file_tags.c.file_id == files.c.id,
-                        tags.c.folded.like(like_pattern(query.tag_like), escape="\\"),
+                        # The pattern is written into the statement, not bound: with a
+                        # parameter PostgreSQL may settle on a generic plan that cannot
+                        # estimate the match and aggregates every tagged file (seconds at
+                        # a million records). Tag patterns hold no quotes (api.params).
+                        tags.c.folded.like(
+                            bindparam(
+                                "tag_like", like_pattern(query.tag_like), literal_execute=True
+                            ),
+                            escape="\\",
+                        ),
                     )
                 )
             )
