@@ -259,7 +259,8 @@ def load_sqlite(path: Path, data: DataSet) -> None:
 @contextlib.asynccontextmanager
 async def raw_postgres(index: SqlIndex) -> Any:
     """The engine's own asyncpg connection, outside any SQLAlchemy transaction."""
-    async with index._engine.connect() as conn:
+    engine: Any = index._runner.engine  # type: ignore[attr-defined]
+    async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         yield cast(asyncpg.Connection, raw.driver_connection)
 
@@ -335,14 +336,12 @@ async def cursor_at(index: SqlIndex, kind: str, offset: int) -> Cursor:
         )
     else:
         stmt = ordered(like_source(TAG_LIKE), files.c.created, files.c.id, offset)
-    async with index._engine.connect() as conn:
-        row = (await conn.execute(stmt)).one()
+    row = await index.run(lambda conn: conn.execute(stmt).one())
     return Cursor(row[0], row[1])
 
 
 async def count(index: SqlIndex, stmt: Select[Any]) -> int:
-    async with index._engine.connect() as conn:
-        return int((await conn.execute(stmt)).scalar_one())
+    return int(await index.run(lambda conn: conn.execute(stmt).scalar_one()))
 
 
 async def verify(index: SqlIndex, data: DataSet) -> dict[str, int]:
@@ -459,7 +458,8 @@ async def statement_of(index: SqlIndex, query: FileQuery) -> tuple[str, Any]:
     ) -> None:
         seen.append((statement, parameters))
 
-    engine = index._engine.sync_engine
+    runner_engine: Any = index._runner.engine  # type: ignore[attr-defined]
+    engine = getattr(runner_engine, "sync_engine", runner_engine)
     event.listen(engine, "before_cursor_execute", hook)
     try:
         await list_page(index, query)
@@ -484,8 +484,12 @@ async def plans(index: SqlIndex, cases: list[Case]) -> dict[str, dict[str, Any]]
         sql, params = await statement_of(index, case.query)
         entry: dict[str, Any] = {"sql": sql, "params": [str(p) for p in params]}
         if index.dialect == "sqlite":
-            async with index._engine.connect() as conn:
-                rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)).all()
+            explain = "EXPLAIN QUERY PLAN " + sql
+
+            def query_plan(conn: Any, explain: str = explain, params: Any = params) -> Any:
+                return conn.exec_driver_sql(explain, params).all()
+
+            rows = await index.run(query_plan)
             depth: dict[int, int] = {0: -1}
             lines = []
             for row in rows:

@@ -57,12 +57,12 @@ class ContentCatalog(Protocol):
     async def find_clean(self, sha256: str) -> Content | None:
         """The clean, stored content with that hash, or None."""
 
-    async def record_verdict(self, content: Content) -> None:
-        """Remember a verdict that is not clean."""
+    async def claim(self, sha256: str, key: str, until: datetime) -> Content | None:
+        """The clean, stored content with that hash, or None: then ``key`` is listed for
+        removal from ``until`` on unless the upload's commit claims it first."""
 
-    async def reserve(self, key: str, until: datetime) -> None:
-        """An object about to be promoted: removed by the sweeper from ``until`` on,
-        unless the upload's commit claims it first."""
+    async def record_verdict(self, content: Content, *, released: str | None = None) -> None:
+        """Remember a verdict that is not clean (and release the claimed key)."""
 
 
 @dataclass(frozen=True)
@@ -239,19 +239,19 @@ class _Upload:
         if expected_sha256 is not None:
             _check_digest(digest, expected_sha256)
         self.log = self.log.bind(sha256=digest.sha256, size=digest.size)
-        held = await index_call(p.catalog.find_clean(digest.sha256))
+        # One index call: held already (a dedup hit), or the key to promote under is listed
+        # before the object exists, so that no crash or failed commit between promotion
+        # and the index can leave an object nothing knows of.
+        key = new_object_key(digest.sha256)
+        until = datetime.now(UTC) + PROMOTION_GRACE
+        held = await index_call(p.catalog.claim(digest.sha256, key, until))
         if held is not None:
             # Already clean and stored: clamd discards an unterminated stream unscanned.
             self.log.info("upload.duplicate")
             return IngestResult(held, duplicate=True)
 
-        key = new_object_key(digest.sha256)
         verdict_task = asyncio.create_task(self._verdict())
         try:
-            # Inside the scan window: listed before it exists, so that no crash or failed
-            # commit between promotion and the index can leave an object nothing knows.
-            until = datetime.now(UTC) + PROMOTION_GRACE
-            await index_call(p.catalog.reserve(key, until))
             self.promotion = Promotion(
                 p.storage,
                 self.writer,
@@ -269,7 +269,7 @@ class _Upload:
                 await asyncio.wait([verdict_task])
         if scan.state is not ScanState.CLEAN:
             self.log.warning("scan.infected", signature=scan.signature)
-            await self._remember(replace(digest, scan=scan))
+            await self._remember(replace(digest, scan=scan), released=key)
             raise errors.Infected(scan.signature or "unknown")
         self.log.info("scan.clean")
 
@@ -279,10 +279,10 @@ class _Upload:
         self.log.info("file.promoted", key=key)
         return IngestResult(replace(digest, key=key, scan=scan), duplicate=False)
 
-    async def _remember(self, content: Content) -> None:
+    async def _remember(self, content: Content, *, released: str) -> None:
         """Record a verdict that is not clean; the upload is refused whatever happens."""
         try:
-            await self.p.catalog.record_verdict(content)
+            await self.p.catalog.record_verdict(content, released=released)
         except Exception as exc:  # the answer stays the verdict, not an index error
             self.log.error("index.verdict_not_recorded", error=str(exc))
 

@@ -131,9 +131,16 @@ class FileIndex(Protocol):
     async def find_clean(self, sha256: str) -> Content | None:
         """The content with that hash if it is clean and stored (a dedup hit), else None."""
 
-    async def record_verdict(self, content: Content) -> None:
+    async def claim(self, sha256: str, key: str, until: datetime) -> Content | None:
+        """At an upload's last byte: the clean, stored content with that hash (a dedup hit),
+        or None, and then ``key`` (the object the upload is about to promote) is doomed
+        from ``until`` on unless a ``commit`` claims it first, so that a crash or a failed
+        commit cannot leak it."""
+
+    async def record_verdict(self, content: Content, *, released: str | None = None) -> None:
         """Remember a verdict that is not clean (infected, unscannable, failed) for bytes
-        that are not stored; a clean content row is never downgraded here."""
+        that are not stored; a clean content row is never downgraded here. ``released``:
+        the key ``claim`` doomed, which no object will be promoted under after all."""
 
     async def commit(
         self,
@@ -185,10 +192,6 @@ class FileIndex(Protocol):
     ) -> FileRecord | None:
         """Put the tag on the file (creating it in the vocabulary) or take it off; None
         when there is no such record."""
-
-    async def reserve(self, key: str, until: datetime) -> None:
-        """An object about to be promoted: doomed from ``until`` on, unless a ``commit``
-        claims it first (so a crash or a failed commit cannot leak it)."""
 
     async def doomed(self, now: datetime, limit: int) -> list[str]:
         """Objects due for deletion from the permanent bucket at ``now``, oldest first."""

@@ -13,20 +13,25 @@ DSNs carry passwords: no message, ``repr`` or log line made here ever shows one.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from fileshare.index.base import IndexUnavailable
 from fileshare.index.sql import SqlIndex
+
+T = TypeVar("T")
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: Held around migrations on PostgreSQL (a transaction-scoped advisory lock).
@@ -80,53 +85,100 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def _postgres_engine(dsn: str, *, pool_size: int, timeout: float) -> AsyncEngine:
-    async def connect() -> Any:
-        # asyncpg parses the DSN itself (sslmode, passwords in the query...): exactly what
-        # the first release accepted keeps working.
-        return await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout)
+class PostgresRunner:
+    """Transactions through the async engine: each one's function runs in SQLAlchemy's
+    greenlet bridge (``run_sync``) over asyncpg, so the event loop never blocks."""
 
-    return create_async_engine(
-        "postgresql+asyncpg://",
-        async_creator=connect,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=timeout,
-        pool_pre_ping=True,  # a restarted server: stale connections are replaced
-    )
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, *, pool_size: int, timeout: float) -> None:
+        async def connect() -> Any:
+            # asyncpg parses the DSN itself (sslmode, passwords in the query...): what the
+            # first release accepted keeps working.
+            return await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout)
+
+        # No pre-ping (a round trip per transaction): a connection the server dropped is
+        # invalidated by the failing statement, and SqlIndex runs that transaction again.
+        self.engine: AsyncEngine = create_async_engine(
+            "postgresql+asyncpg://",
+            async_creator=connect,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=timeout,
+        )
+
+    async def run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(fn)
+
+    async def migrate(self) -> None:
+        async with asyncio.timeout(MIGRATION_TIMEOUT), self.engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            await conn.run_sync(_upgrade)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
 
-def _sqlite_engine(path: Path, *, timeout: float) -> AsyncEngine:
-    engine = create_async_engine(
-        f"sqlite+aiosqlite:///{path}",
-        # One connection: SQLite has one writer at a time anyway, and a single connection
-        # never waits on a lock another connection of this process holds.
-        pool_size=1,
-        max_overflow=0,
-        pool_timeout=timeout,
-    )
+class SqliteRunner:
+    """Transactions on one thread of their own, with the plain sqlite3 driver: one hop
+    off the event loop per transaction (not per statement), one connection (SQLite has one
+    writer at a time anyway, and one connection never waits on a lock another connection
+    of this process holds).
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # The driver's own transaction handling is off: transactions start below, so
-        # that they take the write lock at once (no lock upgrade deadlocks between
-        # processes sharing the file).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            "foreign_keys=ON",
-            f"busy_timeout={int(timeout * 1000)}",
-        ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
+    Writers start with ``BEGIN IMMEDIATE``: they take the file's write lock at once, so two
+    processes sharing the file queue on ``busy_timeout`` instead of deadlocking on a lock
+    upgrade; readers start a plain (deferred) ``BEGIN``."""
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    dialect = "sqlite"
 
-    return engine
+    def __init__(self, path: Path, *, timeout: float) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-index")
+        self._local = threading.local()
+        self.engine: Engine = create_engine(
+            f"sqlite:///{path}",
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=timeout,
+            connect_args={"check_same_thread": False, "timeout": timeout},
+        )
+
+        @event.listens_for(self.engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            # The driver's own transaction handling is off: _begin starts them.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=NORMAL",
+                "foreign_keys=ON",
+                f"busy_timeout={int(timeout * 1000)}",
+            ):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("fileshare_write", True)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _call(self, fn: Callable[[Connection], T], write: bool) -> T:
+        with self.engine.connect() as conn:
+            conn.execution_options(fileshare_write=write)
+            with conn.begin():
+                return fn(conn)
+
+    async def run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._call, fn, write)
+
+    async def migrate(self) -> None:
+        await self.run(_upgrade, write=True)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self.engine.dispose)
+        self._thread.shutdown(wait=True)
 
 
 async def open_sql_index(
@@ -141,10 +193,11 @@ async def open_sql_index(
     schema; every query is bounded by ``query_timeout`` seconds. Raises
     ``IndexUnavailable`` (without the password) when it cannot be opened."""
     timeout = query_timeout
+    runner: PostgresRunner | SqliteRunner
     if url is not None and url.lower().startswith(POSTGRES_SCHEMES):
         secrets = _secrets(url)
         name = f"postgres ({redact_dsn(url)})"
-        engine = _postgres_engine(url, pool_size=pool_size, timeout=timeout)
+        runner = PostgresRunner(url, pool_size=pool_size, timeout=timeout)
     else:
         secrets = []
         name = f"sqlite ({sqlite_path})"
@@ -152,27 +205,19 @@ async def open_sql_index(
             sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise IndexUnavailable(f"{name} index: {exc.strerror}") from None
-        engine = _sqlite_engine(sqlite_path, timeout=timeout)
-    index = SqlIndex(engine, timeout=timeout, name=name, scrub=lambda s: _scrub(s, secrets))
+        runner = SqliteRunner(sqlite_path, timeout=timeout)
+    index = SqlIndex(runner, timeout=timeout, name=name, scrub=lambda s: _scrub(s, secrets))
     try:
         if migrate:
-            await _migrate(engine)
+            await runner.migrate()
         else:
             await index.ping()
     except (SQLAlchemyError, OSError, TimeoutError, ValueError) as exc:
-        await engine.dispose()
+        await runner.close()
         detail = f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError) else exc
         message = f"{name} index: connect and migrate failed: {type(exc).__name__}: {detail}"
         raise IndexUnavailable(_scrub(str(message).splitlines()[0], secrets)) from None
     except BaseException:
-        await engine.dispose()
+        await runner.close()
         raise
     return index
-
-
-async def _migrate(engine: AsyncEngine) -> None:
-    # Migrating a large first-release index can take longer than one query may.
-    async with asyncio.timeout(MIGRATION_TIMEOUT), engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-        await conn.run_sync(_upgrade)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import EllipsisType, MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Row,
     RowMapping,
     and_,
@@ -43,8 +44,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from fileshare.index.base import (
     Committed,
@@ -75,6 +75,18 @@ from fileshare.models import Content, FileRecord, ScanRecord, ScanState
 T = TypeVar("T")
 Scrub = Callable[[str], str]
 
+
+class Runner(Protocol):
+    """Runs one transaction: ``fn`` on a connection inside BEGIN ... COMMIT (ROLLBACK when
+    it raises). ``write=False`` may let the database run it beside writers."""
+
+    dialect: str
+
+    async def run(self, fn: Callable[[Connection], T], *, write: bool) -> T: ...
+
+    async def close(self) -> None: ...
+
+
 _RECORD_COLUMNS = (
     files.c.owner,
     files.c.id,
@@ -93,6 +105,19 @@ _RECORD_COLUMNS = (
     contents.c.scanned_at,
 )
 _RECORDS = files.join(contents, files.c.sha256 == contents.c.sha256)
+# The statements every upload runs, built once (SQLAlchemy then only looks their compiled
+# form up in its cache).
+_FIND_CLEAN = select(contents).where(
+    contents.c.sha256 == bindparam("sha256"),
+    contents.c.state == ScanState.CLEAN.value,
+    contents.c.object_key.is_not(None),
+)
+_LOCK_CONTENT = select(contents).where(contents.c.sha256 == bindparam("sha256")).with_for_update()
+_GET = (
+    select(*_RECORD_COLUMNS)
+    .select_from(_RECORDS)
+    .where(files.c.owner == bindparam("owner"), files.c.id == bindparam("id"))
+)
 
 
 def signature_db(scanner: str | None) -> int | None:
@@ -168,59 +193,76 @@ def merge_patch(target: Mapping[str, object], patch: Mapping[str, object]) -> di
 
 
 class SqlIndex:
-    """``FileIndex`` on an ``AsyncEngine`` (made and migrated by ``index.engine``).
+    """``FileIndex`` on SQLAlchemy Core (made and migrated by ``index.engine``).
 
-    Every call is one transaction bounded by ``timeout`` seconds, waiting for a pooled
-    connection included. Messages never carry a password: ``scrub`` removes it."""
+    Every call is one transaction, written as a plain function of a ``Connection`` and run
+    by a ``Runner``: on PostgreSQL through the async engine (asyncpg, ``run_sync``), on
+    SQLite on one thread of its own (a hop per transaction, not per statement). Each is
+    bounded by ``timeout`` seconds, waiting for a pooled connection included. Messages never
+    carry a password: ``scrub`` removes it."""
 
-    def __init__(self, engine: AsyncEngine, *, timeout: float, name: str, scrub: Scrub) -> None:
-        self._engine = engine
+    def __init__(self, runner: Runner, *, timeout: float, name: str, scrub: Scrub) -> None:
+        self._runner = runner
         self._timeout = timeout
         self._name = name
         self._scrub = scrub
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert = postgresql.insert if runner.dialect == "postgresql" else sqlite.insert
 
     def __repr__(self) -> str:
         return f"SqlIndex({self._name})"
 
     @property
     def dialect(self) -> str:
-        return self._engine.dialect.name
+        return self._runner.dialect
 
-    async def _tx(self, action: str, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        try:
-            async with asyncio.timeout(self._timeout), self._engine.begin() as conn:
-                return await fn(conn)
-        except IndexError_:
-            raise
-        except IntegrityError:
-            raise Conflict(f"{action}: a concurrent change conflicted") from None
-        except (SQLAlchemyError, OSError, TimeoutError, ValueError) as exc:
-            if _is_conflict(exc):
+    async def _tx(self, action: str, fn: Callable[[Connection], T], *, write: bool = True) -> T:
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return await self._runner.run(fn, write=write)
+            except IndexError_:
+                raise
+            except IntegrityError:
                 raise Conflict(f"{action}: a concurrent change conflicted") from None
-            if isinstance(exc, TimeoutError):
-                detail = f"no answer within {self._timeout:g}s"
-            else:
-                detail = f"{type(exc).__name__}: {_first_line(exc)}"
-            message = f"{self._name} index: {action} failed: {detail}"
-            raise IndexUnavailable(self._scrub(message)) from None
+            except DBAPIError as exc:
+                # A connection the server dropped (a restart, a failover) is replaced by
+                # the pool; the transaction never reached its commit, so it runs again.
+                if exc.connection_invalidated and attempt == 1:
+                    continue
+                raise self._unavailable(action, exc) from None
+            except (SQLAlchemyError, OSError, TimeoutError, ValueError) as exc:
+                raise self._unavailable(action, exc) from None
+        raise AssertionError("unreachable")
+
+    async def run(self, fn: Callable[[Connection], T], *, write: bool = False) -> T:
+        """Run ``fn`` in a transaction of its own: for maintenance, benchmarks and tests
+        that look behind the contract."""
+        return await self._tx("run", fn, write=write)
+
+    def _unavailable(self, action: str, exc: BaseException) -> IndexError_:
+        if _is_conflict(exc):
+            return Conflict(f"{action}: a concurrent change conflicted")
+        if isinstance(exc, TimeoutError):
+            detail = f"no answer within {self._timeout:g}s"
+        else:
+            detail = f"{type(exc).__name__}: {_first_line(exc)}"
+        return IndexUnavailable(self._scrub(f"{self._name} index: {action} failed: {detail}"))
 
     # ---------------------------------------------------------------- contents
 
     async def find_clean(self, sha256: str) -> Content | None:
-        query = select(contents).where(
-            contents.c.sha256 == sha256,
-            contents.c.state == ScanState.CLEAN.value,
-            contents.c.object_key.is_not(None),
-        )
+        return await self._tx("find_clean", lambda c: _find_clean(c, sha256), write=False)
 
-        async def run(conn: AsyncConnection) -> Content | None:
-            row = (await conn.execute(query)).first()
-            return None if row is None else _content(row._mapping)
+    async def claim(self, sha256: str, key: str, until: datetime) -> Content | None:
+        def run(conn: Connection) -> Content | None:
+            held = _find_clean(conn, sha256)
+            if held is None:
+                self._doom(conn, key, until)
+            return held
 
-        return await self._tx("find_clean", run)
+        return await self._tx("claim", run)
 
-    async def record_verdict(self, content: Content) -> None:
+    async def record_verdict(self, content: Content, *, released: str | None = None) -> None:
         created = content.scan.scanned_at or datetime.now(UTC)
         values = _content_values(content) | {"object_key": None, "created": created}
         stmt = self._insert(contents).values(values)
@@ -230,81 +272,83 @@ class SqlIndex:
             where=contents.c.state != ScanState.CLEAN.value,
         )
 
-        async def run(conn: AsyncConnection) -> None:
-            await conn.execute(stmt)
+        def run(conn: Connection) -> None:
+            conn.execute(stmt)
+            if released is not None:  # nothing was promoted under it
+                conn.execute(delete(doomed_objects).where(doomed_objects.c.object_key == released))
 
         await self._tx("record_verdict", run)
 
-    async def _lock_content(self, conn: AsyncConnection, sha256: str) -> Row[Any] | None:
-        query = select(contents).where(contents.c.sha256 == sha256).with_for_update()
-        return (await conn.execute(query)).first()
-
-    async def _release(self, conn: AsyncConnection, sha256: str, now: datetime) -> list[str]:
+    def _release(self, conn: Connection, sha256: str, now: datetime) -> list[str]:
         """Forget the content if no record uses it any more; its object becomes doomed."""
-        row = await self._lock_content(conn, sha256)
+        row = _lock_content(conn, sha256)
         if row is None:
             return []
-        used = await conn.execute(select(files.c.id).where(files.c.sha256 == sha256).limit(1))
+        used = conn.execute(select(files.c.id).where(files.c.sha256 == sha256).limit(1))
         if used.first() is not None:
             return []
-        await conn.execute(delete(contents).where(contents.c.sha256 == sha256))
+        conn.execute(delete(contents).where(contents.c.sha256 == sha256))
         key = row._mapping["object_key"]
         if key is None:
             return []
-        await self._doom(conn, key, now)
+        self._doom(conn, key, now)
         return [key]
 
-    async def _doom(self, conn: AsyncConnection, key: str, not_before: datetime) -> None:
+    def _doom(self, conn: Connection, key: str, not_before: datetime) -> None:
         stmt = self._insert(doomed_objects).values(object_key=key, not_before=not_before)
-        await conn.execute(
+        conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=[doomed_objects.c.object_key],
                 set_={"not_before": stmt.excluded.not_before},
             )
         )
 
-    async def reserve(self, key: str, until: datetime) -> None:
-        async def run(conn: AsyncConnection) -> None:
-            await self._doom(conn, key, until)
-
-        await self._tx("reserve", run)
-
-    async def _settle_content(
-        self, conn: AsyncConnection, content: Content, *, held: bool, now: datetime
-    ) -> tuple[str, list[str]]:
-        """Lock the content row as clean; returns the object key records use and the
-        objects this upload made redundant."""
-        if not held:
-            values = _content_values(content) | {"created": now}
-            await conn.execute(
+    def _settle_content(
+        self, conn: Connection, content: Content, *, held: bool, now: datetime
+    ) -> tuple[Content, bool, list[str]]:
+        """Lock the content row, clean. Returns the content records use, whether this
+        transaction created it (then no record can use it yet), and the objects this
+        upload made redundant."""
+        row = _lock_content(conn, content.sha256)
+        if held:
+            stored = None if row is None else _content(row._mapping)
+            if stored is None or not stored.present:
+                raise ContentGone(f"content {content.sha256} was removed during the upload")
+            return stored, False, []
+        assert content.key is not None
+        if row is None:
+            inserted = conn.execute(
                 self._insert(contents)
-                .values(values)
+                .values(_content_values(content) | {"created": now})
                 .on_conflict_do_nothing(index_elements=[contents.c.sha256])
             )
-        row = await self._lock_content(conn, content.sha256)
-        stored = None if row is None else _content(row._mapping)
-        if not held:
-            # The object this upload promoted is claimed (kept) or doomed now (below).
-            await conn.execute(
-                delete(doomed_objects).where(doomed_objects.c.object_key == content.key)
-            )
-        if stored is not None and stored.present:
-            if not held and stored.key != content.key:
+            if inserted.rowcount == 1:
+                self._claim(conn, content.key)
+                return content, True, []
+            # Inserted by a concurrent upload of the same bytes (PostgreSQL waited for it).
+            row = _lock_content(conn, content.sha256)
+            assert row is not None
+        stored = _content(row._mapping)
+        if stored.present:
+            if stored.key != content.key:
                 # Same bytes promoted by someone else first: theirs is the one records
-                # use, and ours is doomed (listed, so the sweeper removes it if the
+                # use; ours is doomed now (still listed, so the sweeper removes it if the
                 # removal after this transaction fails).
-                assert content.key is not None
-                await self._doom(conn, content.key, now)
-                return stored.key or "", [content.key]
-            return stored.key or "", []
-        if held:
-            raise ContentGone(f"content {content.sha256} was removed during the upload")
+                self._doom(conn, content.key, now)
+                return stored, False, [content.key]
+            return stored, False, []
         # A stale verdict (infected or failed before, now scanned clean): ours wins.
-        values = _content_values(content)
-        await conn.execute(
-            update(contents).where(contents.c.sha256 == content.sha256).values(values)
+        conn.execute(
+            update(contents)
+            .where(contents.c.sha256 == content.sha256)
+            .values(_content_values(content))
         )
-        return content.key or "", []
+        self._claim(conn, content.key)
+        return content, False, []
+
+    def _claim(self, conn: Connection, key: str) -> None:
+        """The object a record will use is no longer doomed."""
+        conn.execute(delete(doomed_objects).where(doomed_objects.c.object_key == key))
 
     async def commit(
         self,
@@ -317,34 +361,25 @@ class SqlIndex:
         held: bool,
         now: datetime,
     ) -> Committed:
-        async def run(conn: AsyncConnection) -> Committed:
-            _, doomed = await self._settle_content(conn, content, held=held, now=now)
+        def run(conn: Connection) -> Committed:
+            stored, fresh, doomed = self._settle_content(conn, content, held=held, now=now)
+            current: str | None = None
             if placement.file_id is None:
-                same = await conn.execute(
-                    select(files.c.id)
-                    .where(
-                        files.c.owner == owner,
-                        files.c.sha256 == content.sha256,
-                        files.c.name.is_not_distinct_from(name),
-                        files.c.content_type == content_type,
-                    )
-                    .order_by(files.c.created, files.c.id)
-                    .limit(1)
-                )
-                existing = same.scalar()
+                # A retried POST gets its record back; a content this transaction created
+                # has no records yet, so there is nothing to look for.
+                existing = None if fresh else _same_record(conn, owner, stored, name, content_type)
                 if existing is not None:
-                    record = await self._get(conn, owner, existing)
+                    record = _get(conn, owner, existing)
                     assert record is not None
                     return Committed(record, created=False, doomed=tuple(doomed))
-                file_id, current = placement.new_id, None
+                file_id = placement.new_id
             else:
                 file_id = placement.file_id
-                found = await conn.execute(
+                current = conn.execute(
                     select(files.c.sha256)
                     .where(files.c.owner == owner, files.c.id == file_id)
                     .with_for_update()
-                )
-                current = found.scalar()
+                ).scalar()
                 if placement.if_none_match and current is not None:
                     raise PreconditionFailed("the file exists (If-None-Match: *)")
                 if placement.if_match and (
@@ -353,67 +388,47 @@ class SqlIndex:
                 ):
                     raise PreconditionFailed("the file's current ETag does not match If-Match")
             if current is None:
-                await conn.execute(
+                conn.execute(
                     insert(files).values(
                         owner=owner,
                         id=file_id,
                         name=name,
                         content_type=content_type,
-                        sha256=content.sha256,
+                        sha256=stored.sha256,
                         created=now,
                         updated=now,
                         meta={},
                     )
                 )
-            else:
-                # No versioning: the record now names the new bytes, keeping its id,
-                # creation time, tags and metadata; the old bytes go if nobody uses them.
-                await conn.execute(
-                    update(files)
-                    .where(files.c.owner == owner, files.c.id == file_id)
-                    .values(
-                        name=name, content_type=content_type, sha256=content.sha256, updated=now
-                    )
+                record = FileRecord(
+                    owner=owner,
+                    id=file_id,
+                    name=name,
+                    content_type=content_type,
+                    content=stored,
+                    created=now,
+                    updated=now,
                 )
-                if current != content.sha256:
-                    doomed += await self._release(conn, current, now)
-            record = await self._get(conn, owner, file_id)
+                return Committed(record, created=True, doomed=tuple(doomed))
+            # No versioning: the record now names the new bytes, keeping its id, creation
+            # time, tags and metadata; the old bytes go if nobody uses them.
+            conn.execute(
+                update(files)
+                .where(files.c.owner == owner, files.c.id == file_id)
+                .values(name=name, content_type=content_type, sha256=stored.sha256, updated=now)
+            )
+            if current != stored.sha256:
+                doomed += self._release(conn, current, now)
+            record = _get(conn, owner, file_id)
             assert record is not None
-            return Committed(record, created=current is None, doomed=tuple(doomed))
+            return Committed(record, created=False, doomed=tuple(doomed))
 
         return await self._tx("commit", run)
 
     # ---------------------------------------------------------------- records
 
-    async def _tags_of(
-        self, conn: AsyncConnection, owner: str, ids: Sequence[str]
-    ) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {i: [] for i in ids}
-        if not ids:
-            return found
-        rows = await conn.execute(
-            select(file_tags.c.file_id, file_tags.c.tag)
-            .where(file_tags.c.owner == owner, file_tags.c.file_id.in_(ids))
-            .order_by(file_tags.c.tag)
-        )
-        for file_id, tag in rows:
-            found[file_id].append(tag)
-        return found
-
-    async def _get(self, conn: AsyncConnection, owner: str, file_id: str) -> FileRecord | None:
-        row = (
-            await conn.execute(
-                select(*_RECORD_COLUMNS)
-                .select_from(_RECORDS)
-                .where(files.c.owner == owner, files.c.id == file_id)
-            )
-        ).first()
-        if row is None:
-            return None
-        return _record(row._mapping, (await self._tags_of(conn, owner, [file_id]))[file_id])
-
     async def get(self, owner: str, file_id: str) -> FileRecord | None:
-        return await self._tx("get", lambda conn: self._get(conn, owner, file_id))
+        return await self._tx("get", lambda conn: _get(conn, owner, file_id), write=False)
 
     async def list_files(self, owner: str, query: FileQuery) -> Page:
         conditions: list[ColumnElement[bool]] = []
@@ -493,21 +508,21 @@ class SqlIndex:
             .limit(query.page_size + 1)
         )
 
-        async def run(conn: AsyncConnection) -> Page:
-            rows = (await conn.execute(stmt)).all()
+        def run(conn: Connection) -> Page:
+            rows = (conn.execute(stmt)).all()
             more = len(rows) > query.page_size
             rows = rows[: query.page_size]
-            found = await self._tags_of(conn, owner, [r._mapping["id"] for r in rows])
+            found = _tags_of(conn, owner, [r._mapping["id"] for r in rows])
             items = [_record(r._mapping, found[r._mapping["id"]]) for r in rows]
             last = items[-1] if more else None
             return Page(items, None if last is None else Cursor(last.created, last.id))
 
-        return await self._tx("list_files", run)
+        return await self._tx("list_files", run, write=False)
 
     async def update(self, owner: str, file_id: str, patch: FilePatch, now: datetime) -> FileRecord:
-        async def run(conn: AsyncConnection) -> FileRecord:
+        def run(conn: Connection) -> FileRecord:
             found = (
-                await conn.execute(
+                conn.execute(
                     select(files.c.meta, files.c.created)
                     .where(files.c.owner == owner, files.c.id == file_id)
                     .with_for_update()
@@ -526,26 +541,26 @@ class SqlIndex:
                 if len(encoded.encode()) > patch.metadata_limit:
                     raise TooLarge(f"metadata is limited to {patch.metadata_limit} bytes of JSON")
                 values["meta"] = merged
-            await conn.execute(
+            conn.execute(
                 update(files).where(files.c.owner == owner, files.c.id == file_id).values(values)
             )
             if isinstance(patch.tags, tuple):
-                await conn.execute(
+                conn.execute(
                     delete(file_tags).where(
                         file_tags.c.owner == owner, file_tags.c.file_id == file_id
                     )
                 )
                 for tag in dict.fromkeys(patch.tags):
-                    await self._attach(conn, owner, file_id, found.created, tag, now)
-            record = await self._get(conn, owner, file_id)
+                    self._attach(conn, owner, file_id, found.created, tag, now)
+            record = _get(conn, owner, file_id)
             assert record is not None
             return record
 
         return await self._tx("update", run)
 
     async def delete(self, owner: str, file_id: str, now: datetime) -> Removed | None:
-        async def run(conn: AsyncConnection) -> Removed | None:
-            found = await conn.execute(
+        def run(conn: Connection) -> Removed | None:
+            found = conn.execute(
                 select(files.c.sha256)
                 .where(files.c.owner == owner, files.c.id == file_id)
                 .with_for_update()
@@ -553,35 +568,35 @@ class SqlIndex:
             sha256 = found.scalar()
             if sha256 is None:
                 return None
-            await conn.execute(
+            conn.execute(
                 delete(file_tags).where(file_tags.c.owner == owner, file_tags.c.file_id == file_id)
             )
-            await conn.execute(delete(files).where(files.c.owner == owner, files.c.id == file_id))
-            return Removed(tuple(await self._release(conn, sha256, now)))
+            conn.execute(delete(files).where(files.c.owner == owner, files.c.id == file_id))
+            return Removed(tuple(self._release(conn, sha256, now)))
 
         return await self._tx("delete", run)
 
     # ---------------------------------------------------------------- tags
 
-    async def _ensure_tag(self, conn: AsyncConnection, owner: str, tag: str, now: datetime) -> bool:
-        result = await conn.execute(
+    def _ensure_tag(self, conn: Connection, owner: str, tag: str, now: datetime) -> bool:
+        result = conn.execute(
             self._insert(tags)
             .values(owner=owner, name=tag, folded=tag.casefold(), created=now)
             .on_conflict_do_nothing(index_elements=[tags.c.owner, tags.c.name])
         )
         return bool(result.rowcount)
 
-    async def _attach(
+    def _attach(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         owner: str,
         file_id: str,
         created: datetime,
         tag: str,
         now: datetime,
     ) -> None:
-        await self._ensure_tag(conn, owner, tag, now)
-        await conn.execute(
+        self._ensure_tag(conn, owner, tag, now)
+        conn.execute(
             self._insert(file_tags)
             .values(owner=owner, tag=tag, created=created, file_id=file_id)
             .on_conflict_do_nothing()
@@ -596,19 +611,17 @@ class SqlIndex:
             stmt = stmt.where(tags.c.name > after)
         stmt = stmt.order_by(tags.c.name).limit(limit)
 
-        async def run(conn: AsyncConnection) -> list[Tag]:
-            return [Tag(name, created) for name, created in await conn.execute(stmt)]
+        def run(conn: Connection) -> list[Tag]:
+            return [Tag(name, created) for name, created in conn.execute(stmt)]
 
-        return await self._tx("list_tags", run)
+        return await self._tx("list_tags", run, write=False)
 
     async def delete_tag(self, owner: str, tag: str) -> bool:
-        async def run(conn: AsyncConnection) -> bool:
-            await conn.execute(
+        def run(conn: Connection) -> bool:
+            conn.execute(
                 delete(file_tags).where(file_tags.c.owner == owner, file_tags.c.tag == tag)
             )
-            result = await conn.execute(
-                delete(tags).where(tags.c.owner == owner, tags.c.name == tag)
-            )
+            result = conn.execute(delete(tags).where(tags.c.owner == owner, tags.c.name == tag))
             return bool(result.rowcount)
 
         return await self._tx("delete_tag", run)
@@ -616,8 +629,8 @@ class SqlIndex:
     async def tag_file(
         self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool
     ) -> FileRecord | None:
-        async def run(conn: AsyncConnection) -> FileRecord | None:
-            found = await conn.execute(
+        def run(conn: Connection) -> FileRecord | None:
+            found = conn.execute(
                 select(files.c.created)
                 .where(files.c.owner == owner, files.c.id == file_id)
                 .with_for_update()
@@ -626,16 +639,16 @@ class SqlIndex:
             if created is None:
                 return None
             if add:
-                await self._attach(conn, owner, file_id, created, tag, now)
+                self._attach(conn, owner, file_id, created, tag, now)
             else:
-                await conn.execute(
+                conn.execute(
                     delete(file_tags).where(
                         file_tags.c.owner == owner,
                         file_tags.c.file_id == file_id,
                         file_tags.c.tag == tag,
                     )
                 )
-            return await self._get(conn, owner, file_id)
+            return _get(conn, owner, file_id)
 
         return await self._tx("tag_file", run)
 
@@ -649,30 +662,76 @@ class SqlIndex:
             .limit(limit)
         )
 
-        async def run(conn: AsyncConnection) -> list[str]:
-            return list((await conn.execute(stmt)).scalars())
+        def run(conn: Connection) -> list[str]:
+            return list((conn.execute(stmt)).scalars())
 
-        return await self._tx("doomed", run)
+        return await self._tx("doomed", run, write=False)
 
     async def forget(self, keys: Sequence[str]) -> None:
         if not keys:
             return
 
-        async def run(conn: AsyncConnection) -> None:
-            await conn.execute(
-                delete(doomed_objects).where(doomed_objects.c.object_key.in_(list(keys)))
-            )
+        def run(conn: Connection) -> None:
+            conn.execute(delete(doomed_objects).where(doomed_objects.c.object_key.in_(list(keys))))
 
         await self._tx("forget", run)
 
     async def ping(self) -> None:
-        async def run(conn: AsyncConnection) -> None:
-            await conn.execute(select(literal(1)))
+        def run(conn: Connection) -> None:
+            conn.execute(select(literal(1)))
 
-        await self._tx("ping", run)
+        await self._tx("ping", run, write=False)
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        await self._runner.close()
+
+
+def _find_clean(conn: Connection, sha256: str) -> Content | None:
+    row = conn.execute(_FIND_CLEAN, {"sha256": sha256}).first()
+    return None if row is None else _content(row._mapping)
+
+
+def _lock_content(conn: Connection, sha256: str) -> Row[Any] | None:
+    return conn.execute(_LOCK_CONTENT, {"sha256": sha256}).first()
+
+
+def _same_record(
+    conn: Connection, owner: str, content: Content, name: str | None, content_type: str
+) -> str | None:
+    """The owner's record of the same bytes, name and type (a retried upload)."""
+    found = conn.execute(
+        select(files.c.id)
+        .where(
+            files.c.owner == owner,
+            files.c.sha256 == content.sha256,
+            files.c.name.is_not_distinct_from(name),
+            files.c.content_type == content_type,
+        )
+        .order_by(files.c.created, files.c.id)
+        .limit(1)
+    )
+    return found.scalar()
+
+
+def _tags_of(conn: Connection, owner: str, ids: Sequence[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {i: [] for i in ids}
+    if not ids:
+        return found
+    rows = conn.execute(
+        select(file_tags.c.file_id, file_tags.c.tag)
+        .where(file_tags.c.owner == owner, file_tags.c.file_id.in_(ids))
+        .order_by(file_tags.c.tag)
+    )
+    for file_id, tag in rows:
+        found[file_id].append(tag)
+    return found
+
+
+def _get(conn: Connection, owner: str, file_id: str) -> FileRecord | None:
+    row = conn.execute(_GET, {"owner": owner, "id": file_id}).first()
+    if row is None:
+        return None
+    return _record(row._mapping, _tags_of(conn, owner, [file_id])[file_id])
 
 
 def _is_conflict(exc: BaseException) -> bool:

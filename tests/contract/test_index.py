@@ -227,7 +227,7 @@ async def test_a_reserved_object_is_doomed_unless_a_commit_claims_it(index: File
     claimed, lost = content(1), content(2)
     for c in (claimed, lost):
         assert c.key is not None
-        await index.reserve(c.key, NOW + timedelta(hours=1))
+        assert await index.claim(c.sha256, c.key, NOW + timedelta(hours=1)) is None
     # not before its time: the upload may still be waiting for its verdict
     assert await index.doomed(NOW, 10) == []
     await post(index, claimed)

@@ -96,8 +96,7 @@ async def make_first_release_postgres(dsn: str) -> None:
 
 
 async def revision(index: SqlIndex) -> str | None:
-    async with index._engine.connect() as conn:
-        return await conn.run_sync(current_revision)
+    return await index.run(current_revision)
 
 
 async def assert_first_release_records(index: SqlIndex) -> None:
@@ -160,8 +159,7 @@ async def test_the_migrations_make_the_schema_the_queries_expect(
         return [d for d in diff if d[0] != "remove_table" or d[1].name != "alembic_version"]
 
     try:
-        async with index._engine.connect() as conn:
-            assert await conn.run_sync(differences) == []
+        assert await index.run(differences) == []
     finally:
         await index.close()
 

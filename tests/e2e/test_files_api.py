@@ -73,9 +73,11 @@ async def referenced_keys(env: Env) -> set[str]:
 
     from fileshare.index.tables import contents
 
-    async with index._engine.connect() as conn:
-        rows = await conn.execute(select(contents.c.object_key))
-        return {k for (k,) in rows if k is not None}
+    def keys(conn: Any) -> set[str]:
+        return {k for (k,) in conn.execute(select(contents.c.object_key)) if k is not None}
+
+    found: set[str] = await index.run(keys)
+    return found
 
 
 # -------------------------------------------------------------------------------- shape
@@ -486,7 +488,7 @@ async def test_the_sweeper_removes_objects_no_commit_claimed(env: Env) -> None:
     index, service = env.client.app[INDEX], env.client.app[SERVICE]
     key = new_object_key("cd" * 32)
     now = datetime.now(UTC)
-    await index.reserve(key, now + PROMOTION_GRACE)
+    assert await index.claim("cd" * 32, key, now + PROMOTION_GRACE) is None
     await env.storage.put(env.settings.permanent_bucket, key, b"orphan")
     assert key in await env.permanent_keys()
     assert await service.sweep() == 0  # its upload may still be waiting for a verdict
