@@ -14,7 +14,7 @@ from typing import TypeVar
 import structlog
 
 from fileshare import errors
-from fileshare.index.base import IndexUnavailable
+from fileshare.index.base import Conflict, IndexUnavailable
 from fileshare.scan.base import ScanError, ScanSizeExceeded
 from fileshare.storage.base import StorageError
 
@@ -46,6 +46,9 @@ async def index_call(awaitable: Awaitable[T]) -> T:
     except IndexUnavailable as exc:
         log.error("index.failed", error=str(exc))
         raise errors.IndexUnavailable() from None
+    except Conflict:
+        # The index already ran the transaction again several times.
+        raise errors.Conflict("the file changed concurrently; retry") from None
 
 
 def domain_error(exc: BaseException) -> BaseException:

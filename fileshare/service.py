@@ -10,14 +10,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from fileshare import errors
 from fileshare.boundary import index_call
 from fileshare.index.base import (
-    Conflict,
     ContentGone,
     FileIndex,
     FilePatch,
@@ -34,10 +33,13 @@ from fileshare.storage.base import ObjectNotFound, Storage, StorageError
 
 log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
-#: A commit that lost a race to a concurrent create of the same id is tried again.
-COMMIT_ATTEMPTS = 3
 #: Objects removed per sweep of the doomed list.
 SWEEP_BATCH = 200
+#: An object whose removal failed is tried again after this long (so that a few that
+#: always fail cannot keep the others waiting).
+SWEEP_RETRY = timedelta(minutes=10)
+#: The most tags one file may carry.
+MAX_TAGS_PER_FILE = 50
 
 
 def utc_now() -> datetime:
@@ -111,23 +113,17 @@ class FileService:
         )
         promoted = None if result.duplicate else result.content.key
         try:
-            for attempt in range(1, COMMIT_ATTEMPTS + 1):
-                try:
-                    committed = await index_call(
-                        self.index.commit(
-                            owner,
-                            result.content,
-                            name=name,
-                            content_type=content_type,
-                            placement=placement,
-                            held=result.duplicate,
-                            now=self.clock(),
-                        )
-                    )
-                    break
-                except Conflict:
-                    if attempt == COMMIT_ATTEMPTS:
-                        raise errors.Conflict("the file changed concurrently; retry") from None
+            committed = await index_call(
+                self.index.commit(
+                    owner,
+                    result.content,
+                    name=name,
+                    content_type=content_type,
+                    placement=placement,
+                    held=result.duplicate,
+                    now=self.clock(),
+                )
+            )
         except (errors.Conflict, PreconditionFailed, ContentGone) as exc:
             # A definite "no": the object this upload promoted is nobody's.
             if promoted is not None:
@@ -135,9 +131,8 @@ class FileService:
             if isinstance(exc, PreconditionFailed):
                 raise errors.PreconditionFailed(str(exc)) from None
             if isinstance(exc, ContentGone):
-                raise errors.ContentChanged(
-                    "the stored copy of these bytes was deleted during the upload; retry"
-                ) from None
+                # Not saying why: the bytes may have been another owner's.
+                raise errors.ContentChanged("the upload could not be recorded; retry") from None
             raise
         # The index may have chosen an object promoted by a concurrent upload of the same
         # bytes, or a replace may have released the old bytes: remove what nothing uses.
@@ -193,7 +188,14 @@ class FileService:
             raise errors.NotFound("no such tag")
 
     async def tag_file(self, owner: str, file_id: str, tag: str, *, add: bool) -> FileRecord:
-        record = await index_call(self.index.tag_file(owner, file_id, tag, self.clock(), add=add))
+        try:
+            record = await index_call(
+                self.index.tag_file(
+                    owner, file_id, tag, self.clock(), add=add, max_tags=MAX_TAGS_PER_FILE
+                )
+            )
+        except TooLarge as exc:
+            raise errors.ValidationFailed(str(exc)) from None
         if record is None:
             raise errors.NotFound("no such file")
         return record
@@ -212,8 +214,14 @@ class FileService:
         try:
             first = await anext(stream, b"")
         except ObjectNotFound:
+            # Lost outside fileshare (a lifecycle rule, a hand-made delete): the one case
+            # the index cannot know of. Forget the object, so that the next upload of these
+            # bytes stores them again and every record of them is whole again.
             log.error("content.missing", file_id=record.id, sha256=content.sha256)
-            raise errors.StorageUnavailable("the file's content is missing") from None
+            await index_call(self.index.lose(content.sha256, content.key))
+            raise errors.ContentNotAvailable(
+                "the file's content is missing from storage; upload the file again"
+            ) from None
         except StorageError as exc:
             log.warning("storage.failed", error=str(exc))
             raise errors.StorageUnavailable() from None
@@ -230,17 +238,21 @@ class FileService:
         """Delete objects from the permanent bucket, then drop them from the doomed list.
         Never raises: what fails stays doomed, and the sweeper tries again."""
         removed: list[str] = []
+        failed: list[str] = []
         for key in keys:
             try:
                 await self.storage.delete(self.permanent, key)
                 removed.append(key)
             except StorageError as exc:
                 log.error("content.delete_failed", key=key, error=str(exc))
-        if removed:
-            try:
+                failed.append(key)
+        try:
+            if removed:
                 await self.index.forget(removed)
-            except Exception as exc:  # still listed: the sweeper deletes them again
-                log.error("index.forget_failed", error=str(exc))
+            if failed:
+                await self.index.postpone(failed, self.clock() + SWEEP_RETRY)
+        except Exception as exc:  # still listed: the sweeper deletes them again
+            log.error("index.forget_failed", error=str(exc))
         return len(removed)
 
 

@@ -179,5 +179,5 @@ async def read_json(request: web.Request, *, media_types: tuple[str, ...]) -> ob
         raise errors.ClientDisconnected("the request body ended early") from None
     try:
         return json.loads(b"".join(parts).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise errors.InvalidJson("the body is not valid UTF-8 JSON") from None

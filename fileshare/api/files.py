@@ -3,6 +3,7 @@ search, patch, tag, delete. Thin: parse, authorize, call, render."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import EllipsisType
@@ -19,7 +20,7 @@ from fileshare.api.names import content_disposition, validate_name
 from fileshare.api.ranges import parse_range
 from fileshare.index.base import FilePatch, Page
 from fileshare.models import FileRecord
-from fileshare.service import Target, Uploaded
+from fileshare.service import MAX_TAGS_PER_FILE, Target, Uploaded
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -27,7 +28,6 @@ routes = web.RouteTableDef()
 MERGE_PATCH = ("application/merge-patch+json", "application/json")
 #: What a PATCH may hold: a record's metadata is small, its tags few.
 METADATA_LIMIT = 16 * 1024
-MAX_TAGS_PER_FILE = 50
 _PATCHABLE = frozenset({"name", "metadata", "tags"})
 
 
@@ -191,6 +191,10 @@ def _patch(body: object) -> FilePatch:
         value = patch["metadata"]
         if value is not None and not isinstance(value, dict):
             raise errors.ValidationFailed("metadata must be a JSON object or null")
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (\ud800) parses, but is no text
+            raise errors.ValidationFailed("metadata strings must be valid Unicode") from None
         meta = value  # null removes the member: the metadata becomes empty
     tags: tuple[str, ...] | EllipsisType = ...
     if "tags" in patch:

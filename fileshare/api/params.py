@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from multidict import MultiMapping
 
 from fileshare import errors
+from fileshare.api.names import validate_name
 from fileshare.index.base import Cursor, FileQuery
 from fileshare.index.tables import FILE_ID_MAX, TAG_MAX
 
@@ -31,7 +32,6 @@ _TAG_PATTERN = re.compile(rf"[\w.:@+%-]{{1,{TAG_MAX}}}")
 _MEDIA_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # noqa: S105 (a regex)
 _MEDIA_FILTER = re.compile(rf"{_MEDIA_TOKEN}/(\*|{_MEDIA_TOKEN})")
 _DIGITS = re.compile(r"[0-9]{1,3}")
-MAX_NAME_FILTER = 1024
 MAX_TAGS_PER_QUERY = 5
 
 
@@ -53,9 +53,11 @@ def tag(value: object) -> str:
     if not isinstance(value, str):
         raise errors.InvalidTag("a tag is a string")
     normal = unicodedata.normalize("NFC", value)
-    if not _TAG.fullmatch(normal):
+    # At least one letter or digit: "." and ".." cannot be path segments.
+    if not _TAG.fullmatch(normal) or not any(c.isalnum() for c in normal):
         raise errors.InvalidTag(
-            f"a tag is 1 to {TAG_MAX} letters, digits or _ - . : @ + (no spaces, / or %)"
+            f"a tag is 1 to {TAG_MAX} letters, digits or _ - . : @ + (no spaces, / or %), "
+            "with at least one letter or digit"
         )
     return normal
 
@@ -72,7 +74,8 @@ def decode_cursor(value: str) -> Cursor:
         created = datetime.fromisoformat(created_text)
         if created.tzinfo is None or not isinstance(id_, str) or not FILE_ID.fullmatch(id_):
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        created = created.astimezone(UTC)
+    except (ValueError, TypeError, binascii.Error, OverflowError, RecursionError):
         raise errors.InvalidParameter(
             "offsetKey is not one this service gave out: pass nextOffsetKey as it came"
         ) from None
@@ -82,11 +85,13 @@ def decode_cursor(value: str) -> Cursor:
 def _timestamp(name: str, value: str) -> datetime:
     try:
         when = datetime.fromisoformat(value)
-    except ValueError:
+        # In UTC here, where a time too close to year 1 or 9999 to be expressed in UTC is
+        # still the client's mistake (and not, later, the index's failure).
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise errors.InvalidParameter(
             f"{name} must be an RFC 3339 time (2024-05-01T12:00:00Z) or a date (2024-05-01)"
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
 def _boolean(name: str, value: str) -> bool:
@@ -128,8 +133,12 @@ def file_query(query: MultiMapping[str], *, search: bool) -> FileQuery:
         )
     after = _single(query, "offsetKey")
     name = _single(query, "name")
-    if name is not None and not 0 < len(name) <= MAX_NAME_FILTER:
-        raise errors.InvalidParameter(f"name must be 1 to {MAX_NAME_FILTER} characters")
+    if name is not None:
+        try:
+            # As names are stored: NFC, no control characters (a NUL would fail the index).
+            name = validate_name(name)
+        except errors.InvalidFileName as exc:
+            raise errors.InvalidParameter(f"name: {exc.detail}") from None
     content_type = _single(query, "contentType")
     if content_type is not None:
         if not _MEDIA_FILTER.fullmatch(content_type):

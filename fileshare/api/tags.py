@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
@@ -19,7 +20,7 @@ routes = web.RouteTableDef()
 
 
 def _tag_url(request: web.Request, name: str) -> str:
-    return f"{request.app[SETTINGS].base_url}/v1/tags/{name}"
+    return f"{request.app[SETTINGS].base_url}/v1/tags/{quote(name, safe='')}"
 
 
 def _encode(name: str) -> str:

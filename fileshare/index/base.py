@@ -188,16 +188,23 @@ class FileIndex(Protocol):
         """Remove the tag from the vocabulary and from every file; False if unknown."""
 
     async def tag_file(
-        self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool
+        self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool, max_tags: int
     ) -> FileRecord | None:
         """Put the tag on the file (creating it in the vocabulary) or take it off; None
-        when there is no such record."""
+        when there is no such record, ``TooLarge`` when the file has ``max_tags``."""
+
+    async def lose(self, sha256: str, key: str) -> None:
+        """The object was found missing from the store: the content is no longer present
+        (its records stay), and the next upload of its bytes stores them again."""
 
     async def doomed(self, now: datetime, limit: int) -> list[str]:
         """Objects due for deletion from the permanent bucket at ``now``, oldest first."""
 
     async def forget(self, keys: Sequence[str]) -> None:
         """The objects are gone from the store: drop them from the doomed list."""
+
+    async def postpone(self, keys: Sequence[str], until: datetime) -> None:
+        """Removing these failed: not due again before ``until``."""
 
     async def ping(self) -> None:
         """Raise ``IndexUnavailable`` unless the index answers."""

@@ -27,6 +27,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from fileshare.index.base import IndexUnavailable
 from fileshare.index.sql import SqlIndex
@@ -37,7 +38,9 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 #: Held around migrations on PostgreSQL (a transaction-scoped advisory lock).
 _MIGRATION_LOCK = 0x66696C6573686172  # "fileshar"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-MIGRATION_TIMEOUT = 600.0
+#: At most this long for migrations (a lock wait included): a first-release index of
+#: millions of records is copied in minutes.
+MIGRATION_TIMEOUT = 3600.0
 
 
 def _secrets(dsn: str) -> list[str]:
@@ -92,6 +95,9 @@ class PostgresRunner:
     dialect = "postgresql"
 
     def __init__(self, dsn: str, *, pool_size: int, timeout: float) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+
         async def connect() -> Any:
             # asyncpg parses the DSN itself (sslmode, passwords in the query...): what the
             # first release accepted keeps working.
@@ -112,9 +118,23 @@ class PostgresRunner:
             return await conn.run_sync(fn)
 
     async def migrate(self) -> None:
-        async with asyncio.timeout(MIGRATION_TIMEOUT), self.engine.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-            await conn.run_sync(_upgrade)
+        # A connection of its own, without the per-statement timeout of the pool's: waiting
+        # for the lock while another replica migrates, or copying a large first-release
+        # table, takes longer than any query should.
+        async def connect() -> Any:
+            return await asyncpg.connect(self._dsn, timeout=self._timeout, command_timeout=None)
+
+        engine = create_async_engine(
+            "postgresql+asyncpg://", async_creator=connect, poolclass=NullPool
+        )
+        try:
+            async with asyncio.timeout(MIGRATION_TIMEOUT), engine.begin() as conn:
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                )
+                await conn.run_sync(_upgrade)
+        finally:
+            await engine.dispose()
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -44,7 +44,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    ProgrammingError,
+    SQLAlchemyError,
+    StatementError,
+)
 
 from fileshare.index.base import (
     Committed,
@@ -74,6 +81,13 @@ from fileshare.models import Content, FileRecord, ScanRecord, ScanState
 
 T = TypeVar("T")
 Scrub = Callable[[str], str]
+#: How often a transaction that lost a race runs (see ``SqlIndex._tx``).
+TX_ATTEMPTS = 4
+
+
+class _RunAgain(Exception):
+    """Raised inside a transaction that saw a concurrent change it cannot decide on: it
+    rolls back and runs again."""
 
 
 class Runner(Protocol):
@@ -216,18 +230,28 @@ class SqlIndex:
         return self._runner.dialect
 
     async def _tx(self, action: str, fn: Callable[[Connection], T], *, write: bool = True) -> T:
-        for attempt in (1, 2):
+        """Run ``fn`` in a transaction. A transaction that lost a race (a deadlock, a
+        serialization failure, a constraint a concurrent commit broke: a tag deleted under
+        a new tagging, an id created twice) rolled back whole and runs again, up to
+        ``TX_ATTEMPTS`` times, re-reading what it decides on; so does one whose connection
+        the server dropped (a restart: the pool replaces it)."""
+        for attempt in range(1, TX_ATTEMPTS + 1):
             try:
                 async with asyncio.timeout(self._timeout):
                     return await self._runner.run(fn, write=write)
             except IndexError_:
                 raise
-            except IntegrityError:
+            except _RunAgain:
+                if attempt < TX_ATTEMPTS:
+                    continue
                 raise Conflict(f"{action}: a concurrent change conflicted") from None
             except DBAPIError as exc:
-                # A connection the server dropped (a restart, a failover) is replaced by
-                # the pool; the transaction never reached its commit, so it runs again.
-                if exc.connection_invalidated and attempt == 1:
+                retry = attempt < TX_ATTEMPTS
+                if (isinstance(exc, IntegrityError) or _is_conflict(exc)) and retry:
+                    continue
+                if isinstance(exc, IntegrityError) or _is_conflict(exc):
+                    raise Conflict(f"{action}: a concurrent change conflicted") from None
+                if exc.connection_invalidated and retry:
                     continue
                 raise self._unavailable(action, exc) from None
             except (SQLAlchemyError, OSError, TimeoutError, ValueError) as exc:
@@ -240,8 +264,6 @@ class SqlIndex:
         return await self._tx("run", fn, write=write)
 
     def _unavailable(self, action: str, exc: BaseException) -> IndexError_:
-        if _is_conflict(exc):
-            return Conflict(f"{action}: a concurrent change conflicted")
         if isinstance(exc, TimeoutError):
             detail = f"no answer within {self._timeout:g}s"
         else:
@@ -316,6 +338,16 @@ class SqlIndex:
                 raise ContentGone(f"content {content.sha256} was removed during the upload")
             return stored, False, []
         assert content.key is not None
+        # The object this upload promoted must still be its own: listed by ``claim``, and
+        # not yet due for the sweeper (which may be removing it right now).
+        claimed = conn.execute(
+            delete(doomed_objects).where(
+                doomed_objects.c.object_key == content.key,
+                doomed_objects.c.not_before > literal(now, UtcDateTime()),
+            )
+        )
+        if claimed.rowcount != 1:
+            raise ContentGone(f"the reservation of {content.key} expired before the commit")
         if row is None:
             inserted = conn.execute(
                 self._insert(contents)
@@ -323,11 +355,12 @@ class SqlIndex:
                 .on_conflict_do_nothing(index_elements=[contents.c.sha256])
             )
             if inserted.rowcount == 1:
-                self._claim(conn, content.key)
                 return content, True, []
-            # Inserted by a concurrent upload of the same bytes (PostgreSQL waited for it).
+            # Inserted by a concurrent upload of the same bytes (PostgreSQL waited for it),
+            # or inserted and deleted again meanwhile: then run again.
             row = _lock_content(conn, content.sha256)
-            assert row is not None
+            if row is None:
+                raise _RunAgain()
         stored = _content(row._mapping)
         if stored.present:
             if stored.key != content.key:
@@ -337,18 +370,14 @@ class SqlIndex:
                 self._doom(conn, content.key, now)
                 return stored, False, [content.key]
             return stored, False, []
-        # A stale verdict (infected or failed before, now scanned clean): ours wins.
+        # A stale verdict (infected or failed before, now scanned clean), or an object
+        # found lost: ours is the one records use from now on.
         conn.execute(
             update(contents)
             .where(contents.c.sha256 == content.sha256)
             .values(_content_values(content))
         )
-        self._claim(conn, content.key)
         return content, False, []
-
-    def _claim(self, conn: Connection, key: str) -> None:
-        """The object a record will use is no longer doomed."""
-        conn.execute(delete(doomed_objects).where(doomed_objects.c.object_key == key))
 
     async def commit(
         self,
@@ -362,8 +391,30 @@ class SqlIndex:
         now: datetime,
     ) -> Committed:
         def run(conn: Connection) -> Committed:
-            stored, fresh, doomed = self._settle_content(conn, content, held=held, now=now)
             current: str | None = None
+            if placement.file_id is not None:
+                # Locks in one order everywhere: the file row, then content rows by sha256
+                # (delete takes the same order; two PUTs swapping bytes cannot deadlock).
+                current = conn.execute(
+                    select(files.c.sha256)
+                    .where(files.c.owner == owner, files.c.id == placement.file_id)
+                    .with_for_update()
+                ).scalar()
+                if placement.if_none_match and current is not None:
+                    raise PreconditionFailed("the file exists (If-None-Match: *)")
+                if placement.if_match and (
+                    current is None
+                    or ("*" not in placement.if_match and current not in placement.if_match)
+                ):
+                    raise PreconditionFailed("the file's current ETag does not match If-Match")
+                if current is not None and current != content.sha256:
+                    conn.execute(
+                        select(contents.c.sha256)
+                        .where(contents.c.sha256.in_(sorted({current, content.sha256})))
+                        .order_by(contents.c.sha256)
+                        .with_for_update()
+                    )
+            stored, fresh, doomed = self._settle_content(conn, content, held=held, now=now)
             if placement.file_id is None:
                 # A retried POST gets its record back; a content this transaction created
                 # has no records yet, so there is nothing to look for.
@@ -375,18 +426,6 @@ class SqlIndex:
                 file_id = placement.new_id
             else:
                 file_id = placement.file_id
-                current = conn.execute(
-                    select(files.c.sha256)
-                    .where(files.c.owner == owner, files.c.id == file_id)
-                    .with_for_update()
-                ).scalar()
-                if placement.if_none_match and current is not None:
-                    raise PreconditionFailed("the file exists (If-None-Match: *)")
-                if placement.if_match and (
-                    current is None
-                    or ("*" not in placement.if_match and current not in placement.if_match)
-                ):
-                    raise PreconditionFailed("the file's current ETag does not match If-Match")
             if current is None:
                 conn.execute(
                     insert(files).values(
@@ -537,8 +576,9 @@ class SqlIndex:
                 merged = merge_patch(found.meta or {}, patch.metadata or {})
                 if patch.metadata is None:
                     merged = {}
-                encoded = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
-                if len(encoded.encode()) > patch.metadata_limit:
+                # Measured as it is stored (SQLAlchemy's JSON: ASCII, \u escapes).
+                encoded = json.dumps(merged, separators=(",", ":"))
+                if len(encoded) > patch.metadata_limit:
                     raise TooLarge(f"metadata is limited to {patch.metadata_limit} bytes of JSON")
                 values["meta"] = merged
             conn.execute(
@@ -627,7 +667,7 @@ class SqlIndex:
         return await self._tx("delete_tag", run)
 
     async def tag_file(
-        self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool
+        self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool, max_tags: int
     ) -> FileRecord | None:
         def run(conn: Connection) -> FileRecord | None:
             found = conn.execute(
@@ -639,6 +679,9 @@ class SqlIndex:
             if created is None:
                 return None
             if add:
+                carried = _tags_of(conn, owner, [file_id])[file_id]
+                if tag not in carried and len(carried) >= max_tags:
+                    raise TooLarge(f"a file carries at most {max_tags} tags")
                 self._attach(conn, owner, file_id, created, tag, now)
             else:
                 conn.execute(
@@ -675,6 +718,29 @@ class SqlIndex:
             conn.execute(delete(doomed_objects).where(doomed_objects.c.object_key.in_(list(keys))))
 
         await self._tx("forget", run)
+
+    async def postpone(self, keys: Sequence[str], until: datetime) -> None:
+        if not keys:
+            return
+
+        def run(conn: Connection) -> None:
+            conn.execute(
+                update(doomed_objects)
+                .where(doomed_objects.c.object_key.in_(list(keys)))
+                .values(not_before=until)
+            )
+
+        await self._tx("postpone", run)
+
+    async def lose(self, sha256: str, key: str) -> None:
+        def run(conn: Connection) -> None:
+            conn.execute(
+                update(contents)
+                .where(contents.c.sha256 == sha256, contents.c.object_key == key)
+                .values(object_key=None)
+            )
+
+        await self._tx("lose", run)
 
     async def ping(self) -> None:
         def run(conn: Connection) -> None:
@@ -742,5 +808,15 @@ def _is_conflict(exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
+    """What a failure says, for the log. Errors about the data (a value out of range, a
+    constraint) can quote the values, which may be patient data: only their kind and
+    SQLSTATE are kept; connection and server errors keep their first line."""
+    orig = getattr(exc, "orig", None)
+    about_data = isinstance(exc, DataError | IntegrityError | ProgrammingError) or (
+        isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+    )
+    if about_data:
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        return f"{type(orig or exc).__name__} (SQLSTATE {sqlstate or 'unknown'})"
+    text = str(orig or exc)
     return text.splitlines()[0] if text else type(exc).__name__

@@ -95,6 +95,7 @@ class ClamdScanner:
         self._verdict_timeout = verdict_timeout
         self._slots = asyncio.Semaphore(max_scans)
         self._provenance: tuple[float, str] | None = None
+        self._provenance_lock = asyncio.Lock()
 
     async def _connect(self) -> socket.socket:
         loop = asyncio.get_running_loop()
@@ -142,13 +143,14 @@ class ClamdScanner:
     async def provenance(self) -> str | None:
         # One VERSION round trip per upload would cost more than the index write it
         # annotates; a signature update is seen within PROVENANCE_TTL.
-        now = time.monotonic()
-        if self._provenance is None or now - self._provenance[0] > PROVENANCE_TTL:
-            try:
-                self._provenance = (now, await self.version())
-            except ScanError:
-                return None if self._provenance is None else self._provenance[1]
-        return self._provenance[1]
+        async with self._provenance_lock:  # one VERSION at a time, whoever waits for it
+            now = time.monotonic()
+            if self._provenance is None or now - self._provenance[0] > PROVENANCE_TTL:
+                try:
+                    self._provenance = (now, await self.version())
+                except ScanError:
+                    return None if self._provenance is None else self._provenance[1]
+            return self._provenance[1]
 
     async def open(self) -> ClamdSession:
         # A slot is held for at most one transfer plus one verdict; waiting longer than a

@@ -8,8 +8,10 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
 from fileshare.config import Settings
 from fileshare.index.base import (
@@ -25,11 +27,13 @@ from fileshare.index.base import (
 )
 from fileshare.index.factory import open_index
 from fileshare.index.sql import SqlIndex
+from fileshare.index.tables import doomed_objects
 from fileshare.models import Content, FileRecord, ScanRecord, ScanState, new_object_key
 from tests.servers import Postgres
 
 API_KEYS = {"tester": "tester-key-0123456789"}
 NOW = datetime(2024, 2, 29, 12, 0, 0, 123456, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 SCANNER = "ClamAV 1.4.6/27000/Thu Feb 29 09:00:00 2024"
 
 
@@ -69,6 +73,20 @@ def content(n: int = 1, *, key: str | None = None) -> Content:
     )
 
 
+async def reserve(index: FileIndex, c: Content, now: datetime = NOW) -> None:
+    """What ``claim`` does for an upload that goes on to promote: list its key, due in an
+    hour. Written directly, so that a test can also stage two uploads that both passed
+    their claim before either committed."""
+    assert isinstance(index, SqlIndex)
+    assert c.key is not None
+    key = c.key
+
+    def run(conn: Any) -> None:
+        conn.execute(insert(doomed_objects).values(object_key=key, not_before=now + HOUR))
+
+    await index.run(run, write=True)
+
+
 async def post(
     index: FileIndex,
     c: Content | None = None,
@@ -79,9 +97,12 @@ async def post(
     held: bool = False,
     now: datetime = NOW,
 ) -> Committed:
+    c = c or content()
+    if not held:
+        await reserve(index, c, now)
     return await index.commit(
         owner,
-        c or content(),
+        c,
         name=name,
         content_type=content_type,
         placement=Placement(new_id=uuid.uuid4().hex),
@@ -101,6 +122,8 @@ async def put(
     now: datetime = NOW,
     held: bool = False,
 ) -> Committed:
+    if not held:
+        await reserve(index, c, now)
     return await index.commit(
         owner,
         c,
@@ -157,7 +180,7 @@ async def test_another_owner_sees_nothing(index: FileIndex) -> None:
     assert await index.get("bob", done.record.id) is None
     assert (await index.list_files("bob", FileQuery())).items == []
     assert await index.delete("bob", done.record.id, NOW) is None
-    assert await index.tag_file("bob", done.record.id, "x", NOW, add=True) is None
+    assert await index.tag_file("bob", done.record.id, "x", NOW, add=True, max_tags=50) is None
     with pytest.raises(KeyError):
         await index.update("bob", done.record.id, FilePatch(name="stolen"), NOW)
     assert await index.get("alice", done.record.id) == done.record
@@ -230,9 +253,116 @@ async def test_a_reserved_object_is_doomed_unless_a_commit_claims_it(index: File
         assert await index.claim(c.sha256, c.key, NOW + timedelta(hours=1)) is None
     # not before its time: the upload may still be waiting for its verdict
     assert await index.doomed(NOW, 10) == []
-    await post(index, claimed)
+    await index.commit(
+        "alice",
+        claimed,
+        name="a",
+        content_type="text/plain",
+        placement=Placement(new_id="a1"),
+        held=False,
+        now=NOW,
+    )
     # the commit claimed one; the other (its upload crashed) is due after the grace
     assert await index.doomed(NOW + timedelta(hours=2), 10) == [lost.key]
+
+
+async def test_a_commit_after_its_reservation_expired_is_refused(index: FileIndex) -> None:
+    late = content(1)
+    assert late.key is not None
+    assert await index.claim(late.sha256, late.key, NOW + HOUR) is None
+    # the sweeper may be removing the object right now: the commit must not use it
+    with pytest.raises(ContentGone):
+        await index.commit(
+            "alice",
+            late,
+            name="late",
+            content_type="text/plain",
+            placement=Placement(new_id="late"),
+            held=False,
+            now=NOW + 2 * HOUR,
+        )
+    assert await index.find_clean(late.sha256) is None
+    assert await index.doomed(NOW + 2 * HOUR, 10) == [late.key]
+
+
+async def test_claim_answers_a_dedup_hit_without_reserving(index: FileIndex) -> None:
+    done = await post(index, content(1))
+    other = new_object_key(sha(1))
+    assert await index.claim(sha(1), other, NOW + HOUR) == done.record.content
+    assert await index.doomed(NOW + 2 * HOUR, 10) == []
+
+
+async def test_a_lost_object_is_stored_again_by_the_next_upload(index: FileIndex) -> None:
+    first = await post(index, content(1))
+    key = first.record.content.key
+    assert key is not None
+    await index.lose(sha(1), key)
+    got = await index.get("alice", first.record.id)
+    assert got is not None
+    assert not got.content.present
+    assert await index.find_clean(sha(1)) is None
+    again = await post(index, content(1), owner="bob")
+    assert again.doomed == ()
+    healed = await index.get("alice", first.record.id)
+    assert healed is not None
+    assert healed.content.present
+    assert healed.content.key == again.record.content.key != key
+
+
+async def test_postponed_objects_wait(index: FileIndex) -> None:
+    c = content(1)
+    assert c.key is not None
+    await index.claim(c.sha256, c.key, NOW)
+    assert await index.doomed(NOW, 10) == [c.key]
+    await index.postpone([c.key], NOW + HOUR)
+    assert await index.doomed(NOW, 10) == []
+    assert await index.doomed(NOW + HOUR, 10) == [c.key]
+
+
+async def test_racing_writers_never_fail(index: FileIndex) -> None:
+    """PUTs swapping bytes, PUTs of a file's own bytes against its DELETE, taggings against
+    the tag's deletion: every transaction that lost a race runs again, none fails."""
+    for round_ in range(10):
+        await put(index, "x", content(1))
+        await put(index, "y", content(2))
+        await asyncio.gather(
+            put(index, "x", content(2)),
+            put(index, "y", content(1)),
+            put(index, "z", content(1)),
+        )
+        for fid in ("x", "y", "z"):
+            got = await index.get("alice", fid)
+            assert got is not None
+            assert got.content.present
+        # a PUT of the file's own bytes against its DELETE: either order is fine, and
+        # when the delete wins, the held bytes are gone (the upload is retried), not a 500
+        raced = await asyncio.gather(
+            put(index, "x", content(2), held=True),
+            index.delete("alice", "x", NOW),
+            return_exceptions=True,
+        )
+        assert not isinstance(raced[1], BaseException)
+        assert not isinstance(raced[0], BaseException) or isinstance(raced[0], ContentGone)
+        await index.create_tag("alice", "t", NOW)
+        results = await asyncio.gather(
+            index.tag_file("alice", "y", "t", NOW, add=True, max_tags=50),
+            index.delete_tag("alice", "t"),
+        )
+        assert results[0] is not None
+        for fid in ("x", "y", "z"):
+            await index.delete("alice", fid, NOW)
+        assert await index.find_clean(sha(1)) is None, round_
+        assert await index.find_clean(sha(2)) is None, round_
+
+
+async def test_a_file_carries_a_bounded_number_of_tags(index: FileIndex) -> None:
+    done = await post(index)
+    for tag in ("a", "b"):
+        await index.tag_file("alice", done.record.id, tag, NOW, add=True, max_tags=2)
+    with pytest.raises(TooLarge):
+        await index.tag_file("alice", done.record.id, "c", NOW, add=True, max_tags=2)
+    again = await index.tag_file("alice", done.record.id, "a", NOW, add=True, max_tags=2)
+    assert again is not None
 
 
 async def test_delete_frees_content_with_its_last_record(index: FileIndex) -> None:
@@ -260,7 +390,7 @@ async def test_put_creates_then_replaces(index: FileIndex) -> None:
     created = await put(index, "report-2024", content(1))
     assert created.created
     assert created.record.id == "report-2024"
-    await index.tag_file("alice", "report-2024", "kept", NOW, add=True)
+    await index.tag_file("alice", "report-2024", "kept", NOW, add=True, max_tags=50)
     later = NOW + timedelta(minutes=1)
     replaced = await put(index, "report-2024", content(2), now=later)
     assert not replaced.created
@@ -401,7 +531,7 @@ async def test_tag_vocabulary(index: FileIndex) -> None:
     assert names == sorted(["xray", "Ärzte"])
     assert [t.name for t in await index.list_tags("alice", names[0], 10)] == names[1:]
     done = await post(index)
-    await index.tag_file("alice", done.record.id, "xray", NOW, add=True)
+    await index.tag_file("alice", done.record.id, "xray", NOW, add=True, max_tags=50)
     assert await index.delete_tag("alice", "xray")
     assert not await index.delete_tag("alice", "xray")
     got = await index.get("alice", done.record.id)
@@ -412,17 +542,17 @@ async def test_tag_vocabulary(index: FileIndex) -> None:
 async def test_tagging_files(index: FileIndex) -> None:
     done = await post(index)
     fid = done.record.id
-    tagged = await index.tag_file("alice", fid, "b", NOW, add=True)
+    tagged = await index.tag_file("alice", fid, "b", NOW, add=True, max_tags=50)
     assert tagged is not None
     assert tagged.tags == ("b",)
-    tagged = await index.tag_file("alice", fid, "a", NOW, add=True)
+    tagged = await index.tag_file("alice", fid, "a", NOW, add=True, max_tags=50)
     assert tagged is not None
     assert tagged.tags == ("a", "b")
-    again = await index.tag_file("alice", fid, "a", NOW, add=True)  # idempotent
+    again = await index.tag_file("alice", fid, "a", NOW, add=True, max_tags=50)  # idempotent
     assert again is not None
     assert again.tags == ("a", "b")
     assert [t.name for t in await index.list_tags("alice", None, 10)] == ["a", "b"]
-    untagged = await index.tag_file("alice", fid, "b", NOW, add=False)
+    untagged = await index.tag_file("alice", fid, "b", NOW, add=False, max_tags=50)
     assert untagged is not None
     assert untagged.tags == ("a",)
 
@@ -433,11 +563,11 @@ async def test_search_by_tags(index: FileIndex) -> None:
         done = await post(index, content(i), now=NOW + timedelta(seconds=i))
         records.append(done.record.id)
         if i % 2 == 0:
-            await index.tag_file("alice", done.record.id, "even", NOW, add=True)
+            await index.tag_file("alice", done.record.id, "even", NOW, add=True, max_tags=50)
         if i % 3 == 0:
-            await index.tag_file("alice", done.record.id, "three", NOW, add=True)
+            await index.tag_file("alice", done.record.id, "three", NOW, add=True, max_tags=50)
     other = await post(index, content(50), owner="bob")
-    await index.tag_file("bob", other.record.id, "even", NOW, add=True)
+    await index.tag_file("bob", other.record.id, "even", NOW, add=True, max_tags=50)
     evens = await walk(index, "alice", FileQuery(page_size=5, tags=("even",)))
     assert [r.id for r in evens] == records[0::2]
     assert all("even" in r.tags for r in evens)
@@ -457,7 +587,7 @@ async def test_matching_tags_escape_and_fold(index: FileIndex) -> None:
     ids = {}
     for tag, n in tags.items():
         done = await post(index, content(n), now=NOW + timedelta(seconds=n))
-        await index.tag_file("alice", done.record.id, tag, NOW, add=True)
+        await index.tag_file("alice", done.record.id, tag, NOW, add=True, max_tags=50)
         ids[tag] = done.record.id
 
     async def matching(pattern: str) -> set[str]:
@@ -474,7 +604,7 @@ async def test_matching_tags_escape_and_fold(index: FileIndex) -> None:
     assert await matching("%") == set(ids.values())
     assert await matching("nothing%") == set()
     # a file with two matching tags comes once
-    await index.tag_file("alice", ids["axb"], "a-b", NOW, add=True)
+    await index.tag_file("alice", ids["axb"], "a-b", NOW, add=True, max_tags=50)
     page = await index.list_files("alice", FileQuery(tag_like="a%b", page_size=100))
     assert [r.id for r in page.items] == [ids["a_b"], ids["axb"]]
 

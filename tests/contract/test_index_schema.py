@@ -314,3 +314,57 @@ def test_the_migrate_command(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "connect and migrate failed" in failed.stderr
     assert_no_password(failed.stderr + failed.stdout)
+
+
+async def test_inconsistent_first_release_records_are_not_served(tmp_path: Path) -> None:
+    """Two first-release rows of one sha256 that disagree about its sha1 or size cannot
+    both be right: the content is kept, marked failed, never served."""
+    path = tmp_path / "index.sqlite3"
+    make_first_release_sqlite(path)
+    conn = sqlite3.connect(path)
+    bad = (
+        uuid.uuid4().hex,
+        "carol",
+        "x",
+        "text/plain",
+        "bb" * 32,
+        bytes(20),
+        6,
+        "2024-01-01T00:00:00+00:00",
+    )
+    conn.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", bad)
+    conn.commit()
+    conn.close()
+    index = await open_sql_index(url=None, sqlite_path=path)
+    try:
+        record = await index.get("carol", bad[0])
+        assert record is not None
+        assert record.content.state is ScanState.FAILED
+        assert not record.content.present
+        assert await index.find_clean("bb" * 32) is None
+        assert await index.find_clean("aa" * 32) is not None
+    finally:
+        await index.close()
+
+
+async def test_a_migration_waits_for_another_replicas_lock(postgres: Postgres) -> None:
+    """The migration lock is held by a replica migrating a large index: the others wait
+    for it longer than any query may take, then find nothing left to do."""
+    dsn = fresh_database(postgres)
+    holder = await asyncpg.connect(dsn)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", 0x66696C6573686172)
+        waiting = asyncio.ensure_future(
+            open_sql_index(url=dsn, sqlite_path=Path("unused"), query_timeout=1)
+        )
+        done, _ = await asyncio.wait([waiting], timeout=3)
+        assert not done, "the migration did not wait for the lock"
+        await holder.execute("COMMIT")
+        index = await waiting
+        try:
+            assert await revision(index) == HEAD
+        finally:
+            await index.close()
+    finally:
+        await holder.close()

@@ -4,6 +4,7 @@ tags and search — real storage, real clamd, SQLite or PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 from typing import Any
@@ -152,6 +153,12 @@ async def test_list_filters(env: Env) -> None:
         {"contentType": "%/%"},
         {"pagesize": "10"},
         {"tag": "x"},  # a search parameter, not a list one
+        {"from": "0001-01-01T00:00:00+01:00"},  # before year 1 in UTC
+        {"to": "9999-12-31T23:59:59-01:00"},  # after 9999 in UTC
+        {"offsetKey": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzAxOjAwIiwgIngiXQ"},  # the same, as a cursor
+        {"offsetKey": base64.urlsafe_b64encode(b"[" * 5000).decode()},  # nested too deep
+        {"name": "a\x00b"},
+        {"name": "a\nb"},
     ],
 )
 async def test_bad_list_parameters_are_400(env: Env, params: dict[str, str]) -> None:
@@ -161,8 +168,10 @@ async def test_bad_list_parameters_are_400(env: Env, params: dict[str, str]) -> 
 
 async def test_hostile_parameters_are_only_values(env: Env) -> None:
     await upload(env, b"kept", params={"name": "kept.txt"})
-    for name in ("x' OR '1'='1", "'; DROP TABLE files; --", "\\", "%"):
+    for name in ("x' OR '1'='1", "'; DROP TABLE files; --", "%", "_"):
         assert (await listing(env, name=name))["items"] == []
+    resp = await env.client.get("/v1/files", headers=ALICE, params={"name": "a\\b"})
+    await problem(resp, 400, "invalid_parameter")  # no stored name holds a backslash
     for pattern in ("%' OR 1=1 --", "a_b%"):
         resp = await env.client.get("/v1/search/files", headers=ALICE, params={"tagLike": pattern})
         assert resp.status in (200, 400)
@@ -282,6 +291,8 @@ async def test_patch_name_metadata_and_tags(env: Env) -> None:
             "validation_failed",
         ),
         (b'{"name": "x"}', "text/plain", 415, "unsupported_media_type"),
+        (b"[" * 5000, "application/json", 400, "invalid_json"),
+        (b'{"metadata": {"a": "\\ud800"}}', "application/json", 422, "validation_failed"),
         (b"{" + b" " * 70000 + b"}", "application/json", 413, "payload_too_large"),
     ],
 )
@@ -380,10 +391,21 @@ async def test_tag_routes(env: Env) -> None:
     assert (
         await env.client.post("/v1/tags", json={"name": "radiology"}, headers=ALICE)
     ).status == 200
-    for bad in ({"name": "has space"}, {"name": ""}, {"name": "x" * 65}, {"other": 1}, {"name": 5}):
+    for bad in (
+        {"name": "has space"},
+        {"name": ""},
+        {"name": "x" * 65},
+        {"other": 1},
+        {"name": 5},
+        {"name": ".."},
+        {"name": "[" * 10},
+    ):
         await problem(
             await env.client.post("/v1/tags", json=bad, headers=ALICE), 422, "validation_failed"
         )
+    unicode_tag = await env.client.post("/v1/tags", json={"name": "Röntgen"}, headers=ALICE)
+    assert unicode_tag.headers["Location"].endswith("/v1/tags/R%C3%B6ntgen")
+    await env.client.delete("/v1/tags/R%C3%B6ntgen", headers=ALICE)
     fid = (await (await upload(env, b"t")).json())["id"]
     tag = "Befund-Ärzte"
     resp = await env.client.put(f"/v1/files/{fid}/tags/{quote(tag)}", headers=ALICE)
@@ -497,3 +519,32 @@ async def test_the_sweeper_removes_objects_no_commit_claimed(env: Env) -> None:
     assert key not in await env.permanent_keys()
     assert await index.doomed(now + timedelta(days=1), 10) == []
     assert await (await download(env, kept["id"])).read() == b"kept"
+
+
+async def test_a_file_carries_at_most_50_tags(env: Env) -> None:
+    fid = (await (await upload(env, b"tagged")).json())["id"]
+    for i in range(50):
+        resp = await env.client.put(f"/v1/files/{fid}/tags/t{i}", headers=ALICE)
+        assert resp.status == 200
+    await problem(
+        await env.client.put(f"/v1/files/{fid}/tags/one-more", headers=ALICE),
+        422,
+        "validation_failed",
+    )
+    assert (await env.client.put(f"/v1/files/{fid}/tags/t7", headers=ALICE)).status == 200
+
+
+async def test_content_lost_outside_fileshare_is_stored_again(env: Env) -> None:
+    """A blob deleted behind fileshare's back: the one case the index cannot know. The
+    download says so (409), and the next upload of those bytes makes the record whole."""
+    data = os.urandom(3000)
+    body = await (await upload(env, data)).json()
+    [key] = await env.permanent_keys()
+    await env.storage.delete(env.settings.permanent_bucket, key)
+    await problem(await download(env, body["id"]), 409, "content_not_available")
+    meta = await (await env.client.get(f"/v1/files/{body['id']}/metadata", headers=ALICE)).json()
+    assert meta["present"] is False
+    assert "url" not in meta
+    again = await env.client.post("/v1/files", data=data, headers=BOB)
+    assert again.status == 201
+    assert await (await download(env, body["id"])).read() == data

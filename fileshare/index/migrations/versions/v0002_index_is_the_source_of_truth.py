@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 revision = "0002"
 down_revision = "0001"
@@ -131,7 +131,6 @@ def _utc(value: Any, dialect: str) -> datetime:
 def _copy_records() -> None:
     conn = op.get_bind()
     dialect = conn.dialect.name
-    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
     old = sa.table(
         "files_v1",
         *(sa.column(c) for c in ("id", "owner", "name", "content_type", "sha256", "sha1")),
@@ -185,9 +184,39 @@ def _copy_records() -> None:
                     "meta": {},
                 }
             )
-        conn.execute(insert(contents).on_conflict_do_nothing(), list(found.values()))
+        conn.execute(sqlite.insert(contents).on_conflict_do_nothing(), list(found.values()))
         conn.execute(sa.insert(files), records)
         last = rows[-1].id
+
+
+_POSTGRES_COPY = (
+    # One content per sha256: the earliest record's sha1, size and time, under the key the
+    # first release wrote.
+    """
+    INSERT INTO contents (sha256, sha1, size, state, object_key, created)
+    SELECT DISTINCT ON (sha256) sha256, sha1, size, 'clean',
+           'sha256/' || substr(sha256, 1, 2) || '/' || substr(sha256, 3, 2) || '/' || sha256,
+           created
+    FROM files_v1 ORDER BY sha256, created, id
+    """,
+    """
+    INSERT INTO files (owner, id, name, content_type, sha256, created, updated, meta)
+    SELECT owner, id, name, content_type, sha256, created, created, '{}'::json FROM files_v1
+    """,
+)
+#: Records of one sha256 that disagree about its sha1 or size cannot all be right: the
+#: content is kept, but as ``failed`` (never served, rescanned first) rather than clean.
+_MARK_INCONSISTENT = """
+UPDATE contents SET state = 'failed' WHERE sha256 IN (
+    SELECT sha256 FROM files_v1 GROUP BY sha256
+    HAVING count(DISTINCT sha1) > 1 OR count(DISTINCT size) > 1
+)
+"""
+_EARLIEST = """
+UPDATE contents SET created = (
+    SELECT min(files.created) FROM files WHERE files.sha256 = contents.sha256
+)
+"""
 
 
 def upgrade() -> None:
@@ -197,7 +226,13 @@ def upgrade() -> None:
         # The primary key's index keeps its name through a rename; the new table wants it.
         op.execute("ALTER INDEX files_pkey RENAME TO files_v1_pkey")
     _create_tables()
-    _copy_records()
+    if op.get_bind().dialect.name == "postgresql":
+        for statement in _POSTGRES_COPY:  # in the server: no row leaves it
+            op.execute(statement)
+    else:  # SQLite's times are text in any offset: rewritten row by row
+        _copy_records()
+        op.execute(_EARLIEST)
+    op.execute(_MARK_INCONSISTENT)
     op.drop_table("files_v1")
 
 
