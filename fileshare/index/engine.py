@@ -13,7 +13,6 @@ DSNs carry passwords: no message, ``repr`` or log line made here ever shows one.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,9 +110,18 @@ class PostgresRunner:
             pool_size=pool_size,
             max_overflow=0,
             pool_timeout=timeout,
+            # Every transaction ends in COMMIT or ROLLBACK already: the ROLLBACK the pool
+            # sends when a connection comes back would be one more round trip each.
+            pool_reset_on_return=None,
         )
 
-    async def run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
+    async def run(
+        self, fn: Callable[[Connection], T], *, write: bool, autocommit: bool = False
+    ) -> T:
+        if autocommit:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await conn.run_sync(fn)
         async with self.engine.begin() as conn:
             return await conn.run_sync(fn)
 
@@ -154,12 +162,15 @@ class SqliteRunner:
 
     def __init__(self, path: Path, *, timeout: float) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-index")
-        self._local = threading.local()
+        #: The one connection, kept open on the index's thread between transactions
+        #: (a checkout per transaction would cost a pool round and a reset ROLLBACK).
+        self._conn: Connection | None = None
         self.engine: Engine = create_engine(
             f"sqlite:///{path}",
             pool_size=1,
             max_overflow=0,
             pool_timeout=timeout,
+            pool_reset_on_return=None,  # every transaction ends in COMMIT or ROLLBACK
             connect_args={"check_same_thread": False, "timeout": timeout},
         )
 
@@ -179,25 +190,41 @@ class SqliteRunner:
 
         @event.listens_for(self.engine, "begin")
         def _begin(conn: Connection) -> None:
-            write = conn.get_execution_options().get("fileshare_write", True)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            options = conn.get_execution_options()
+            if options.get("fileshare_autocommit"):
+                return  # every statement commits by itself (the driver's autocommit)
+            write = options.get("fileshare_write", True)
+            # Straight to the driver: nothing of SQLAlchemy's statement machinery is
+            # needed for a BEGIN, which every transaction pays.
+            dbapi: Any = conn.connection.dbapi_connection
+            dbapi.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    def _call(self, fn: Callable[[Connection], T], write: bool) -> T:
-        with self.engine.connect() as conn:
-            conn.execution_options(fileshare_write=write)
-            with conn.begin():
-                return fn(conn)
+    def _call(self, fn: Callable[[Connection], T], write: bool, autocommit: bool) -> T:
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._conn = self.engine.connect()
+        conn.execution_options(fileshare_write=write, fileshare_autocommit=autocommit)
+        with conn.begin():
+            return fn(conn)
 
-    async def run(self, fn: Callable[[Connection], T], *, write: bool) -> T:
+    def _dispose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.engine.dispose()
+
+    async def run(
+        self, fn: Callable[[Connection], T], *, write: bool, autocommit: bool = False
+    ) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._call, fn, write)
+        return await loop.run_in_executor(self._thread, self._call, fn, write, autocommit)
 
     async def migrate(self) -> None:
         await self.run(_upgrade, write=True)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self.engine.dispose)
+        await loop.run_in_executor(self._thread, self._dispose)
         self._thread.shutdown(wait=True)
 
 

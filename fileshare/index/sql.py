@@ -32,6 +32,7 @@ from sqlalchemy import (
     Connection,
     Row,
     RowMapping,
+    Text,
     and_,
     bindparam,
     delete,
@@ -92,11 +93,15 @@ class _RunAgain(Exception):
 
 class Runner(Protocol):
     """Runs one transaction: ``fn`` on a connection inside BEGIN ... COMMIT (ROLLBACK when
-    it raises). ``write=False`` may let the database run it beside writers."""
+    it raises). ``write=False`` may let the database run it beside writers.
+    ``autocommit=True``: no transaction around ``fn``, whose every statement is atomic
+    on its own and consistent with any interleaving of others (two round trips less)."""
 
     dialect: str
 
-    async def run(self, fn: Callable[[Connection], T], *, write: bool) -> T: ...
+    async def run(
+        self, fn: Callable[[Connection], T], *, write: bool, autocommit: bool = False
+    ) -> T: ...
 
     async def close(self) -> None: ...
 
@@ -127,6 +132,21 @@ _FIND_CLEAN = select(contents).where(
     contents.c.object_key.is_not(None),
 )
 _LOCK_CONTENT = select(contents).where(contents.c.sha256 == bindparam("sha256")).with_for_update()
+_UNRESERVE = delete(doomed_objects).where(
+    doomed_objects.c.object_key == bindparam("key"),
+    doomed_objects.c.not_before > bindparam("now", type_=UtcDateTime()),
+)
+_INSERT_FILE = insert(files)
+_RESERVE_UNLESS_HELD = insert(doomed_objects).from_select(
+    ["object_key", "not_before"],
+    select(bindparam("key", type_=Text()), bindparam("until", type_=UtcDateTime())).where(
+        ~exists().where(
+            contents.c.sha256 == bindparam("sha256"),
+            contents.c.state == ScanState.CLEAN.value,
+            contents.c.object_key.is_not(None),
+        )
+    ),
+)
 _GET = (
     select(*_RECORD_COLUMNS)
     .select_from(_RECORDS)
@@ -221,6 +241,16 @@ class SqlIndex:
         self._name = name
         self._scrub = scrub
         self._insert = postgresql.insert if runner.dialect == "postgresql" else sqlite.insert
+        # The upload path's dialect-specific statements, built once: SQLAlchemy's cost per
+        # statement is mostly building the expression, not running it.
+        doom = self._insert(doomed_objects)
+        self._doom_stmt = doom.on_conflict_do_update(
+            index_elements=[doomed_objects.c.object_key],
+            set_={"not_before": doom.excluded.not_before},
+        )
+        self._insert_content = self._insert(contents).on_conflict_do_nothing(
+            index_elements=[contents.c.sha256]
+        )
 
     def __repr__(self) -> str:
         return f"SqlIndex({self._name})"
@@ -229,7 +259,14 @@ class SqlIndex:
     def dialect(self) -> str:
         return self._runner.dialect
 
-    async def _tx(self, action: str, fn: Callable[[Connection], T], *, write: bool = True) -> T:
+    async def _tx(
+        self,
+        action: str,
+        fn: Callable[[Connection], T],
+        *,
+        write: bool = True,
+        autocommit: bool = False,
+    ) -> T:
         """Run ``fn`` in a transaction. A transaction that lost a race (a deadlock, a
         serialization failure, a constraint a concurrent commit broke: a tag deleted under
         a new tagging, an id created twice) rolled back whole and runs again, up to
@@ -238,7 +275,7 @@ class SqlIndex:
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
                 async with asyncio.timeout(self._timeout):
-                    return await self._runner.run(fn, write=write)
+                    return await self._runner.run(fn, write=write, autocommit=autocommit)
             except IndexError_:
                 raise
             except _RunAgain:
@@ -277,12 +314,21 @@ class SqlIndex:
 
     async def claim(self, sha256: str, key: str, until: datetime) -> Content | None:
         def run(conn: Connection) -> Content | None:
+            # New bytes, most often: one statement lists the key unless the content is
+            # held clean; only a dedup hit reads the content.
+            listed = conn.execute(
+                _RESERVE_UNLESS_HELD, {"sha256": sha256, "key": key, "until": until}
+            )
+            if listed.rowcount == 1:
+                return None
             held = _find_clean(conn, sha256)
-            if held is None:
+            if held is None:  # no longer clean since the first statement: list it after all
                 self._doom(conn, key, until)
             return held
 
-        return await self._tx("claim", run)
+        # Each statement stands alone: a content deleted or added between them changes
+        # only which answer is given, and either is right at its moment.
+        return await self._tx("claim", run, autocommit=True)
 
     async def record_verdict(self, content: Content, *, released: str | None = None) -> None:
         created = content.scan.scanned_at or datetime.now(UTC)
@@ -317,13 +363,7 @@ class SqlIndex:
         return [key]
 
     def _doom(self, conn: Connection, key: str, not_before: datetime) -> None:
-        stmt = self._insert(doomed_objects).values(object_key=key, not_before=not_before)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[doomed_objects.c.object_key],
-                set_={"not_before": stmt.excluded.not_before},
-            )
-        )
+        conn.execute(self._doom_stmt, {"object_key": key, "not_before": not_before})
 
     def _settle_content(
         self, conn: Connection, content: Content, *, held: bool, now: datetime
@@ -331,8 +371,8 @@ class SqlIndex:
         """Lock the content row, clean. Returns the content records use, whether this
         transaction created it (then no record can use it yet), and the objects this
         upload made redundant."""
-        row = _lock_content(conn, content.sha256)
         if held:
+            row = _lock_content(conn, content.sha256)
             stored = None if row is None else _content(row._mapping)
             if stored is None or not stored.present:
                 raise ContentGone(f"content {content.sha256} was removed during the upload")
@@ -340,27 +380,17 @@ class SqlIndex:
         assert content.key is not None
         # The object this upload promoted must still be its own: listed by ``claim``, and
         # not yet due for the sweeper (which may be removing it right now).
-        claimed = conn.execute(
-            delete(doomed_objects).where(
-                doomed_objects.c.object_key == content.key,
-                doomed_objects.c.not_before > literal(now, UtcDateTime()),
-            )
-        )
+        claimed = conn.execute(_UNRESERVE, {"key": content.key, "now": now})
         if claimed.rowcount != 1:
             raise ContentGone(f"the reservation of {content.key} expired before the commit")
-        if row is None:
-            inserted = conn.execute(
-                self._insert(contents)
-                .values(_content_values(content) | {"created": now})
-                .on_conflict_do_nothing(index_elements=[contents.c.sha256])
-            )
-            if inserted.rowcount == 1:
-                return content, True, []
-            # Inserted by a concurrent upload of the same bytes (PostgreSQL waited for it),
-            # or inserted and deleted again meanwhile: then run again.
-            row = _lock_content(conn, content.sha256)
-            if row is None:
-                raise _RunAgain()
+        # New bytes, most often: the insert is the lock. Otherwise (PostgreSQL waited for
+        # a concurrent insert to commit) lock the row that is there.
+        inserted = conn.execute(self._insert_content, _content_values(content) | {"created": now})
+        if inserted.rowcount == 1:
+            return content, True, []
+        row = _lock_content(conn, content.sha256)
+        if row is None:  # inserted and deleted again meanwhile
+            raise _RunAgain()
         stored = _content(row._mapping)
         if stored.present:
             if stored.key != content.key:
@@ -428,16 +458,17 @@ class SqlIndex:
                 file_id = placement.file_id
             if current is None:
                 conn.execute(
-                    insert(files).values(
-                        owner=owner,
-                        id=file_id,
-                        name=name,
-                        content_type=content_type,
-                        sha256=stored.sha256,
-                        created=now,
-                        updated=now,
-                        meta={},
-                    )
+                    _INSERT_FILE,
+                    {
+                        "owner": owner,
+                        "id": file_id,
+                        "name": name,
+                        "content_type": content_type,
+                        "sha256": stored.sha256,
+                        "created": now,
+                        "updated": now,
+                        "meta": {},
+                    },
                 )
                 record = FileRecord(
                     owner=owner,
