@@ -176,7 +176,7 @@ class SqliteRunner:
 
         @event.listens_for(self.engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
-            # The driver's own transaction handling is off: _begin starts them.
+            # The driver's own transaction handling is off: _call starts them.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             for pragma in (
@@ -188,24 +188,29 @@ class SqliteRunner:
                 cursor.execute(f"PRAGMA {pragma}")
             cursor.close()
 
-        @event.listens_for(self.engine, "begin")
-        def _begin(conn: Connection) -> None:
-            options = conn.get_execution_options()
-            if options.get("fileshare_autocommit"):
-                return  # every statement commits by itself (the driver's autocommit)
-            write = options.get("fileshare_write", True)
-            # Straight to the driver: nothing of SQLAlchemy's statement machinery is
-            # needed for a BEGIN, which every transaction pays.
-            dbapi: Any = conn.connection.dbapi_connection
-            dbapi.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-
     def _call(self, fn: Callable[[Connection], T], write: bool, autocommit: bool) -> T:
+        """The transaction is the driver's, begun and ended here; SQLAlchemy's own (begun
+        by its first statement, a no-op for this driver) only follows it. A transaction
+        made of the upload path's driver statements thus costs no SQLAlchemy machinery."""
         conn = self._conn
         if conn is None or conn.closed or conn.invalidated:
             conn = self._conn = self.engine.connect()
-        conn.execution_options(fileshare_write=write, fileshare_autocommit=autocommit)
-        with conn.begin():
-            return fn(conn)
+        driver: Any = conn.connection.dbapi_connection
+        if not autocommit:
+            driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(conn)
+        except BaseException:
+            if conn.in_transaction():
+                conn.rollback()
+            elif driver.in_transaction:
+                driver.rollback()
+            raise
+        if conn.in_transaction():
+            conn.commit()
+        elif driver.in_transaction:
+            driver.commit()
+        return result
 
     def _dispose(self) -> None:
         if self._conn is not None:
