@@ -47,7 +47,9 @@ from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+import google.auth.transport.urllib3
 import structlog
+import urllib3
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 from yarl import URL
@@ -161,9 +163,8 @@ class _GoogleAuthTokens(_TokenSource):
         if self._credentials is None:
             self._credentials = self._default_credentials()
         if self._transport is None:
-            import google.auth.transport.urllib3
-            import urllib3
-
+            # (Imported with this module, not here: a first import in a worker thread holds
+            # the GIL for as long as it runs, and the event loop waits for it.)
             pool = urllib3.PoolManager()
             self._transport = google.auth.transport.urllib3.Request(pool)  # type: ignore[no-untyped-call]
         self._credentials.refresh(self._transport)
