@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import (
     ClauseElement,
+    Column,
     ColumnElement,
     Connection,
     Dialect,
@@ -481,11 +482,7 @@ class SqlIndex:
             if placement.file_id is not None:
                 # Locks in one order everywhere: the file row, then content rows by sha256
                 # (delete takes the same order; two PUTs swapping bytes cannot deadlock).
-                current = conn.execute(
-                    select(files.c.sha256)
-                    .where(files.c.owner == owner, files.c.id == placement.file_id)
-                    .with_for_update()
-                ).scalar()
+                current = _lock_file(conn, owner, placement.file_id, files.c.sha256)
                 if placement.if_none_match and current is not None:
                     raise PreconditionFailed("the file exists (If-None-Match: *)")
                 if placement.if_match and (
@@ -649,12 +646,10 @@ class SqlIndex:
 
     async def update(self, owner: str, file_id: str, patch: FilePatch, now: datetime) -> FileRecord:
         def run(conn: Connection) -> FileRecord:
-            found = (
-                conn.execute(
-                    select(files.c.meta, files.c.created)
-                    .where(files.c.owner == owner, files.c.id == file_id)
-                    .with_for_update()
-                )
+            found = conn.execute(
+                select(files.c.meta, files.c.created)
+                .where(files.c.owner == owner, files.c.id == file_id)
+                .with_for_update()
             ).first()
             if found is None:
                 raise KeyError(file_id)
@@ -689,12 +684,7 @@ class SqlIndex:
 
     async def delete(self, owner: str, file_id: str, now: datetime) -> Removed | None:
         def run(conn: Connection) -> Removed | None:
-            found = conn.execute(
-                select(files.c.sha256)
-                .where(files.c.owner == owner, files.c.id == file_id)
-                .with_for_update()
-            )
-            sha256 = found.scalar()
+            sha256 = _lock_file(conn, owner, file_id, files.c.sha256)
             if sha256 is None:
                 return None
             conn.execute(
@@ -759,12 +749,7 @@ class SqlIndex:
         self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool, max_tags: int
     ) -> FileRecord | None:
         def run(conn: Connection) -> FileRecord | None:
-            found = conn.execute(
-                select(files.c.created)
-                .where(files.c.owner == owner, files.c.id == file_id)
-                .with_for_update()
-            )
-            created = found.scalar()
+            created = _lock_file(conn, owner, file_id, files.c.created)
             if created is None:
                 return None
             if add:
@@ -844,6 +829,14 @@ class SqlIndex:
 def _find_clean(conn: Connection, sha256: str) -> Content | None:
     row = conn.execute(_FIND_CLEAN, {"sha256": sha256}).first()
     return None if row is None else _content(row._mapping)
+
+
+def _lock_file(conn: Connection, owner: str, file_id: str, column: Column[Any]) -> Any:
+    """Lock the owner's file row (always before any content row: one lock order) and
+    read one of its columns; None when there is no such file."""
+    return conn.execute(
+        select(column).where(files.c.owner == owner, files.c.id == file_id).with_for_update()
+    ).scalar()
 
 
 def _lock_content(conn: Connection, sha256: str) -> Row[Any] | None:
