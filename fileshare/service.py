@@ -38,6 +38,8 @@ SWEEP_BATCH = 200
 #: An object whose removal failed is tried again after this long (so that a few that
 #: always fail cannot keep the others waiting).
 SWEEP_RETRY = timedelta(minutes=10)
+#: The sweeper takes an object as due this long after the index says it is.
+SWEEP_MARGIN = timedelta(minutes=5)
 #: The most tags one file may carry.
 MAX_TAGS_PER_FILE = 50
 
@@ -231,7 +233,10 @@ class FileService:
         """Remove objects the index forgot but the store may still hold (a delete whose
         object removal failed). Safe on several replicas at once: keys are never reused,
         so removing one twice is harmless. Returns how many were removed."""
-        keys = await index_call(self.index.doomed(self.clock(), SWEEP_BATCH))
+        # Only what has been due a while: a commit's clock (taken before it waited for a
+        # connection and its retries) may run behind this one.
+        due = self.clock() - SWEEP_MARGIN
+        keys = await index_call(self.index.doomed(due, SWEEP_BATCH))
         return await self._remove_objects(keys)
 
     async def _remove_objects(self, keys: Sequence[str]) -> int:

@@ -13,6 +13,7 @@ DSNs carry passwords: no message, ``repr`` or log line made here ever shows one.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,13 +24,13 @@ import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Dialect, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fileshare.index.base import IndexUnavailable
-from fileshare.index.sql import SqlIndex
+from fileshare.index.sql import CommitOutcomeUnknown, SqlIndex
 
 T = TypeVar("T")
 
@@ -115,15 +116,29 @@ class PostgresRunner:
             pool_reset_on_return=None,
         )
 
+    @property
+    def sa_dialect(self) -> Dialect:
+        return self.engine.dialect
+
     async def run(
         self, fn: Callable[[Connection], T], *, write: bool, autocommit: bool = False
     ) -> T:
-        if autocommit:
-            async with self.engine.connect() as conn:
+        async with self.engine.connect() as conn:
+            if autocommit:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await conn.run_sync(fn)
-        async with self.engine.begin() as conn:
-            return await conn.run_sync(fn)
+            await conn.begin()
+            try:
+                result = await conn.run_sync(fn)
+            except BaseException:
+                await conn.rollback()
+                raise
+            try:
+                await conn.commit()
+            except (SQLAlchemyError, OSError) as exc:
+                # The server may have committed before the answer was lost: never retried.
+                raise CommitOutcomeUnknown() from exc
+            return result
 
     async def migrate(self) -> None:
         # A connection of its own, without the per-statement timeout of the pool's: waiting
@@ -188,28 +203,42 @@ class SqliteRunner:
                 cursor.execute(f"PRAGMA {pragma}")
             cursor.close()
 
+    @property
+    def sa_dialect(self) -> Dialect:
+        return self.engine.dialect
+
     def _call(self, fn: Callable[[Connection], T], write: bool, autocommit: bool) -> T:
         """The transaction is the driver's, begun and ended here; SQLAlchemy's own (begun
         by its first statement, a no-op for this driver) only follows it. A transaction
-        made of the upload path's driver statements thus costs no SQLAlchemy machinery."""
-        conn = self._conn
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._conn = self.engine.connect()
-        driver: Any = conn.connection.dbapi_connection
-        if not autocommit:
-            driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        made of the upload path's driver statements thus costs no SQLAlchemy machinery.
+        The driver's own errors are wrapped as SQLAlchemy would have (so they are index
+        failures, not crashes)."""
         try:
-            result = fn(conn)
-        except BaseException:
-            if conn.in_transaction():
-                conn.rollback()
-            elif driver.in_transaction:
+            conn = self._conn
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._conn = self.engine.connect()
+            driver: Any = conn.connection.dbapi_connection
+            if driver.in_transaction:  # a COMMIT that failed left one open
                 driver.rollback()
-            raise
-        if conn.in_transaction():
-            conn.commit()
-        elif driver.in_transaction:
-            driver.commit()
+            if not autocommit:
+                driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = fn(conn)
+            except BaseException:
+                if conn.in_transaction():
+                    conn.rollback()
+                elif driver.in_transaction:
+                    driver.rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+        try:
+            if conn.in_transaction():
+                conn.commit()
+            elif driver.in_transaction:
+                driver.commit()
+        except (sqlite3.Error, SQLAlchemyError) as exc:
+            raise CommitOutcomeUnknown() from exc
         return result
 
     def _dispose(self) -> None:
@@ -225,7 +254,14 @@ class SqliteRunner:
         return await loop.run_in_executor(self._thread, self._call, fn, write, autocommit)
 
     async def migrate(self) -> None:
-        await self.run(_upgrade, write=True)
+        def upgrade(conn: Connection) -> None:
+            # A transaction SQLAlchemy knows of, so that Alembic runs every migration
+            # inside it (it commits one it began itself after the first migration): the
+            # whole upgrade is one transaction, under the write lock, or nothing.
+            conn.begin()
+            _upgrade(conn)
+
+        await self.run(upgrade, write=True)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -49,7 +49,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
@@ -92,6 +91,11 @@ Scrub = Callable[[str], str]
 TX_ATTEMPTS = 4
 
 
+class CommitOutcomeUnknown(Exception):
+    """Raised by a runner when COMMIT itself failed: the server may have committed. Never
+    run again (the work would be done twice, or misjudged on its second run)."""
+
+
 class _RunAgain(Exception):
     """Raised inside a transaction that saw a concurrent change it cannot decide on: it
     rolls back and runs again."""
@@ -104,6 +108,9 @@ class Runner(Protocol):
     on its own and consistent with any interleaving of others (two round trips less)."""
 
     dialect: str
+
+    @property
+    def sa_dialect(self) -> Dialect: ...
 
     async def run(
         self, fn: Callable[[Connection], T], *, write: bool, autocommit: bool = False
@@ -247,7 +254,13 @@ class _DriverStatement:
         assert compiled.positiontup is not None, "a qmark dialect"
         self.sql = compiled.string
         self._order = list(compiled.positiontup)
-        self._convert = [compiled.binds[name].type.bind_processor(dialect) for name in self._order]
+        # dialect_impl: the conversions SQLAlchemy itself applies for this dialect (times as
+        # fixed-width text); a type's generic bind_processor would leave a time to the
+        # driver, which drops a zero fraction and breaks the text order.
+        self._convert = [
+            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in self._order
+        ]
         #: Literals in the expression (``state = 'clean'``) are parameters with a value.
         self._literals = {name: bind.value for name, bind in compiled.binds.items()}
 
@@ -294,7 +307,8 @@ class SqlIndex:
         )
         self._fast: dict[str, _DriverStatement] = {}
         if runner.dialect == "sqlite":
-            dialect = pysqlite.dialect()
+            # The engine's own dialect: the same JSON serializer as SQLAlchemy's path.
+            dialect = runner.sa_dialect
             content_keys = [c.name for c in contents.columns]
             self._fast = {
                 "reserve": _DriverStatement(_RESERVE_UNLESS_HELD, dialect),
@@ -338,6 +352,11 @@ class SqlIndex:
                     return await self._runner.run(fn, write=write, autocommit=autocommit)
             except IndexError_:
                 raise
+            except CommitOutcomeUnknown as exc:
+                cause = exc.__cause__ or exc
+                raise self._unavailable(
+                    f"{action} (its commit's outcome is unknown)", cause
+                ) from None
             except _RunAgain:
                 if attempt < TX_ATTEMPTS:
                     continue

@@ -16,17 +16,19 @@ from sqlalchemy import insert
 from fileshare.config import Settings
 from fileshare.index.base import (
     Committed,
+    Conflict,
     ContentGone,
     Cursor,
     FileIndex,
     FilePatch,
     FileQuery,
+    IndexUnavailable,
     Placement,
     PreconditionFailed,
     TooLarge,
 )
 from fileshare.index.factory import open_index
-from fileshare.index.sql import SqlIndex
+from fileshare.index.sql import CommitOutcomeUnknown, SqlIndex
 from fileshare.index.tables import doomed_objects
 from fileshare.models import Content, FileRecord, ScanRecord, ScanState, new_object_key
 from tests.servers import Postgres
@@ -363,6 +365,78 @@ async def test_a_file_carries_a_bounded_number_of_tags(index: FileIndex) -> None
         await index.tag_file("alice", done.record.id, "c", NOW, add=True, max_tags=2)
     again = await index.tag_file("alice", done.record.id, "a", NOW, add=True, max_tags=2)
     assert again is not None
+
+
+async def test_times_on_a_whole_second_sort_and_compare_right(index: FileIndex) -> None:
+    """A time with no fraction is written as every other (the upload path's statements
+    and SQLAlchemy's alike): inclusive and exclusive edges and ties in pages hold."""
+    whole = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
+    a = await post(index, content(1), now=whole)
+    b = await post(index, content(2), now=whole)
+    later = await post(index, content(3), now=whole + timedelta(microseconds=1))
+    ids = sorted([a.record.id, b.record.id])
+    page = await index.list_files("alice", FileQuery(created_from=whole))
+    assert [r.id for r in page.items] == [*ids, later.record.id]
+    page = await index.list_files("alice", FileQuery(created_to=whole + timedelta(microseconds=1)))
+    assert [r.id for r in page.items] == ids
+    walked = await walk(index, "alice", FileQuery(page_size=1))
+    assert [r.id for r in walked] == [*ids, later.record.id]
+    got = await index.get("alice", a.record.id)
+    assert got is not None
+    assert got.created == whole
+
+
+async def test_a_key_claimed_twice_is_a_conflict_not_a_crash(index: FileIndex) -> None:
+    c = content(1)
+    assert c.key is not None
+    await index.claim(c.sha256, c.key, NOW + HOUR)
+    with pytest.raises(Conflict):
+        await index.claim(c.sha256, c.key, NOW + HOUR)
+
+
+async def test_a_commit_whose_outcome_is_unknown_is_not_run_again(index: FileIndex) -> None:
+    """COMMIT failed (the answer lost): the server may have committed. The transaction
+    must not run a second time — it would misjudge its own work (the reservation it
+    consumed) and the service would remove an object a record now uses. The lost answer
+    is simulated: the real runner commits, then the wrapper reports the commit failed."""
+    assert isinstance(index, SqlIndex)
+    runner = index._runner
+    runs = 0
+
+    class LosesTheAnswer:
+        dialect = runner.dialect
+        sa_dialect = runner.sa_dialect
+
+        async def run(self, fn: Any, *, write: bool, autocommit: bool = False) -> Any:
+            nonlocal runs
+            runs += 1
+            await runner.run(fn, write=write, autocommit=autocommit)
+            raise CommitOutcomeUnknown() from OSError("connection reset")
+
+        async def close(self) -> None:
+            await runner.close()
+
+    c = content(1)
+    await reserve(index, c)
+    index._runner = LosesTheAnswer()  # type: ignore[assignment]
+    try:
+        with pytest.raises(IndexUnavailable, match="outcome is unknown"):
+            await index.commit(
+                "alice",
+                c,
+                name="x",
+                content_type="text/plain",
+                placement=Placement(new_id="lost-answer"),
+                held=False,
+                now=NOW,
+            )
+    finally:
+        index._runner = runner
+    assert runs == 1
+    got = await index.get("alice", "lost-answer")
+    assert got is not None
+    assert got.content.key == c.key
+    assert await index.doomed(NOW + 2 * HOUR, 10) == []  # the object stays claimed
 
 
 async def test_delete_frees_content_with_its_last_record(index: FileIndex) -> None:

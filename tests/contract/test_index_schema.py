@@ -368,3 +368,30 @@ async def test_a_migration_waits_for_another_replicas_lock(postgres: Postgres) -
             await index.close()
     finally:
         await holder.close()
+
+
+async def test_a_failed_upgrade_leaves_the_first_release_index_as_it_was(tmp_path: Path) -> None:
+    """The whole upgrade is one transaction: a row it cannot convert rolls everything
+    back, and once the row is mended the upgrade runs through."""
+    path = tmp_path / "index.sqlite3"
+    make_first_release_sqlite(path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE files SET created = 'not a time' WHERE id = ?", (LEGACY_ROWS[2][0],))
+    conn.commit()
+    conn.close()
+    with pytest.raises(IndexUnavailable):
+        await open_sql_index(url=None, sqlite_path=path)
+    conn = sqlite3.connect(path)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"files"}
+    conn.execute(
+        "UPDATE files SET created = ? WHERE id = ?",
+        (LEGACY_ROWS[2][7].isoformat(), LEGACY_ROWS[2][0]),
+    )
+    conn.commit()
+    conn.close()
+    index = await open_sql_index(url=None, sqlite_path=path)
+    try:
+        await assert_first_release_records(index)
+    finally:
+        await index.close()

@@ -505,6 +505,7 @@ async def test_the_sweeper_removes_objects_no_commit_claimed(env: Env) -> None:
     from fileshare.app import INDEX
     from fileshare.models import new_object_key
     from fileshare.pipeline import PROMOTION_GRACE
+    from fileshare.service import SWEEP_MARGIN
 
     kept = await (await upload(env, b"kept")).json()
     index, service = env.client.app[INDEX], env.client.app[SERVICE]
@@ -514,7 +515,7 @@ async def test_the_sweeper_removes_objects_no_commit_claimed(env: Env) -> None:
     await env.storage.put(env.settings.permanent_bucket, key, b"orphan")
     assert key in await env.permanent_keys()
     assert await service.sweep() == 0  # its upload may still be waiting for a verdict
-    service.clock = lambda: now + PROMOTION_GRACE + timedelta(seconds=1)
+    service.clock = lambda: now + PROMOTION_GRACE + SWEEP_MARGIN + timedelta(seconds=1)
     assert await service.sweep() == 1
     assert key not in await env.permanent_keys()
     assert await index.doomed(now + timedelta(days=1), 10) == []
