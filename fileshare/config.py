@@ -113,9 +113,32 @@ class Settings:
             raise ConfigError(f"FILESHARE_STORAGE must be local, s3 or gcs, not {self.storage!r}")
         if self.unscanned_bucket == self.permanent_bucket:
             raise ConfigError("the unscanned and permanent buckets must differ")
-        for name in (self.unscanned_bucket, self.permanent_bucket):
-            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", name):
-                raise ConfigError(f"bucket name {name!r} is not a valid bucket name")
+        for variable, name in (
+            ("FILESHARE_UNSCANNED_BUCKET", self.unscanned_bucket),
+            ("FILESHARE_PERMANENT_BUCKET", self.permanent_bucket),
+        ):
+            problem = bucket_name_problem(name, self.storage)
+            if problem is not None:
+                raise ConfigError(f"{variable}: {name[:80]!r} {problem}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"FILESHARE_PORT must be from 1 to 65535, not {self.port}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"FILESHARE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                f"not {self.log_level[:40]!r}"
+            )
+        for variable, seconds, zero_allowed in (
+            ("FILESHARE_STORAGE_TIMEOUT", self.storage_timeout, False),
+            ("FILESHARE_CLAMD_CONNECT_TIMEOUT", self.clamd_connect_timeout, False),
+            ("FILESHARE_CLAMD_IDLE_TIMEOUT", self.clamd_idle_timeout, False),
+            ("FILESHARE_CLAMD_VERDICT_TIMEOUT", self.clamd_verdict_timeout, False),
+            ("FILESHARE_BUDGET_WAIT", self.budget_wait, True),
+            ("FILESHARE_SHUTDOWN_GRACE", self.shutdown_grace, True),
+        ):
+            # "not >= 0" also refuses NaN
+            if not (seconds >= 0 if zero_allowed else seconds > 0) or seconds == float("inf"):
+                rule = "zero or more" if zero_allowed else "more than zero"
+                raise ConfigError(f"{variable} must be a number of seconds, {rule}")
         if not 0 < self.max_upload_size <= MAX_SCANNABLE:
             raise ConfigError(
                 f"FILESHARE_MAX_UPLOAD_SIZE must be between 1 and {MAX_SCANNABLE} bytes "
@@ -174,6 +197,44 @@ class Settings:
     @property
     def base_url(self) -> str:
         return self.public_base_url.rstrip("/")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_LOCAL_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_ENDS = "starting and ending with a letter or digit"
+
+
+def bucket_name_problem(name: str, storage: str) -> str | None:
+    """What is wrong with a bucket name for this backend (S3's and GCS's rules differ),
+    or None. The local backend takes S3-like names: they are directory names."""
+    if storage == "s3":
+        if not _S3_BUCKET.fullmatch(name):
+            return f"is not an S3 bucket name: 3-63 of a-z 0-9 . -, {_ENDS}"
+        if ".." in name or ".-" in name or "-." in name:
+            return "is not an S3 bucket name: no two dots, and no dot next to a hyphen"
+        if _IP_ADDRESS.fullmatch(name):
+            return "is not an S3 bucket name: it must not look like an IP address"
+        if name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3")):
+            return "is not an S3 bucket name: reserved prefix or suffix"
+        return None
+    if storage == "gcs":
+        if not _GCS_BUCKET.fullmatch(name):
+            return f"is not a GCS bucket name: 3-222 of a-z 0-9 - _ ., {_ENDS}"
+        if any(len(part) > 63 or not part for part in name.split(".")):
+            return "is not a GCS bucket name: each dot-separated part is 1-63 characters"
+        if "." not in name and len(name) > 63:
+            return "is not a GCS bucket name: at most 63 characters without dots"
+        if _IP_ADDRESS.fullmatch(name):
+            return "is not a GCS bucket name: it must not look like an IP address"
+        if name.startswith("goog") or "google" in name or "g00gle" in name:
+            return 'is not a GCS bucket name: it must not start with "goog" or hold "google"'
+        return None
+    if not _LOCAL_BUCKET.fullmatch(name) or ".." in name:
+        return f"is not a bucket name: 3-63 of a-z 0-9 . _ -, {_ENDS}"
+    return None
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?)?\s*$", re.IGNORECASE)

@@ -9,6 +9,7 @@ aiohttp cancel what is left (each cancelled upload cleans its staging up).
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 
 import structlog
@@ -17,6 +18,8 @@ from aiohttp import web
 from fileshare.api.keys import DRAINING, IN_FLIGHT
 from fileshare.app import create_app
 from fileshare.config import Settings
+from fileshare.index.base import IndexError_
+from fileshare.storage.base import StorageError
 
 log = structlog.get_logger(__name__)
 
@@ -24,14 +27,31 @@ log = structlog.get_logger(__name__)
 CLEANUP_TIMEOUT = 10.0
 
 
+class StartupError(Exception):
+    """The service cannot start: the message says why in one line, naming what failed."""
+
+
 async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT. Raises ``StartupError`` when it cannot start."""
     app = create_app(settings)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=CLEANUP_TIMEOUT
     )
-    await runner.setup()
+    try:
+        await runner.setup()  # opens storage and the index (cleanup contexts)
+    except StorageError as exc:
+        raise StartupError(f"storage ({settings.storage}) is not usable: {exc}") from None
+    except IndexError_ as exc:
+        raise StartupError(str(exc)) from None
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        where = f"{settings.host}:{settings.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"cannot listen on {where}: the port is already in use") from None
+        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     log.info(
         "server.listening",
         host=settings.host,

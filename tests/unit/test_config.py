@@ -60,3 +60,111 @@ def test_each_upload_reserves_at_least_three_parts() -> None:
     assert one_in_flight.per_upload_memory == 3 * one_in_flight.part_size + 1024 * 1024
     four = load_settings(BASE | {"FILESHARE_PARTS_IN_FLIGHT": "4"})
     assert four.per_upload_memory == 5 * four.part_size + 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FILESHARE_PORT": "99999"}, "FILESHARE_PORT must be from 1 to 65535"),
+        ({"FILESHARE_PORT": "0"}, "FILESHARE_PORT must be from 1 to 65535"),
+        ({"FILESHARE_LOG_LEVEL": "verbose"}, "FILESHARE_LOG_LEVEL must be one of"),
+        ({"FILESHARE_SHUTDOWN_GRACE": "-1"}, "FILESHARE_SHUTDOWN_GRACE must be"),
+        ({"FILESHARE_STORAGE_TIMEOUT": "0"}, "FILESHARE_STORAGE_TIMEOUT must be"),
+        ({"FILESHARE_CLAMD_VERDICT_TIMEOUT": "nan"}, "FILESHARE_CLAMD_VERDICT_TIMEOUT must be"),
+        ({"FILESHARE_BUDGET_WAIT": "inf"}, "FILESHARE_BUDGET_WAIT must be"),
+        ({"FILESHARE_STORAGE": "s3", "FILESHARE_UNSCANNED_BUCKET": "my_bucket"}, "S3 bucket"),
+        ({"FILESHARE_STORAGE": "s3", "FILESHARE_UNSCANNED_BUCKET": "my..bucket"}, "two dots"),
+        ({"FILESHARE_STORAGE": "s3", "FILESHARE_UNSCANNED_BUCKET": "192.168.1.1"}, "IP address"),
+        ({"FILESHARE_STORAGE": "s3", "FILESHARE_UNSCANNED_BUCKET": "xn--abc"}, "reserved"),
+        ({"FILESHARE_STORAGE": "gcs", "FILESHARE_PERMANENT_BUCKET": "google-files"}, "google"),
+        ({"FILESHARE_STORAGE": "gcs", "FILESHARE_PERMANENT_BUCKET": "a" * 64}, "63 characters"),
+        ({"FILESHARE_UNSCANNED_BUCKET": "Upper"}, "FILESHARE_UNSCANNED_BUCKET"),
+    ],
+)
+def test_check_config_catches_what_serve_would_trip_on(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(BASE | env)
+
+
+def test_backends_have_their_own_bucket_rules() -> None:
+    # "my_bucket" is a GCS name, not an S3 one
+    gcs = load_settings(
+        BASE | {"FILESHARE_STORAGE": "gcs", "FILESHARE_UNSCANNED_BUCKET": "my_bucket"}
+    )
+    assert gcs.unscanned_bucket == "my_bucket"
+    dotted = "a" * 60 + "." + "b" * 60
+    assert (
+        load_settings(
+            BASE | {"FILESHARE_STORAGE": "gcs", "FILESHARE_PERMANENT_BUCKET": dotted}
+        ).permanent_bucket
+        == dotted
+    )
+    assert load_settings(BASE | {"FILESHARE_LOG_LEVEL": "debug"}).log_level == "debug"
+
+
+def test_a_taken_port_is_one_clear_line_and_exit_2(tmp_path: object) -> None:
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "fileshare", "serve"],
+            env={
+                "FILESHARE_API_KEYS": "dev:dev-key-0123456789abcdef",
+                "FILESHARE_DATA_DIR": str(Path(str(tmp_path)) / "data"),
+                "FILESHARE_PORT": str(port),
+                "FILESHARE_LOG_LEVEL": "ERROR",
+                "PATH": "/usr/bin:/bin",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_check_config_prints_a_readable_summary_without_secrets() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fileshare", "check-config"],
+        env={
+            "FILESHARE_API_KEYS": "dev:dev-key-0123456789abcdef",
+            "FILESHARE_INDEX_URL": "postgresql://fileshare:Sup3r-s3cret@db.internal/fileshare",
+            "FILESHARE_STORAGE": "s3",
+            "FILESHARE_S3_ACCESS_KEY": "AKIAEXAMPLE",
+            "FILESHARE_S3_SECRET_KEY": "s3-secret-key-value",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Settings(" not in out
+    for secret in ("Sup3r-s3cret", "dev-key-0123456789abcdef", "s3-secret-key-value"):
+        assert secret not in out
+    assert "postgresql postgresql://fileshare:***@db.internal/fileshare" in out
+    assert "storage:  s3 at AWS (us-east-1)" in out
+    assert "1 principal(s): dev" in out
+    bad = subprocess.run(
+        [sys.executable, "-m", "fileshare", "check-config"],
+        env={"FILESHARE_API_KEYS": "dev:dev-key-0123456789abcdef", "FILESHARE_PORT": "99999"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "fileshare: configuration error: FILESHARE_PORT must be from 1 to 65535, not 99999"
+    )
