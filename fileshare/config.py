@@ -276,6 +276,56 @@ def _parse_api_keys(value: str) -> dict[str, str]:
     return keys
 
 
+#: Every setting's variable (without ``FILESHARE_``), by how its value is parsed.
+_STRINGS = {
+    "STORAGE": "storage",
+    "UNSCANNED_BUCKET": "unscanned_bucket",
+    "PERMANENT_BUCKET": "permanent_bucket",
+    "S3_ENDPOINT": "s3_endpoint",
+    "S3_REGION": "s3_region",
+    "S3_ACCESS_KEY": "s3_access_key",
+    "S3_SECRET_KEY": "s3_secret_key",
+    "GCS_ENDPOINT": "gcs_endpoint",
+    "GCS_PROJECT": "gcs_project",
+    "INDEX_URL": "index_url",
+    "HOST": "host",
+    "PUBLIC_BASE_URL": "public_base_url",
+    "LOG_FORMAT": "log_format",
+    "LOG_LEVEL": "log_level",
+}
+_SIZES = {
+    "PART_SIZE": "part_size",
+    "MAX_UPLOAD_SIZE": "max_upload_size",
+    "MEMORY_BUDGET": "memory_budget",
+}
+_INTS = {
+    "PORT": "port",
+    "PARTS_IN_FLIGHT": "parts_in_flight",
+    "CLAMD_MAX_SCANS": "clamd_max_scans",
+}
+_FLOATS = {
+    "STORAGE_TIMEOUT": "storage_timeout",
+    "CLAMD_CONNECT_TIMEOUT": "clamd_connect_timeout",
+    "CLAMD_IDLE_TIMEOUT": "clamd_idle_timeout",
+    "CLAMD_VERDICT_TIMEOUT": "clamd_verdict_timeout",
+    "BUDGET_WAIT": "budget_wait",
+    "SHUTDOWN_GRACE": "shutdown_grace",
+    "SWEEP_INTERVAL": "sweep_interval",
+}
+_OTHERS = {
+    "DATA_DIR": "data_dir",
+    "INDEX_PATH": "index_path",
+    "CLAMD": "clamd",
+    "API_KEYS": "api_keys",
+}
+#: ``Settings`` field -> its environment variable (config/fileshare.example.env lists them).
+VARIABLES = {
+    attr: f"FILESHARE_{name}"
+    for table in (_STRINGS, _SIZES, _INTS, _FLOATS, _OTHERS)
+    for name, attr in table.items()
+}
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from the environment (and ``FILESHARE_CONFIG`` if set)."""
     env = dict(os.environ if environ is None else environ)
@@ -288,54 +338,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return raw.get(f"FILESHARE_{name}")
 
     kwargs: dict[str, object] = {}
-    strings = {
-        "STORAGE": "storage",
-        "UNSCANNED_BUCKET": "unscanned_bucket",
-        "PERMANENT_BUCKET": "permanent_bucket",
-        "S3_ENDPOINT": "s3_endpoint",
-        "S3_REGION": "s3_region",
-        "S3_ACCESS_KEY": "s3_access_key",
-        "S3_SECRET_KEY": "s3_secret_key",
-        "GCS_ENDPOINT": "gcs_endpoint",
-        "GCS_PROJECT": "gcs_project",
-        "INDEX_URL": "index_url",
-        "HOST": "host",
-        "PUBLIC_BASE_URL": "public_base_url",
-        "LOG_FORMAT": "log_format",
-        "LOG_LEVEL": "log_level",
-    }
-    for env_name, attr in strings.items():
+    for env_name, attr in _STRINGS.items():
         if (v := get(env_name)) is not None and v != "":
             kwargs[attr] = v
-    sizes = {
-        "PART_SIZE": "part_size",
-        "MAX_UPLOAD_SIZE": "max_upload_size",
-        "MEMORY_BUDGET": "memory_budget",
-    }
-    for env_name, attr in sizes.items():
+    for env_name, attr in _SIZES.items():
         if v := get(env_name):
             kwargs[attr] = parse_size(v, f"FILESHARE_{env_name}")
-    ints = {
-        "PORT": "port",
-        "PARTS_IN_FLIGHT": "parts_in_flight",
-        "CLAMD_MAX_SCANS": "clamd_max_scans",
-    }
-    for env_name, attr in ints.items():
+    for env_name, attr in _INTS.items():
         if v := get(env_name):
             try:
                 kwargs[attr] = int(v)
             except ValueError:
                 raise ConfigError(f"FILESHARE_{env_name}: {v!r} is not an integer") from None
-    floats = {
-        "STORAGE_TIMEOUT": "storage_timeout",
-        "CLAMD_CONNECT_TIMEOUT": "clamd_connect_timeout",
-        "CLAMD_IDLE_TIMEOUT": "clamd_idle_timeout",
-        "CLAMD_VERDICT_TIMEOUT": "clamd_verdict_timeout",
-        "BUDGET_WAIT": "budget_wait",
-        "SHUTDOWN_GRACE": "shutdown_grace",
-        "SWEEP_INTERVAL": "sweep_interval",
-    }
-    for env_name, attr in floats.items():
+    for env_name, attr in _FLOATS.items():
         if v := get(env_name):
             try:
                 kwargs[attr] = float(v)

@@ -168,3 +168,35 @@ def test_check_config_prints_a_readable_summary_without_secrets() -> None:
     assert bad.stderr.strip() == (
         "fileshare: configuration error: FILESHARE_PORT must be from 1 to 65535, not 99999"
     )
+
+
+def test_the_example_file_lists_every_setting_with_its_default() -> None:
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from fileshare.config import VARIABLES, Settings
+
+    root = Path(__file__).resolve().parents[2]
+    example = root / "config" / "fileshare.example.env"
+    text = example.read_text()
+    listed = re.findall(r"^#? ?(FILESHARE_[A-Z0-9_]+)=(.*)$", text, re.MULTILINE)
+    names = [name for name, _ in listed]
+    assert sorted(names) == sorted(set(names)), "a setting is listed twice"
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert set(VARIABLES) == fields, "every Settings field has its variable"
+    assert set(names) == set(VARIABLES.values())
+    # the defaults shown are the defaults
+    defaults = load_settings(BASE)
+    shown = load_settings(
+        {name: value for name, value in listed if value}
+        | {"FILESHARE_API_KEYS": BASE["FILESHARE_API_KEYS"]}
+    )
+    assert shown == defaults
+    # it works as FILESHARE_CONFIG, as the README says, and every variable is in the README
+    assert load_settings({"FILESHARE_CONFIG": str(example)}).api_keys == {
+        "dev": "dev-key-change-me-0123456789"
+    }
+    readme = (root / "README.md").read_text()
+    for name in VARIABLES.values():
+        assert f"`{name}`" in readme, name
