@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
 
-from fileshare.api import files, problems, tags
+from fileshare.api import files, openapi, problems, tags
 from fileshare.api.auth import ApiKeyAuthenticator
 from fileshare.api.keys import AUTHENTICATOR, DRAINING, IN_FLIGHT, METRICS, SERVICE, SETTINGS
 from fileshare.api.middleware import authenticate, refuse_while_draining, request_context
@@ -30,6 +31,8 @@ SCANNER = web.AppKey("scanner", ClamdScanner)
 INDEX = web.AppKey("index", FileIndex)
 BUDGET = web.AppKey("budget", MemoryBudget)
 READINESS = web.AppKey("readiness", Readiness)
+#: The OpenAPI document, rendered once.
+OPENAPI = web.AppKey("openapi", bytes)
 
 log = structlog.get_logger(__name__)
 #: How long shutdown waits for cancelled uploads to remove their staging data.
@@ -46,6 +49,10 @@ async def readyz(request: web.Request) -> web.Response:
         {"status": "ready" if ready else "not ready", "checks": report},
         status=200 if ready else 503,
     )
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -85,6 +92,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
+    app[OPENAPI] = json.dumps(openapi.document(settings.base_url)).encode()
     app.add_routes(files.routes)
     app.add_routes(tags.routes)
     return app

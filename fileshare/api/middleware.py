@@ -17,7 +17,7 @@ from fileshare.api.keys import AUTHENTICATOR, DRAINING, IN_FLIGHT
 log = structlog.get_logger(__name__)
 
 #: Paths probes and scrapers reach without credentials.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

@@ -41,3 +41,14 @@ async def test_metrics_count_outcomes_bytes_and_stages(env: Env) -> None:
     assert metric(text, "fileshare_stage_seconds_count", 'stage="verdict_wait"') == 2
     assert metric(text, "fileshare_uploads_in_flight") == 0
     assert metric(text, "fileshare_memory_budget_in_use_bytes") == 0
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_the_api_description_needs_no_credentials(env: Env) -> None:
+    resp = await env.client.get("/openapi.json")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    spec = await resp.json()
+    assert spec["openapi"] == "3.1.0"
+    assert spec["servers"] == [{"url": "https://files.example.test"}]
+    assert "/v1/files/{fileId}" in spec["paths"]
