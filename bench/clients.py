@@ -381,7 +381,7 @@ class FileshareClient:
 
 
 def stage_key(kind: str, stage: str) -> str:
-    return f'fileshare_stage_seconds_{kind}{{stage="{stage}"}}'
+    return f'fileshare_upload_stage_duration_seconds_{kind}{{stage="{stage}"}}'
 
 
 def metric_delta(

@@ -1,33 +1,106 @@
-"""Prometheus metrics, one registry per application (tests run many apps in a process)."""
+"""Prometheus metrics, one registry per application (tests run many apps in a process).
+
+Names follow Prometheus conventions: a counter is named by what it counts and rendered with
+``_total`` last; a quantity carries its base unit last (``_bytes``, ``_seconds``, before
+``_total`` for a counter); a value fileshare does not know yet is absent, never ``0``, so
+that an ``absent()`` alert can fire and an age alert is never fooled.
+"""
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.utils import parsedate_to_datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Most requests take milliseconds; uploads take as long as their transfer and scan.
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OUTCOMES = ("clean", "duplicate", "infected", "rejected", "failed")
+#: The methods a label may name; anything else a client invents is ``other`` (bounded
+#: cardinality, whatever arrives on the wire).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+_CLAMAV_VERSION = "fileshare_clamav_database_version"
+_CLAMAV_AGE = "fileshare_clamav_database_age_seconds"
+
+
+class _ClamavDatabase(Collector):
+    """The signature database clamd last reported. Until clamd has answered VERSION there
+    is no sample at all: a ``0`` would read as "fresh" to ``age > 2d`` and would hide the
+    never-known case from ``absent()``. The age is computed at scrape time from the
+    database's build date, so it keeps growing between readiness checks, as the database
+    it describes gets older."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.version: int | None = None
+        self.built: float | None = None
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        # Lets the registry reserve both names while no sample exists.
+        return [
+            GaugeMetricFamily(_CLAMAV_VERSION, "ClamAV signature database version"),
+            GaugeMetricFamily(_CLAMAV_AGE, "Age of the ClamAV signature database"),
+        ]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        if self.version is not None:
+            yield GaugeMetricFamily(
+                _CLAMAV_VERSION, "ClamAV signature database version", value=self.version
+            )
+        if self.built is not None:
+            yield GaugeMetricFamily(
+                _CLAMAV_AGE,
+                "Age of the ClamAV signature database, from its build date in clamd VERSION",
+                value=max(0.0, self._clock() - self.built),
+            )
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        # In the text format /metrics serves, prometheus_client's ``*_created`` samples are
+        # separate unitless gauge series that double every counter and histogram; Prometheus
+        # has no use for them there. (A process-wide switch; fileshare is the only exporter.)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The standard process and Python collectors, each a new instance on this registry
+        # (the module-level ones are bound to the global registry, which fileshare does not
+        # serve): process_resident_memory_bytes is how an operator sees the bounded-memory
+        # promise hold.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.uploads = Counter("fileshare_uploads", "Uploads by outcome", ["outcome"], registry=r)
         for outcome in OUTCOMES:
             self.uploads.labels(outcome)
-        self.bytes_in = Counter("fileshare_bytes_in", "Upload bytes received", registry=r)
-        self.bytes_out = Counter("fileshare_bytes_out", "Download bytes sent", registry=r)
+        self.bytes_in = Counter(
+            "fileshare_upload_received_bytes", "Upload body bytes received", registry=r
+        )
+        self.bytes_out = Counter(
+            "fileshare_download_sent_bytes", "Download body bytes sent", registry=r
+        )
         self.stage_seconds = Histogram(
-            "fileshare_stage_seconds",
-            "Pipeline stage durations (transfer, verdict_wait, promote)",
+            "fileshare_upload_stage_duration_seconds",
+            "Upload pipeline stage durations (transfer, verdict_wait, promote)",
             ["stage"],
             buckets=_DURATION_BUCKETS,
             registry=r,
@@ -45,33 +118,49 @@ class Metrics:
         self.storage_errors = Counter(
             "fileshare_storage_errors", "Storage failures by operation", ["operation"], registry=r
         )
-        self.signature_version = Gauge(
-            "fileshare_clamav_database_version", "ClamAV signature database version", registry=r
-        )
-        self.signature_age = Gauge(
-            "fileshare_clamav_database_age_seconds",
-            "Age of the ClamAV signature database, from clamd VERSION",
+        self.http_requests = Counter(
+            "fileshare_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
             registry=r,
         )
+        self.http_duration = Histogram(
+            "fileshare_http_request_duration_seconds",
+            "Time from a request's arrival until its handler returned (the whole body, for a "
+            "streamed answer)",
+            ["route", "method"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self._clamav = _ClamavDatabase(clock)
+        r.register(self._clamav)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(stage).observe(seconds)
+
+    def observe_request(self, route: str, method: str, status: str, seconds: float) -> None:
+        """``route`` is a route *template* (``/v1/files/{file_id}``), never a raw path:
+        paths hold file ids, which are unbounded and too close to patient data for a label."""
+        method = method if method in METHODS else "other"
+        self.http_requests.labels(route, method, status).inc()
+        self.http_duration.labels(route, method).observe(seconds)
 
     def track_budget(self, in_use: Callable[[], float], total: float) -> None:
         self.budget_in_use.set_function(in_use)
         self.budget_total.set(total)
 
     def record_clamd_version(self, version: str) -> None:
-        """clamd answers e.g. ``ClamAV 1.4.3/27530/Mon Jan 13 09:37:02 2025``."""
+        """clamd answers e.g. ``ClamAV 1.4.3/27530/Mon Jan 13 09:37:02 2025``; an answer
+        without the database part leaves what was known before."""
         m = re.match(r"^ClamAV [^/]+/(\d+)/(.+)$", version.strip())
         if not m:
             return
-        self.signature_version.set(int(m.group(1)))
+        self._clamav.version = int(m.group(1))
         try:
-            built = parsedate_to_datetime(m.group(2) + " +0000")
+            built: float | None = parsedate_to_datetime(m.group(2) + " +0000").timestamp()
         except (TypeError, ValueError):
-            return
-        self.signature_age.set(max(0.0, time.time() - built.timestamp()))
+            built = None  # a new database of unknown date: its age is unknown, not the old one's
+        self._clamav.built = built
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

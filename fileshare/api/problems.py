@@ -10,10 +10,10 @@ from aiohttp.typedefs import Handler
 
 from fileshare import errors
 from fileshare.api.context import REQUEST_ID
+from fileshare.api.keys import SETTINGS
+from fileshare.api.problem_types import HTTP_ERROR, METHOD_NOT_ALLOWED, type_uri
 
 log = structlog.get_logger(__name__)
-
-PROBLEM_TYPE_BASE = "https://fileshare.dev/problems/"
 
 
 def problem_response(
@@ -25,9 +25,11 @@ def problem_response(
     detail: str,
     headers: dict[str, str] | None = None,
     extra: dict[str, object] | None = None,
+    problem_type: str | None = None,
 ) -> web.Response:
+    # Each code's type URI is a page fileshare serves itself (``/problems/{code}``).
     body: dict[str, object] = {
-        "type": PROBLEM_TYPE_BASE + code,
+        "type": problem_type or type_uri(request.app[SETTINGS].base_url, code),
         "title": title,
         "status": status,
         "detail": detail,
@@ -59,9 +61,9 @@ def from_error(request: web.Request, exc: errors.FileshareError) -> web.Response
 
 
 _HTTP_CODES = {
-    404: ("not_found", "Not found"),
-    405: ("method_not_allowed", "Method not allowed"),
-    413: ("payload_too_large", "Upload exceeds the size limit"),
+    404: (errors.NotFound.code, errors.NotFound.title),
+    405: (METHOD_NOT_ALLOWED.code, METHOD_NOT_ALLOWED.title),
+    413: (errors.PayloadTooLarge.code, errors.PayloadTooLarge.title),
 }
 
 
@@ -76,7 +78,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code, title = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+        code, title = _HTTP_CODES.get(exc.status, (HTTP_ERROR.code, exc.reason))
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return problem_response(
             request, status=exc.status, code=code, title=title, detail=exc.reason, headers=headers

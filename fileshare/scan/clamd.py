@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -54,6 +55,31 @@ def parse_reply(raw: bytes) -> Verdict:
     if text.endswith("ERROR"):
         raise ScanError(f"clamd error: {text}")
     raise ScanError(f"unexpected clamd reply: {text[:200]!r}")
+
+
+class ClamdUnreachable(ScanError):
+    """No connection to clamd could be made; ``reason`` says why in a few words
+    (``connection refused``, ``no such file or directory``...)."""
+
+    def __init__(self, address: ClamdAddress, reason: str) -> None:
+        super().__init__(f"cannot connect to clamd at {address}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    """A failed socket operation in words, for messages a person reads (not a repr)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name: {exc.strerror or exc}"
+    if isinstance(exc, OSError) and (exc.errno or exc.strerror):
+        # asyncio's own strerror ("Connect call failed ('127.0.0.1', 1)") hides the errno's
+        text = os.strerror(exc.errno) if exc.errno else str(exc.strerror)
+        return text[:1].lower() + text[1:]
+    if isinstance(exc, IndexError):
+        return "the host name has no address"
+    return repr(exc)
 
 
 async def _read_reply(sock: socket.socket) -> bytes:
@@ -118,7 +144,7 @@ class ClamdScanner:
         except (OSError, TimeoutError, IndexError) as exc:
             if sock is not None:
                 sock.close()
-            raise ScanError(f"cannot connect to clamd at {self._address}: {exc!r}") from None
+            raise ClamdUnreachable(self._address, _reason(exc, self._connect_timeout)) from None
 
     async def _command(self, command: bytes) -> str:
         sock = await self._connect()
@@ -127,7 +153,8 @@ class ClamdScanner:
                 await asyncio.get_running_loop().sock_sendall(sock, b"z" + command + b"\0")
                 raw = await _read_reply(sock)
         except (OSError, TimeoutError) as exc:
-            raise ScanError(f"clamd {command.decode()} failed: {exc!r}") from None
+            reason = _reason(exc, self._connect_timeout)
+            raise ScanError(f"clamd {command.decode()} failed: {reason}") from None
         finally:
             sock.close()
         return raw.decode("utf-8", "replace").strip()

@@ -684,7 +684,7 @@ class GcsStorage:
         # objects.list needs storage.objects.list, which the service holds anyway;
         # buckets.get would need storage.buckets.get, in no object-level role.
         async def one(bucket: str) -> None:
-            what = f"GCS ping {bucket}"
+            what = f"GCS bucket {bucket}"
             params = {"maxResults": "1", "fields": "kind"}
             async with self._request(
                 "GET", self._bucket_url(bucket, "/o"), what, params=params

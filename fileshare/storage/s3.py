@@ -346,7 +346,7 @@ class S3Storage:
 
     async def ping(self) -> None:
         async def check(bucket: str) -> None:
-            with _translate(f"ping {bucket}"):
+            with _translate(f"bucket {bucket}"):
                 await self._client.head_bucket(Bucket=bucket)
 
         await asyncio.gather(*(check(b) for b in self.buckets))

@@ -18,12 +18,14 @@ from botocore.exceptions import ClientError
 from tests.servers import (
     CLAM_EXE_SIGNATURE,
     CLAMAV_TESTFILES,
+    CLAMD_DEV_CONF,
     EICAR,
     EICAR_SIGNATURE,
     Clamd,
     FakeGcs,
     MiB,
     SeaweedS3,
+    render_clamd_config,
 )
 
 # -- clamd ------------------------------------------------------------------------------------
@@ -50,6 +52,34 @@ def test_clamd_rejects_a_stream_past_stream_max_length(tmp_path: Path) -> None:
         assert small.instream(os.urandom(1 * MiB)) == b"stream: OK"
         reply = small.instream(os.urandom(3 * MiB))
         assert reply == b"INSTREAM size limit exceeded. ERROR"
+
+
+def test_clamd_runs_the_development_config_with_this_runs_values(tmp_path: Path) -> None:
+    """config/clamd.dev.conf is the one source: rendered with the run's port, paths and
+    limits (every placeholder filled), its comments kept, and overrides replacing a line."""
+    template = CLAMD_DEV_CONF.read_text()
+    directives = [
+        line.split()[0] for line in template.splitlines() if line and not line.startswith("#")
+    ]
+    with Clamd(max_stream=1 * MiB, dir=tmp_path, extra_config={"MaxThreads": "3"}) as server:
+        assert server.workdir is not None
+        rendered = (server.workdir / "clamd.conf").read_text()
+        assert server.ping()
+    lines = [line for line in rendered.splitlines() if line and not line.startswith("#")]
+    assert [line.split()[0] for line in lines] == directives  # same directives, same order
+    assert "$" not in "\n".join(lines)
+    assert f"TCPSocket {server.port}" in lines
+    assert "TCPAddr 127.0.0.1" in lines
+    assert "StreamMaxLength 1048576" in lines
+    assert "MaxFileSize 1048576" in lines
+    assert "AlertExceedsMax yes" in lines
+    assert "MaxThreads 3" in lines
+    assert "# Loopback only" in rendered  # the why-comments travel with it
+
+
+def test_the_clamd_template_and_its_launcher_stay_in_step() -> None:
+    with pytest.raises(ValueError, match="placeholders"):
+        render_clamd_config({"port": "3310"})
 
 
 def test_clamd_kill_and_restart(tmp_path: Path) -> None:

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 from openapi_spec_validator import validate
 
-from fileshare.api.openapi import document, error_codes
+from fileshare import errors
+from fileshare.api.names import validate_name
+from fileshare.api.openapi import document, error_codes, name_schema, tag_schema
+from fileshare.api.params import tag
 from fileshare.app import create_app
 from fileshare.config import Settings
 
@@ -50,3 +55,72 @@ def test_every_error_code_is_in_the_problem_schema_and_the_readme() -> None:
     table = readme[readme.index("### Errors") :]
     missing = [code for code in codes if f"`{code}`" not in table]
     assert missing == [], f"error codes missing from the README's table: {missing}"
+
+
+def _documented(schema: dict[str, Any], value: str) -> bool:
+    return len(value) <= schema["maxLength"] and re.search(schema["pattern"], value) is not None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "report.pdf",
+        "été report (2).pdf",
+        "0" * 255,
+        "0" * 256,
+        "",
+        "   ",
+        ".",
+        "..",
+        "...",
+        ".hidden",
+        "a/b",
+        "a\\b",
+        "nul\x00",
+        "tab\there",
+        "del\x7f",
+        "c1\x85",
+        "invoice\u202efdp.exe",
+        "zero\u200bwidth",
+        "bom\ufeff",
+        "bad\ufffd",
+    ],
+)
+def test_the_documented_name_rule_is_the_servers(name: str) -> None:
+    """The name schema lets through exactly what ``validate_name`` takes (for names of
+    ASCII length, where its byte limit and the schema's character limit agree)."""
+    try:
+        validate_name(name)
+        accepted = True
+    except errors.InvalidFileName:
+        accepted = False
+    assert _documented(name_schema(), name) == accepted
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "radiology",
+        "CT-Scan",
+        "Befund-Ärzte",
+        "a_b",
+        "x" * 64,
+        "x" * 65,
+        "",
+        "..",
+        "_",
+        "a b",
+        "a/b",
+        "a%b",
+        "v1.2:β@c+d",
+        "日本",
+        "٣",
+    ],
+)
+def test_the_documented_tag_rule_is_the_servers(value: str) -> None:
+    try:
+        tag(value)
+        accepted = True
+    except errors.InvalidTag:
+        accepted = False
+    assert _documented(tag_schema(), value) == accepted
