@@ -1,91 +1,57 @@
-"""``fileshare serve`` runs the service; ``fileshare check-config`` validates settings."""
+"""``fileshare``: the service's commands (``serve``, ``check-config``, ``migrate``, in
+``admin``) and the client's (``upload``, ``download``, in ``cli``). This module only parses
+and dispatches, importing each side when it runs: the client never loads the server."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from fileshare.config import ConfigError, GiB, MiB, Settings, load_settings
-from fileshare.index.base import IndexUnavailable
-from fileshare.index.engine import redact_dsn
-from fileshare.index.factory import open_index
-from fileshare.logging import configure_logging
-from fileshare.server import StartupError, serve
+from fileshare import __version__, audit_cli, identity_cli
+from fileshare.cli import EXIT_CODES, add_commands, run
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fileshare")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    try:
+        return version("fileshare")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return __version__
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="fileshare",
+        description="A streaming upload proxy with an antivirus pipeline, and its client.",
+        epilog=f"upload and download {EXIT_CODES}\n\nserve, check-config and migrate exit "
+        "with 2 on a configuration or start-up\nerror, migrate with 1 when the index "
+        "cannot be reached.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"fileshare {_version()}")
+    sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP service")
     sub.add_parser("check-config", help="validate the settings and print them (no secrets)")
     sub.add_parser(
         "migrate", help="bring the index's schema up to date (serve also does, at start-up)"
     )
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"fileshare: configuration error: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "check-config":
-        print(summary(settings))
-        return 0
-    configure_logging(settings.log_format, settings.log_level)
-    if args.command == "migrate":
-        return asyncio.run(_migrate(settings))
-    try:
-        asyncio.run(serve(settings))
-    except StartupError as exc:
-        print(f"fileshare: cannot start: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    add_commands(sub)
+    identity_cli.add_commands(sub)
+    audit_cli.add_commands(sub)
+    return top
 
 
-async def _migrate(settings: Settings) -> int:
-    try:
-        async with open_index(settings):
-            pass
-    except IndexUnavailable as exc:
-        print(f"fileshare: {exc}", file=sys.stderr)
-        return 1
-    print("fileshare: the index schema is up to date")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command in ("upload", "download", "token"):
+        return run(args)
+    if args.command in identity_cli.COMMANDS:
+        return identity_cli.run(args)
+    if args.command in audit_cli.COMMANDS:
+        return audit_cli.run(args)
+    from fileshare import admin
 
-
-def summary(settings: Settings) -> str:
-    """What ``check-config`` prints: readable, and without a secret."""
-    if settings.storage == "s3":
-        where = f"s3 at {settings.s3_endpoint or 'AWS'} ({settings.s3_region})"
-    elif settings.storage == "gcs":
-        where = f"gcs at {settings.gcs_endpoint or 'Google'}"
-    else:
-        where = f"local directory {settings.data_dir}"
-    index = (
-        f"postgresql {redact_dsn(settings.index_url)}"
-        if settings.index_url
-        else f"sqlite {settings.sqlite_path}"
-    )
-    lines = [
-        f"storage:  {where}; buckets {settings.unscanned_bucket} (unscanned), "
-        f"{settings.permanent_bucket} (permanent)",
-        f"index:    {index}",
-        f"clamd:    {settings.clamd} (at most {settings.clamd_max_scans} scans at once)",
-        f"limits:   uploads up to {_human(settings.max_upload_size)}, memory budget "
-        f"{_human(settings.memory_budget)} ({_human(settings.per_upload_memory)} per upload), "
-        f"parts of {_human(settings.part_size)}",
-        f"http:     {settings.host}:{settings.port}, public URLs {settings.base_url}",
-        f"api keys: {len(settings.api_keys)} principal(s): {', '.join(sorted(settings.api_keys))}",
-        f"logs:     {settings.log_format}, {settings.log_level.upper()}",
-    ]
-    return "\n".join(lines)
-
-
-def _human(size: int) -> str:
-    for unit, factor in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} bytes"
+    return admin.run(args.command)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,50 @@ import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import structlog
 from aiohttp import web
 
-from fileshare.api import files, openapi, problems, tags
-from fileshare.api.auth import ApiKeyAuthenticator
-from fileshare.api.keys import AUTHENTICATOR, DRAINING, IN_FLIGHT, METRICS, SERVICE, SETTINGS
-from fileshare.api.middleware import authenticate, refuse_while_draining, request_context
+from fileshare.api import admin, docs, files, oauth, openapi, problems, tags
+from fileshare.api import audit as audit_api
+from fileshare.api.keys import (
+    AUDIT,
+    AUTHENTICATION,
+    DRAINING,
+    IDENTITY,
+    IN_FLIGHT,
+    METRICS,
+    POLICY,
+    REGISTRY,
+    SERVICE,
+    SETTINGS,
+    TOKEN_ISSUER,
+    TOKEN_KEYS,
+)
+from fileshare.api.middleware import (
+    authenticate,
+    refuse_while_draining,
+    request_context,
+    stamp_response,
+)
+from fileshare.auth.base import Authentication
+from fileshare.auth.issuer import TokenIssuer
+from fileshare.auth.jwks import RemoteJwks, client_session
+from fileshare.auth.jwt import JwtAuthenticator
+from fileshare.auth.keys import BootstrapKeys, RegisteredKeys, bootstrap_principal
+from fileshare.auth.policy import Policy
+from fileshare.auth.registry import Registry
+from fileshare.auth.signing import OVERLAP_MARGIN, PublishedKeys, Signer
+from fileshare.auth.trust import TrustedIssuer
 from fileshare.budget import MemoryBudget
 from fileshare.config import Settings
 from fileshare.health import InFlight, Readiness
-from fileshare.index.base import FileIndex
+from fileshare.index.audit import AuditStore
+from fileshare.index.base import FileIndex, Transactor
 from fileshare.index.factory import open_index
+from fileshare.index.identity import IdentityStore
+from fileshare.index.signing import SigningKeyStore
 from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
 from fileshare.scan.clamd import ClamdScanner
@@ -31,6 +62,8 @@ SCANNER = web.AppKey("scanner", ClamdScanner)
 INDEX = web.AppKey("index", FileIndex)
 BUDGET = web.AppKey("budget", MemoryBudget)
 READINESS = web.AppKey("readiness", Readiness)
+#: The external token issuers of ``FILESHARE_JWT_ISSUERS``, with their JWKS sources.
+TRUSTED_ISSUERS = web.AppKey("trusted_issuers", tuple[TrustedIssuer, ...])
 #: The OpenAPI document, rendered once.
 OPENAPI = web.AppKey("openapi", bytes)
 
@@ -72,8 +105,9 @@ def create_app(settings: Settings) -> web.Application:
         # would buffer (request.read/post), which fileshare never calls.
         client_max_size=1024 * 1024,
     )
+    # Every answer, streamed ones included, gets its X-Request-ID as its headers go out.
+    app.on_response_prepare.append(stamp_response)
     app[SETTINGS] = settings
-    app[AUTHENTICATOR] = ApiKeyAuthenticator(settings.api_keys)
     app[BUDGET] = MemoryBudget(settings.memory_budget)
     app[METRICS] = Metrics()
     app[IN_FLIGHT] = InFlight()
@@ -87,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
         max_scans=settings.clamd_max_scans,
     )
     app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(_issuers_ctx)
     app.cleanup_ctx.append(_index_ctx)
     app.cleanup_ctx.append(_service_ctx)
     app.router.add_get("/healthz", healthz)
@@ -94,8 +129,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
     app[OPENAPI] = json.dumps(openapi.document(settings.base_url)).encode()
+    app.add_routes(docs.routes)  # /docs and /problems/{code}, for people
     app.add_routes(files.routes)
     app.add_routes(tags.routes)
+    app.add_routes(admin.routes)
+    app.add_routes(oauth.routes)
+    app.add_routes(audit_api.routes)  # GET /v1/audit
     return app
 
 
@@ -106,9 +145,101 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_index(app[SETTINGS]) as index:
+    settings = app[SETTINGS]
+    async with open_index(settings) as index:
         app[INDEX] = index
+        app[AUDIT] = AuditStore(index)
+        identity = app[IDENTITY] = IdentityStore(index)
+        app[POLICY] = Policy(identity)
+        app[REGISTRY] = Registry(identity, frozenset(settings.api_keys))
+        issuers: tuple[TrustedIssuer, ...] = app[TRUSTED_ISSUERS]
+        own = await _token_endpoint(app, index, identity)
+        bootstrap = {n: bootstrap_principal(n, settings.admins) for n in settings.api_keys}
+        app[AUTHENTICATION] = Authentication(
+            [
+                # Before the bootstrap keys: they take any credential not shaped like a
+                # registered key, JWTs included.
+                JwtAuthenticator((*issuers, own), identity, bootstrap),
+                BootstrapKeys(settings.api_keys, settings.admins),
+                RegisteredKeys(identity),
+            ]
+        )
         yield
+
+
+async def _token_endpoint(
+    app: web.Application, index: Transactor, identity: IdentityStore
+) -> TrustedIssuer:
+    """fileshare's own token endpoint, and the issuer its tokens are then accepted from."""
+    settings = app[SETTINGS]
+    lifetime = timedelta(seconds=settings.token_lifetime)
+    keys = SigningKeyStore(
+        index,
+        rotation=timedelta(seconds=settings.signing_key_rotation),
+        overlap=lifetime + OVERLAP_MARGIN,
+    )
+    signer = Signer(keys)
+    await signer.key()  # a key from the start: /.well-known/jwks.json is never empty
+    published = app[TOKEN_KEYS] = PublishedKeys(keys)
+    app[TOKEN_ISSUER] = TokenIssuer(
+        issuer=settings.base_url,
+        audience=settings.token_aud,
+        lifetime=lifetime,
+        signer=signer,
+        keys=keys,
+        identity=identity,
+        api_keys=settings.api_keys,
+        admins=settings.admins,
+        audit=app[AUDIT],
+    )
+    return TrustedIssuer(
+        issuer=settings.base_url,
+        audiences=(settings.token_aud,),
+        algorithms=("ES256",),
+        keys=published,
+        registered_clients=True,
+        role_claim="role",
+        scope_claim="scope",
+    )
+
+
+async def _issuers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The external token issuers, their keys fetched (on first use) by one HTTP client."""
+    settings = app[SETTINGS]
+    if not settings.jwt_issuers:
+        app[TRUSTED_ISSUERS] = ()
+        yield
+        return
+    if settings.jwks_allow_http:
+        log.warning(
+            "jwks.plain_http_allowed",
+            detail="FILESHARE_JWKS_ALLOW_HTTP: verification keys may be fetched over plain "
+            "http, where anybody on the path can swap them; for development only",
+        )
+    async with client_session() as http:
+        sources = [
+            RemoteJwks(i.jwks_url, http, issuer=i.issuer, allow_http=settings.jwks_allow_http)
+            for i in settings.jwt_issuers
+        ]
+        app[TRUSTED_ISSUERS] = tuple(
+            TrustedIssuer(
+                issuer=i.issuer,
+                audiences=i.audiences,
+                algorithms=i.algorithms,
+                keys=source,
+                scope_claim=i.scope_claim,
+                role_claim=i.role_claim,
+                owner_claim=i.owner_claim,
+                default_role=i.default_role,
+                allowed_roles=i.allowed_roles,
+            )
+            for i, source in zip(settings.jwt_issuers, sources, strict=True)
+        )
+        try:
+            yield
+        finally:
+            for source in sources:
+                await source.close()
 
 
 async def _check_clamd(app: web.Application) -> None:
@@ -135,6 +266,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         index=app[INDEX],
         storage=app[STORAGE],
         permanent_bucket=settings.permanent_bucket,
+        audit=app[AUDIT],
     )
     app[READINESS] = Readiness(
         checks={

@@ -7,6 +7,8 @@ the environment wins over the file so a deployment can override one value.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+
+from fileshare.auth.principal import Role
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -61,6 +65,78 @@ class ClamdAddress:
         return f"tcp://{self.host}:{self.port}" if self.path is None else f"unix://{self.path}"
 
 
+#: Signature algorithms a token may use: asymmetric only. A token signed with a shared
+#: secret (HS*) or unsigned (``none``) is never accepted, whatever a setting says.
+#: (``auth.trust`` enforces it on every issuer; it lives here so that settings are checked
+#: without loading PyJWT.)
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def jwks_url_problem(url: str, allow_http: bool) -> str | None:
+    """What makes ``url`` unfit to fetch verification keys from, or None: keys fetched
+    over plain http can be swapped by anybody on the path, so https is required except on
+    loopback (a sidecar, the tests) or when ``FILESHARE_JWKS_ALLOW_HTTP`` says so."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an absolute https URL"
+    if parts.username or parts.password:
+        return "must not hold credentials"
+    if parts.scheme == "http" and not (allow_http or is_loopback(parts.hostname)):
+        return "must be https (plain http only on loopback, or with FILESHARE_JWKS_ALLOW_HTTP)"
+    return None
+
+
+@dataclass(frozen=True)
+class JwtIssuer:
+    """An identity provider whose bearer tokens fileshare accepts (``FILESHARE_JWT_ISSUERS``):
+    tokens must name ``issuer`` as ``iss`` and one of ``audiences`` as ``aud``, be signed
+    with one of ``algorithms`` by a key from ``jwks_url``."""
+
+    issuer: str
+    jwks_url: str
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    #: Where the scopes (a space-separated string or a list), the role and the owner
+    #: namespace are read from; without an owner claim a token's files are its ``sub``'s.
+    scope_claim: str = "scope"
+    role_claim: str = "role"
+    owner_claim: str | None = None
+    #: The role of a token that names none.
+    default_role: Role = Role.PARTICIPANT
+    #: The roles its tokens may claim: admin only when listed (an identity provider's
+    #: admins are not fileshare's unless a deployment says so).
+    allowed_roles: frozenset[Role] = frozenset({Role.PARTICIPANT, Role.WORKER, Role.RESEARCHER})
+
+    def problem(self, allow_http: bool) -> str | None:
+        if not self.issuer:
+            return "issuer must not be empty"
+        if (url := jwks_url_problem(self.jwks_url, allow_http)) is not None:
+            return f"jwks_url {url}"
+        if not self.audiences or not all(self.audiences):
+            return "audience must name at least one audience"
+        if not self.algorithms:
+            return "algorithms must name at least one algorithm"
+        if bad := sorted(set(self.algorithms) - ASYMMETRIC_ALGORITHMS):
+            return (
+                f"algorithms {', '.join(bad)} are not accepted: only "
+                f"{', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
+            )
+        if not self.scope_claim or not self.role_claim or self.owner_claim == "":
+            return "claim names must not be empty"
+        return None
+
+
 @dataclass(frozen=True)
 class Settings:
     # storage
@@ -90,6 +166,9 @@ class Settings:
     clamd_idle_timeout: float = 30.0
     clamd_verdict_timeout: float = 120.0
     clamd_max_scans: int = 8
+    #: How long ``serve`` waits at start-up for clamd to answer PING (a sidecar may still be
+    #: loading its database) before giving up with exit code 2; 0: do not wait or check.
+    clamd_start_timeout: float = 120.0
     # limits
     max_upload_size: int = 512 * MiB
     memory_budget: int = 512 * MiB
@@ -101,6 +180,18 @@ class Settings:
     shutdown_grace: float = 30.0
     # auth: principal -> API key
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Bootstrap principals (of ``api_keys``) with the admin role; the others are
+    #: participants of their own files, as in the first releases.
+    admins: frozenset[str] = frozenset()
+    #: Identity providers whose bearer tokens (JWT) are accepted.
+    jwt_issuers: tuple[JwtIssuer, ...] = ()
+    #: Development only: fetch JWKS over plain http from hosts other than loopback.
+    jwks_allow_http: bool = False
+    #: fileshare's own token endpoint (``/oauth/token``): the seconds its tokens live, the
+    #: ``aud`` they carry (None: the public base URL), the seconds a signing key signs.
+    token_lifetime: float = 600.0
+    token_audience: str | None = None
+    signing_key_rotation: float = 30 * 86400.0
     # logging
     log_format: LogFormat = "json"
     log_level: str = "INFO"
@@ -132,6 +223,7 @@ class Settings:
             ("FILESHARE_CLAMD_CONNECT_TIMEOUT", self.clamd_connect_timeout, False),
             ("FILESHARE_CLAMD_IDLE_TIMEOUT", self.clamd_idle_timeout, False),
             ("FILESHARE_CLAMD_VERDICT_TIMEOUT", self.clamd_verdict_timeout, False),
+            ("FILESHARE_CLAMD_START_TIMEOUT", self.clamd_start_timeout, True),
             ("FILESHARE_BUDGET_WAIT", self.budget_wait, True),
             ("FILESHARE_SHUTDOWN_GRACE", self.shutdown_grace, True),
         ):
@@ -167,13 +259,42 @@ class Settings:
             raise ConfigError(
                 "set both FILESHARE_S3_ACCESS_KEY and FILESHARE_S3_SECRET_KEY, or neither"
             )
-        if not self.api_keys:
-            raise ConfigError("FILESHARE_API_KEYS must name at least one principal:key pair")
+        if not self.api_keys and not self.jwt_issuers:
+            raise ConfigError(
+                "FILESHARE_API_KEYS must name at least one principal:key pair "
+                "(or FILESHARE_JWT_ISSUERS at least one token issuer)"
+            )
+        seen: set[str] = set()
+        for n, issuer in enumerate(self.jwt_issuers):
+            problem = issuer.problem(self.jwks_allow_http)
+            if problem is None and issuer.issuer in seen:
+                problem = "is listed twice"
+            if problem is None and issuer.issuer.rstrip("/") == self.base_url:
+                problem = "is fileshare's own token issuer (FILESHARE_PUBLIC_BASE_URL)"
+            if problem is not None:
+                raise ConfigError(f"FILESHARE_JWT_ISSUERS[{n}] ({issuer.issuer[:80]!r}): {problem}")
+            seen.add(issuer.issuer)
+        if unknown := sorted(self.admins - set(self.api_keys)):
+            raise ConfigError(
+                f"FILESHARE_ADMINS names {', '.join(unknown)}, not in FILESHARE_API_KEYS"
+            )
         for principal, key in self.api_keys.items():
             if len(key) < 16:
                 raise ConfigError(f"the API key of {principal!r} is shorter than 16 characters")
         if self.log_format not in ("json", "console"):
             raise ConfigError("FILESHARE_LOG_FORMAT must be json or console")
+        if not 1 <= self.token_lifetime <= MAX_TOKEN_LIFETIME:
+            raise ConfigError(
+                f"FILESHARE_TOKEN_LIFETIME must be from 1 to {MAX_TOKEN_LIFETIME:g} seconds"
+            )
+        # "not <=" also refuses NaN; a key signing at least an hour keeps the published set
+        # small (its successor is published a quarter of that ahead).
+        if not MIN_KEY_ROTATION <= self.signing_key_rotation < float("inf"):
+            raise ConfigError(
+                f"FILESHARE_SIGNING_KEY_ROTATION must be at least {MIN_KEY_ROTATION:g} seconds"
+            )
+        if self.token_audience is not None and not self.token_audience.strip():
+            raise ConfigError("FILESHARE_TOKEN_AUDIENCE must not be blank")
         if self.index_url is not None:
             # never echo the value: it carries a password
             scheme, sep, _ = self.index_url.partition("://")
@@ -198,8 +319,17 @@ class Settings:
     def base_url(self) -> str:
         return self.public_base_url.rstrip("/")
 
+    @property
+    def token_aud(self) -> str:
+        """The ``aud`` of fileshare's own tokens."""
+        return self.token_audience or self.base_url
+
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Tokens of fileshare's own endpoint live at most an hour: they cannot be recalled (but a
+#: revoked client's stop at once: its record is read on every request).
+MAX_TOKEN_LIFETIME = 3600.0
+MIN_KEY_ROTATION = 3600.0
 _S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _LOCAL_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
@@ -276,6 +406,96 @@ def _parse_api_keys(value: str) -> dict[str, str]:
     return keys
 
 
+_ISSUER_KEYS = frozenset(
+    {
+        "issuer",
+        "jwks_url",
+        "audience",
+        "algorithms",
+        "scope_claim",
+        "role_claim",
+        "owner_claim",
+        "default_role",
+        "allowed_roles",
+    }
+)
+
+
+def _parse_jwt_issuers(value: str) -> tuple[JwtIssuer, ...]:
+    """``FILESHARE_JWT_ISSUERS``: a JSON list of objects; types are checked here, the rules
+    (https, algorithms) by ``Settings.validate``."""
+    name = "FILESHARE_JWT_ISSUERS"
+    try:
+        items = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}: not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(items, list):
+        raise ConfigError(f"{name}: expected a JSON list of issuer objects")
+    return tuple(_parse_jwt_issuer(item, f"{name}[{n}]") for n, item in enumerate(items))
+
+
+def _parse_jwt_issuer(item: object, where: str) -> JwtIssuer:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: expected an object")
+    if unknown := sorted(set(item) - _ISSUER_KEYS):
+        raise ConfigError(
+            f"{where}: unknown member(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_ISSUER_KEYS))}"
+        )
+
+    def text(key: str, default: str | None = None) -> str:
+        v = item.get(key, default)
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}: {key} must be a string")
+        return v
+
+    def texts(key: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        v = item.get(key, default)
+        if isinstance(v, str):
+            return (v,)
+        if isinstance(v, list | tuple) and all(isinstance(s, str) for s in v):
+            return tuple(v)
+        raise ConfigError(f"{where}: {key} must be a string or a list of strings")
+
+    try:
+        role = Role(text("default_role", Role.PARTICIPANT.value))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: default_role must be one of {', '.join(r.value for r in Role)}"
+        ) from None
+    try:
+        allowed = frozenset(Role(r) for r in texts("allowed_roles", tuple(JwtIssuer.allowed_roles)))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: allowed_roles must be among {', '.join(r.value for r in Role)}"
+        ) from None
+    if role not in allowed:
+        raise ConfigError(f"{where}: default_role {role.value} is not in allowed_roles")
+    return JwtIssuer(
+        issuer=text("issuer"),
+        jwks_url=text("jwks_url"),
+        audiences=texts("audience"),
+        algorithms=texts("algorithms", JwtIssuer.algorithms),
+        scope_claim=text("scope_claim", JwtIssuer.scope_claim),
+        role_claim=text("role_claim", JwtIssuer.role_claim),
+        owner_claim=None if item.get("owner_claim") is None else text("owner_claim"),
+        default_role=role,
+        allowed_roles=allowed,
+    )
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _parse_bool(value: str, name: str) -> bool:
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}: {value[:40]!r} is not true or false")
+
+
 #: Every setting's variable (without ``FILESHARE_``), by how its value is parsed.
 _STRINGS = {
     "STORAGE": "storage",
@@ -292,6 +512,7 @@ _STRINGS = {
     "PUBLIC_BASE_URL": "public_base_url",
     "LOG_FORMAT": "log_format",
     "LOG_LEVEL": "log_level",
+    "TOKEN_AUDIENCE": "token_audience",
 }
 _SIZES = {
     "PART_SIZE": "part_size",
@@ -308,15 +529,21 @@ _FLOATS = {
     "CLAMD_CONNECT_TIMEOUT": "clamd_connect_timeout",
     "CLAMD_IDLE_TIMEOUT": "clamd_idle_timeout",
     "CLAMD_VERDICT_TIMEOUT": "clamd_verdict_timeout",
+    "CLAMD_START_TIMEOUT": "clamd_start_timeout",
     "BUDGET_WAIT": "budget_wait",
     "SHUTDOWN_GRACE": "shutdown_grace",
     "SWEEP_INTERVAL": "sweep_interval",
+    "TOKEN_LIFETIME": "token_lifetime",
+    "SIGNING_KEY_ROTATION": "signing_key_rotation",
 }
 _OTHERS = {
     "DATA_DIR": "data_dir",
     "INDEX_PATH": "index_path",
     "CLAMD": "clamd",
     "API_KEYS": "api_keys",
+    "ADMINS": "admins",
+    "JWT_ISSUERS": "jwt_issuers",
+    "JWKS_ALLOW_HTTP": "jwks_allow_http",
 }
 #: ``Settings`` field -> its environment variable (config/fileshare.example.env lists them).
 VARIABLES = {
@@ -362,6 +589,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kwargs["index_path"] = Path(v)
     if v := get("CLAMD"):
         kwargs["clamd"] = ClamdAddress.parse(v)
+    if v := get("ADMINS"):
+        kwargs["admins"] = frozenset(filter(None, (p.strip() for p in v.split(","))))
     if v := get("API_KEYS"):
         kwargs["api_keys"] = _parse_api_keys(v)
+    if v := get("JWT_ISSUERS"):
+        kwargs["jwt_issuers"] = _parse_jwt_issuers(v)
+    if v := get("JWKS_ALLOW_HTTP"):
+        kwargs["jwks_allow_http"] = _parse_bool(v, "FILESHARE_JWKS_ALLOW_HTTP")
     return Settings(**kwargs)  # type: ignore[arg-type]

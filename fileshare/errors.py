@@ -13,6 +13,11 @@ from types import MappingProxyType
 
 
 class FileshareError(Exception):
+    """An unexpected failure inside fileshare: a bug. The answer holds only the request id
+    (`requestId`) and the server's log has the details; quote the request id when reporting it.
+
+    The base of the hierarchy: every error below carries a status, a stable code and a title."""
+
     status: int = 500
     code: str = "internal_error"
     title: str = "Internal server error"
@@ -29,60 +34,102 @@ class FileshareError(Exception):
 
 
 class BadRequest(FileshareError):
+    """The request is malformed in a way no more specific code names (a body that cannot be
+    decoded, for example); `detail` says what was wrong."""
+
     status, code, title = 400, "bad_request", "Bad request"
 
 
 class MalformedMultipart(BadRequest):
+    """A `multipart/form-data` body that is broken or not the one form fileshare takes: exactly
+    one file part, small other fields, nothing nested."""
+
     code, title = "malformed_multipart", "Malformed multipart body"
 
 
 class InvalidFileName(BadRequest):
+    """The file name (from `?name=` or Content-Disposition) is refused: it holds a path, a NUL,
+    control or bidi characters, is over 255 bytes or is not UTF-8."""
+
     code, title = "invalid_file_name", "Invalid file name"
 
 
 class TruncatedBody(BadRequest):
+    """The body ended before the `Content-Length` it declared; nothing was kept."""
+
     code, title = "truncated_body", "Request body shorter than declared"
 
 
 class InvalidDigest(BadRequest):
+    """A `Content-Digest` (or `Repr-Digest`) header that is not an RFC 9530 digest dictionary,
+    or whose `sha-256` is not 32 bytes of base64."""
+
     code, title = "invalid_digest", "Invalid digest header"
 
 
 class DigestMismatch(BadRequest):
+    """The body's digest is not the one `Content-Digest` declared; nothing was kept."""
+
     code, title = "digest_mismatch", "The body does not match its digest"
 
 
 class InvalidParameter(BadRequest):
+    """A query parameter out of range, garbled or unknown; `detail` names it."""
+
     code, title = "invalid_parameter", "Invalid query parameter"
 
 
 class InvalidFileId(BadRequest):
+    """A client-chosen file id (PUT) outside the id rules (characters and length, as the API
+    description's `fileId` pattern says)."""
+
     code, title = "invalid_file_id", "Invalid file id"
 
 
 class InvalidTag(BadRequest):
+    """A tag outside the tag rules (empty, too long, or characters a tag cannot hold)."""
+
     code, title = "invalid_tag", "Invalid tag"
 
 
 class InvalidJson(BadRequest):
+    """A JSON body that does not parse, or is not the kind of JSON value this route takes."""
+
     code, title = "invalid_json", "The body is not the JSON this route takes"
 
 
 class Unauthenticated(FileshareError):
+    """No credentials, or credentials fileshare does not accept: send `Authorization: Bearer
+    <key>` or `X-API-Key`."""
+
     status, code, title = 401, "unauthenticated", "Authentication required"
     headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="fileshare"'})
 
 
 class Forbidden(FileshareError):
+    """The credentials are valid but do not allow this request."""
+
     status, code, title = 403, "forbidden", "Forbidden"
 
 
 class NotFound(FileshareError):
+    """No such file, tag or route, or a file that belongs to another owner (never 403, so that
+    ids of other owners' files cannot be probed)."""
+
     status, code, title = 404, "not_found", "Not found"
 
 
 class Conflict(FileshareError):
+    """A change that kept losing a race with a concurrent one; retrying the request is safe."""
+
     status, code, title = 409, "conflict", "Conflict"
+
+
+class AlreadyExists(Conflict):
+    """What the request would create exists already (a client id is never reused, not even
+    after it was revoked)."""
+
+    code, title = "already_exists", "Already exists"
 
 
 class ContentNotAvailable(Conflict):
@@ -92,22 +139,37 @@ class ContentNotAvailable(Conflict):
 
 
 class PreconditionFailed(FileshareError):
+    """`If-Match` or `If-None-Match: *` on a PUT did not hold: the file's current ETag is
+    another, or the file exists."""
+
     status, code, title = 412, "precondition_failed", "Precondition failed"
 
 
 class PayloadTooLarge(FileshareError):
+    """The upload is over the size limit: declared (answered before any byte is read) or
+    actual, or over the scanner's stream limit; or a JSON body over 64 KiB."""
+
     status, code, title = 413, "payload_too_large", "Upload exceeds the size limit"
 
 
 class UnsupportedMediaType(FileshareError):
+    """A `Content-Type` that is not a media type, a form encoding on a raw body (curl's default
+    `application/x-www-form-urlencoded`: use `--data-binary` or `-T`), or a PATCH that is not
+    JSON."""
+
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 
 
 class UnsupportedContentEncoding(UnsupportedMediaType):
+    """A compressed body (`Content-Encoding`): fileshare scans and stores the bytes as sent, so
+    it takes them uncompressed only."""
+
     code, title = "unsupported_content_encoding", "Unsupported content encoding"
 
 
 class RangeNotSatisfiable(FileshareError):
+    """The `Range` asked for lies outside the file; `Content-Range` gives the file's size."""
+
     status, code, title = 416, "range_not_satisfiable", "Range not satisfiable"
 
     def __init__(self, size: int) -> None:
@@ -116,6 +178,8 @@ class RangeNotSatisfiable(FileshareError):
 
 
 class Infected(FileshareError):
+    """The virus scanner found malware, named in `signature`; the file was not kept."""
+
     status, code, title = 422, "infected", "The file contains malware"
 
     def __init__(self, signature: str) -> None:
@@ -124,6 +188,9 @@ class Infected(FileshareError):
 
 
 class ValidationFailed(FileshareError):
+    """A JSON body of the wrong shape: an unknown or mistyped member, metadata over 16 KiB, a
+    bad tag in a body; `detail` says which."""
+
     status, code, title = 422, "validation_failed", "Request validation failed"
 
 
@@ -131,15 +198,23 @@ class ValidationFailed(FileshareError):
 
 
 class ServiceUnavailable(FileshareError):
+    """A dependency failed (scanner, storage or index) or the instance cannot take the request
+    now; nothing was kept. Retry after `Retry-After` seconds."""
+
     status, code, title = 503, "service_unavailable", "Service temporarily unavailable"
     headers = MappingProxyType({"Retry-After": "5"})
 
 
 class ScannerUnavailable(ServiceUnavailable):
+    """The virus scanner (clamd) was down, timed out or answered an error: the upload is
+    rejected, never stored unscanned. Retry after `Retry-After` seconds."""
+
     code, title = "scanner_unavailable", "The virus scanner could not scan the file"
 
 
 class StorageUnavailable(ServiceUnavailable):
+    """The storage backend failed; retry after `Retry-After` seconds."""
+
     code, title = "storage_unavailable", "The storage backend failed"
 
     def __init__(self, detail: str | None = None, *, operation: str | None = None) -> None:
@@ -149,18 +224,28 @@ class StorageUnavailable(ServiceUnavailable):
 
 
 class IndexUnavailable(ServiceUnavailable):
+    """The file index (the database) failed; retry after `Retry-After` seconds."""
+
     code, title = "index_unavailable", "The file index failed"
 
 
 class ContentChanged(ServiceUnavailable):
+    """The stored copy of the uploaded bytes was removed while the upload ran, so it could
+    not be recorded; retry the upload."""
+
     code, title = "content_changed", "The content changed during the upload; retry"
 
 
 class Overloaded(ServiceUnavailable):
+    """The memory budget for uploads in flight is spent or every scan slot is busy; retry after
+    `Retry-After` seconds."""
+
     code, title = "overloaded", "Too many uploads in flight"
 
 
 class ShuttingDown(ServiceUnavailable):
+    """This instance is draining before it stops; retry, and another instance answers."""
+
     code, title = "shutting_down", "The server is shutting down"
 
 

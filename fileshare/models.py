@@ -90,6 +90,8 @@ class FileRecord:
     updated: datetime
     metadata: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     tags: tuple[str, ...] = ()
+    #: The subject that created the record (seed 002); None for the first releases'.
+    created_by: str | None = None
 
     @property
     def etag(self) -> str:

@@ -30,6 +30,7 @@ from typing import Protocol
 import structlog
 
 from fileshare import errors
+from fileshare.audit import Action, AuditEvent, Result
 from fileshare.boundary import domain_error, index_call, storage_call
 from fileshare.budget import MemoryBudget
 from fileshare.metrics import Metrics
@@ -61,8 +62,15 @@ class ContentCatalog(Protocol):
         """The clean, stored content with that hash, or None: then ``key`` is listed for
         removal from ``until`` on unless the upload's commit claims it first."""
 
-    async def record_verdict(self, content: Content, *, released: str | None = None) -> None:
-        """Remember a verdict that is not clean (and release the claimed key)."""
+    async def record_verdict(
+        self,
+        content: Content,
+        *,
+        released: str | None = None,
+        audit: AuditEvent | None = None,
+    ) -> None:
+        """Remember a verdict that is not clean (and release the claimed key), with its
+        audit row in the same transaction."""
 
 
 @dataclass(frozen=True)
@@ -141,12 +149,14 @@ class Pipeline:
         content_type: str,
         declared_size: int | None = None,
         expected_sha256: str | None = None,
+        audit: AuditEvent | None = None,
     ) -> IngestResult:
         """Stream ``chunks`` through hashing, staging and scanning; promote if clean.
 
         ``expected_sha256`` (hex, from the client's ``Content-Digest``) lets a re-upload
         of content already held skip staging and scanning; a body that does not match it
-        is refused.
+        is refused. ``audit``: the upload's audit event, from which the row of a verdict
+        that is not clean is made.
 
         Raises ``PayloadTooLarge``, ``TruncatedBody``, ``Infected``,
         ``ScannerUnavailable`` or ``StorageUnavailable``; in every case nothing is left
@@ -155,7 +165,7 @@ class Pipeline:
         if declared_size is not None and declared_size > self.max_size:
             raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
         async with self.budget.reserve(self.per_upload_memory, wait=self.budget_wait):
-            upload = _Upload(self, content_type)
+            upload = _Upload(self, content_type, audit)
             self.metrics.inflight.inc()
             try:
                 result = await upload.run(chunks, declared_size, expected_sha256)
@@ -199,9 +209,10 @@ class Pipeline:
 class _Upload:
     """The state of one upload, so that cleanup knows what exists."""
 
-    def __init__(self, pipeline: Pipeline, content_type: str) -> None:
+    def __init__(self, pipeline: Pipeline, content_type: str, audit: AuditEvent | None) -> None:
         self.p = pipeline
         self.content_type = content_type
+        self.audit = audit
         self.staging_key = f"staging/{uuid.uuid4().hex}"
         self.writer: Writer | None = None
         self.scan: ScanSession | None = None
@@ -282,7 +293,20 @@ class _Upload:
     async def _remember(self, content: Content, *, released: str) -> None:
         """Record a verdict that is not clean; the upload is refused whatever happens."""
         try:
-            await self.p.catalog.record_verdict(content, released=released)
+            event = None
+            if self.audit is not None:
+                scan = content.scan
+                event = self.audit.but(
+                    action=Action.SCAN_VERDICT,
+                    result=Result.DENIED,
+                    sha256=content.sha256,
+                    detail={
+                        "state": scan.state.value,
+                        "signature": scan.signature,
+                        "scanner": scan.scanner,
+                    },
+                )
+            await self.p.catalog.record_verdict(content, released=released, audit=event)
         except Exception as exc:  # the answer stays the verdict, not an index error
             self.log.error("index.verdict_not_recorded", error=str(exc))
 

@@ -1,8 +1,11 @@
 """File operations as the API sees them: upload into a record, look records up, list,
 search, patch, tag, delete.
 
-Ownership is enforced by the index's keys: every call names the owner, and a record of
-another owner is simply not found, so its existence does not leak.
+Ownership is enforced by the index's keys: every call names its ``Actor``, whose owner the
+policy has already settled, and a record of another owner is simply not found, so its
+existence does not leak. Every operation leaves its row in the audit trail: a change in the
+change's own transaction, a read before its answer is given (no row, no answer: the trail
+fails closed), a refusal best effort.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from fileshare import errors
+from fileshare.audit import Action, Actor, AuditEvent, Result
 from fileshare.boundary import index_call
+from fileshare.index.audit import AuditStore
 from fileshare.index.base import (
     ContentGone,
     FileIndex,
@@ -75,27 +80,33 @@ class FileService:
         index: FileIndex,
         storage: Storage,
         permanent_bucket: str,
+        audit: AuditStore,
         clock: Clock = utc_now,
     ) -> None:
         self.pipeline = pipeline
         self.index = index
+        self.audit = audit
         self.storage = storage
         self.permanent = permanent_bucket
         self.clock = clock
 
     # ---------------------------------------------------------------- uploads
 
-    async def check_target(self, owner: str, target: Target) -> None:
+    async def check_target(self, actor: Actor, target: Target) -> None:
         """Refuse a PUT whose conditions already fail, before a byte is read (the commit
         checks them again, atomically)."""
         if not (target.if_match or target.if_none_match):
             return
-        current = await index_call(self.index.get(owner, target.file_id))
-        _check_conditions(current, target)
+        current = await index_call(self.index.get(_owner(actor), target.file_id))
+        try:
+            _check_conditions(current, target)
+        except errors.FileshareError as exc:
+            await self._refused(actor.event(Action.FILE_REPLACE, file_id=target.file_id), exc)
+            raise
 
     async def upload(
         self,
-        owner: str,
+        actor: Actor,
         chunks: AsyncIterator[bytes],
         *,
         name: str | None,
@@ -104,8 +115,34 @@ class FileService:
         sha256: str | None = None,
         target: Target | None = None,
     ) -> Uploaded:
+        action = Action.FILE_UPLOAD if target is None else Action.FILE_REPLACE
+        event = actor.event(action, file_id=None if target is None else target.file_id)
+        try:
+            return await self._upload(
+                actor, event, chunks, name, content_type, declared_size, sha256, target
+            )
+        except errors.FileshareError as exc:
+            await self._refused(event, exc)
+            raise
+
+    async def _upload(
+        self,
+        actor: Actor,
+        event: AuditEvent,
+        chunks: AsyncIterator[bytes],
+        name: str | None,
+        content_type: str,
+        declared_size: int | None,
+        sha256: str | None,
+        target: Target | None,
+    ) -> Uploaded:
+        owner = _owner(actor)
         result = await self.pipeline.ingest(
-            chunks, content_type=content_type, declared_size=declared_size, expected_sha256=sha256
+            chunks,
+            content_type=content_type,
+            declared_size=declared_size,
+            expected_sha256=sha256,
+            audit=event,
         )
         placement = Placement(
             file_id=None if target is None else target.file_id,
@@ -124,6 +161,8 @@ class FileService:
                     placement=placement,
                     held=result.duplicate,
                     now=self.clock(),
+                    created_by=actor.principal.subject if actor.principal else None,
+                    audit=event,
                 )
             )
         except (errors.Conflict, PreconditionFailed, ContentGone) as exc:
@@ -151,56 +190,133 @@ class FileService:
 
     # ---------------------------------------------------------------- records
 
-    async def get(self, owner: str, file_id: str) -> FileRecord:
-        record = await index_call(self.index.get(owner, file_id))
+    async def get(
+        self,
+        actor: Actor,
+        file_id: str,
+        action: Action | None = None,
+        *,
+        refused_as: Action | None = None,
+        present: bool = False,
+    ) -> FileRecord:
+        """The record, or ``NotFound``; with ``present``, ``ContentNotAvailable`` unless its
+        content is clean and stored. ``action`` (a read: metadata, a download) is audited
+        before the record is returned. Without it the lookup is a first step of another
+        operation (``refused_as``), which is audited itself when it goes ahead, and here
+        when it is refused."""
+        record = await index_call(self.index.get(_owner(actor), file_id))
+        exc: errors.FileshareError | None = None
         if record is None:
-            raise errors.NotFound("no such file")
+            exc = errors.NotFound("no such file")
+        elif present and not record.content.present:
+            exc = errors.ContentNotAvailable(f"the file's content is {record.content.state.value}")
+        refused = action or refused_as
+        if exc is not None:
+            if refused is not None:
+                await self._refused(actor.event(refused, file_id=file_id), exc)
+            raise exc
+        assert record is not None
+        if action is not None:
+            await self._record(actor.event(action, file_id=record.id, sha256=record.content.sha256))
         return record
 
-    async def list_files(self, owner: str, query: FileQuery) -> Page:
-        return await index_call(self.index.list_files(owner, query))
+    async def list_files(self, actor: Actor, query: FileQuery, *, search: bool = False) -> Page:
+        page = await index_call(self.index.list_files(_owner(actor), query))
+        action = Action.FILE_SEARCH if search else Action.FILE_LIST
+        await self._record(actor.event(action, detail={"count": len(page.items)}))
+        return page
 
-    async def patch(self, owner: str, file_id: str, patch: FilePatch) -> FileRecord:
+    async def patch(self, actor: Actor, file_id: str, patch: FilePatch) -> FileRecord:
+        event = actor.event(Action.FILE_UPDATE, file_id=file_id)
         try:
-            return await index_call(self.index.update(owner, file_id, patch, self.clock()))
+            return await index_call(
+                self.index.update(_owner(actor), file_id, patch, self.clock(), audit=event)
+            )
         except KeyError:
-            raise errors.NotFound("no such file") from None
-        except TooLarge as exc:
-            raise errors.ValidationFailed(str(exc)) from None
+            exc: errors.FileshareError = errors.NotFound("no such file")
+        except TooLarge as too_large:
+            exc = errors.ValidationFailed(str(too_large))
+        await self._refused(event, exc)
+        raise exc
 
-    async def delete(self, owner: str, file_id: str) -> None:
+    async def delete(self, actor: Actor, file_id: str) -> None:
         """Remove the record now, and its bytes from the permanent bucket when no record
         uses them any more (seed 000: a physical delete)."""
-        removed = await index_call(self.index.delete(owner, file_id, self.clock()))
+        event = actor.event(Action.FILE_DELETE, file_id=file_id)
+        removed = await index_call(
+            self.index.delete(_owner(actor), file_id, self.clock(), audit=event)
+        )
         if removed is None:
-            raise errors.NotFound("no such file")
+            exc = errors.NotFound("no such file")
+            await self._refused(event, exc)
+            raise exc
         log.info("file.deleted", file_id=file_id, objects_removed=len(removed.doomed))
         await self._remove_objects(removed.doomed)
 
     # ---------------------------------------------------------------- tags
 
-    async def create_tag(self, owner: str, tag: str) -> bool:
-        return await index_call(self.index.create_tag(owner, tag, self.clock()))
+    async def create_tag(self, actor: Actor, tag: str) -> bool:
+        event = actor.event(Action.TAG_CREATE)
+        return await index_call(
+            self.index.create_tag(_owner(actor), tag, self.clock(), audit=event)
+        )
 
-    async def list_tags(self, owner: str, after: str | None, limit: int) -> list[Tag]:
-        return await index_call(self.index.list_tags(owner, after, limit))
+    async def list_tags(self, actor: Actor, after: str | None, limit: int) -> list[Tag]:
+        found = await index_call(self.index.list_tags(_owner(actor), after, limit))
+        await self._record(actor.event(Action.TAG_LIST, detail={"count": len(found)}))
+        return found
 
-    async def delete_tag(self, owner: str, tag: str) -> None:
-        if not await index_call(self.index.delete_tag(owner, tag)):
-            raise errors.NotFound("no such tag")
+    async def delete_tag(self, actor: Actor, tag: str) -> None:
+        event = actor.event(Action.TAG_DELETE)
+        if not await index_call(
+            self.index.delete_tag(_owner(actor), tag, self.clock(), audit=event)
+        ):
+            exc = errors.NotFound("no such tag")
+            await self._refused(event, exc)
+            raise exc
 
-    async def tag_file(self, owner: str, file_id: str, tag: str, *, add: bool) -> FileRecord:
+    async def tag_file(self, actor: Actor, file_id: str, tag: str, *, add: bool) -> FileRecord:
+        event = actor.event(Action.FILE_TAG if add else Action.FILE_UNTAG, file_id=file_id)
         try:
             record = await index_call(
                 self.index.tag_file(
-                    owner, file_id, tag, self.clock(), add=add, max_tags=MAX_TAGS_PER_FILE
+                    _owner(actor),
+                    file_id,
+                    tag,
+                    self.clock(),
+                    add=add,
+                    max_tags=MAX_TAGS_PER_FILE,
+                    audit=event,
                 )
             )
         except TooLarge as exc:
-            raise errors.ValidationFailed(str(exc)) from None
+            refused = errors.ValidationFailed(str(exc))
+            await self._refused(event, refused)
+            raise refused from None
         if record is None:
-            raise errors.NotFound("no such file")
+            missing = errors.NotFound("no such file")
+            await self._refused(event, missing)
+            raise missing
         return record
+
+    # ---------------------------------------------------------------- audit
+
+    async def _record(self, event: AuditEvent) -> None:
+        """The audit row of a read, written before the answer: if it cannot be written,
+        the read is refused (503), never served unrecorded."""
+        await index_call(self.audit.record(event, now=self.clock()))
+
+    async def _refused(self, event: AuditEvent, exc: errors.FileshareError) -> None:
+        """The audit row of a refused or failed operation. Best effort: the answer stays
+        the refusal, whether or not the row could be written."""
+        result = Result.DENIED if exc.status < 500 else Result.FAILED
+        try:
+            await self.audit.record(
+                event.but(result=result, detail={**event.detail, "code": exc.code}),
+                now=self.clock(),
+            )
+        except Exception as failure:
+            log.warning("audit.write_failed", action=str(event.action), error=str(failure))
 
     # ---------------------------------------------------------------- content
 
@@ -259,6 +375,12 @@ class FileService:
         except Exception as exc:  # still listed: the sweeper deletes them again
             log.error("index.forget_failed", error=str(exc))
         return len(removed)
+
+
+def _owner(actor: Actor) -> str:
+    if actor.owner is None:
+        raise AssertionError("an actor without an owner reached the file service")
+    return actor.owner
 
 
 def _check_conditions(current: FileRecord | None, target: Target) -> None:

@@ -13,11 +13,12 @@ from aiohttp import hdrs, web
 
 from fileshare import errors
 from fileshare.api import params
+from fileshare.api.acting import actor
 from fileshare.api.body import multipart_file, raw_file, read_json, refuse_content_encoding
-from fileshare.api.context import PRINCIPAL
 from fileshare.api.keys import METRICS, SERVICE, SETTINGS
 from fileshare.api.names import content_disposition, validate_name
 from fileshare.api.ranges import parse_range
+from fileshare.audit import Action
 from fileshare.index.base import FilePatch, Page
 from fileshare.models import FileRecord
 from fileshare.service import MAX_TAGS_PER_FILE, Target, Uploaded
@@ -67,6 +68,8 @@ def render(request: web.Request, record: FileRecord) -> dict[str, object]:
     }
     if content.scan.signature:
         body["signature"] = content.scan.signature
+    if record.created_by is not None:
+        body["createdBy"] = record.created_by
     if content.present:
         # Seed 002: a file has a url only once its content is really there.
         body["url"] = url
@@ -97,14 +100,18 @@ async def _upload(request: web.Request, target: Target | None) -> Uploaded:
         # Answer before reading a byte of an oversized body.
         raise errors.PayloadTooLarge(f"the limit is {settings.max_upload_size} bytes")
     refuse_content_encoding(request)
+    acting = await actor(request, write=True)
+    # What the headers alone show to be wrong (name, media type, digest) is answered before
+    # the preconditions are (RFC 9110 section 13.2.1); a form's name is in its body, which
+    # is read only once they hold.
+    multipart = request.content_type == "multipart/form-data"
+    incoming = None if multipart else raw_file(request)
     if target is not None:
-        await request.app[SERVICE].check_target(request[PRINCIPAL], target)
-    if request.content_type == "multipart/form-data":
+        await request.app[SERVICE].check_target(acting, target)
+    if incoming is None:
         incoming = await multipart_file(request)
-    else:
-        incoming = raw_file(request)
     return await request.app[SERVICE].upload(
-        request[PRINCIPAL],
+        acting,
         incoming.chunks,
         name=incoming.name,
         content_type=incoming.content_type,
@@ -151,25 +158,28 @@ async def put_file(request: web.Request) -> web.Response:
 @routes.get("/v1/files")
 async def list_files(request: web.Request) -> web.Response:
     query = params.file_query(request.query, search=False)
-    page = await request.app[SERVICE].list_files(request[PRINCIPAL], query)
+    acting = await actor(request, write=False)
+    page = await request.app[SERVICE].list_files(acting, query)
     return web.json_response(render_page(request, page))
 
 
 @routes.get("/v1/search/files")
 async def search_files(request: web.Request) -> web.Response:
     query = params.file_query(request.query, search=True)
-    page = await request.app[SERVICE].list_files(request[PRINCIPAL], query)
+    acting = await actor(request, write=False)
+    page = await request.app[SERVICE].list_files(acting, query, search=True)
     return web.json_response(render_page(request, page))
 
 
-async def _record(request: web.Request) -> FileRecord:
+async def _record(request: web.Request, action: Action, *, present: bool = False) -> FileRecord:
     file_id = params.file_id(request.match_info["file_id"])
-    return await request.app[SERVICE].get(request[PRINCIPAL], file_id)
+    acting = await actor(request, write=False)
+    return await request.app[SERVICE].get(acting, file_id, action, present=present)
 
 
 @routes.get("/v1/files/{file_id}/metadata")
 async def metadata(request: web.Request) -> web.Response:
-    record = await _record(request)
+    record = await _record(request, Action.FILE_READ)
     return web.json_response(render(request, record), headers={hdrs.ETAG: record.etag})
 
 
@@ -217,27 +227,30 @@ async def patch_file(request: web.Request) -> web.Response:
     """RFC 7396 merge patch of name, metadata and tags."""
     file_id = params.file_id(request.match_info["file_id"])
     service = request.app[SERVICE]
+    acting = await actor(request, write=True)
     # Existence first: a patch of someone else's (or no) file is 404 whatever its body.
-    await service.get(request[PRINCIPAL], file_id)
+    await service.get(acting, file_id, refused_as=Action.FILE_UPDATE)
     patch = _patch(await read_json(request, media_types=MERGE_PATCH))
-    record = await service.patch(request[PRINCIPAL], file_id, patch)
+    record = await service.patch(acting, file_id, patch)
     return web.json_response(render(request, record), headers={hdrs.ETAG: record.etag})
 
 
 @routes.delete("/v1/files/{file_id}")
 async def delete_file(request: web.Request) -> web.Response:
     file_id = params.file_id(request.match_info["file_id"])
-    await request.app[SERVICE].delete(request[PRINCIPAL], file_id)
+    acting = await actor(request, write=True)
+    await request.app[SERVICE].delete(acting, file_id)
     return web.Response(status=204)
 
 
 async def _tagging(request: web.Request, *, add: bool) -> web.Response:
     file_id = params.file_id(request.match_info["file_id"])
     service = request.app[SERVICE]
-    await service.get(request[PRINCIPAL], file_id)
+    acting = await actor(request, write=True)
+    await service.get(acting, file_id, refused_as=Action.FILE_TAG if add else Action.FILE_UNTAG)
     tag = params.tag(request.match_info["tag"])
-    record = await service.tag_file(request[PRINCIPAL], file_id, tag, add=add)
-    return web.json_response(render(request, record))
+    record = await service.tag_file(acting, file_id, tag, add=add)
+    return web.json_response(render(request, record), headers={hdrs.ETAG: record.etag})
 
 
 @routes.put("/v1/files/{file_id}/tags/{tag}")
@@ -258,9 +271,8 @@ def _etag_matches(header: str, etag: str) -> bool:
 @routes.route("GET", "/v1/files/{file_id}")
 async def download(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    record = await _record(request)
-    if not record.content.present:
-        raise errors.ContentNotAvailable(f"the file's content is {record.content.state.value}")
+    # Not present (pending, infected...) is refused, and audited as refused, there.
+    record = await _record(request, Action.FILE_DOWNLOAD, present=True)
     size = record.content.size
     headers = {
         hdrs.ETAG: record.etag,

@@ -6,15 +6,28 @@ import asyncio
 
 from aiohttp import web
 
-from fileshare.api.auth import ApiKeyAuthenticator
+from fileshare.auth.base import Authentication
+from fileshare.auth.issuer import TokenIssuer
+from fileshare.auth.policy import Policy
+from fileshare.auth.registry import Registry
+from fileshare.auth.signing import PublishedKeys
 from fileshare.config import Settings
 from fileshare.health import InFlight
+from fileshare.index.audit import AuditStore
+from fileshare.index.identity import IdentityStore
 from fileshare.metrics import Metrics
 from fileshare.service import FileService
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", FileService)
-AUTHENTICATOR = web.AppKey("authenticator", ApiKeyAuthenticator)
+AUTHENTICATION = web.AppKey("authentication", Authentication)
+POLICY = web.AppKey("policy", Policy)
+AUDIT = web.AppKey("audit", AuditStore)
+IDENTITY = web.AppKey("identity", IdentityStore)
+REGISTRY = web.AppKey("registry", Registry)
+#: fileshare's own token endpoint, and the keys it publishes (and verifies its tokens by).
+TOKEN_ISSUER = web.AppKey("token_issuer", TokenIssuer)
+TOKEN_KEYS = web.AppKey("token_keys", PublishedKeys)
 METRICS = web.AppKey("metrics", Metrics)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 #: Set on SIGTERM: the instance is draining.

@@ -1,4 +1,5 @@
-"""Request id and authentication, bound to every log line of the request."""
+"""Request id, trace context and authentication, bound to every log line of the request;
+HTTP request metrics."""
 
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ from aiohttp.typedefs import Handler
 
 from fileshare import errors
 from fileshare.api.context import PRINCIPAL, REQUEST_ID
-from fileshare.api.keys import AUTHENTICATOR, DRAINING, IN_FLIGHT
+from fileshare.api.keys import AUDIT, AUTHENTICATION, DRAINING, IN_FLIGHT, METRICS
+from fileshare.audit import Action, Actor, Result
+from fileshare.auth import policy
+from fileshare.auth.principal import Principal
+from fileshare.tracecontext import parse_traceparent
 
 log = structlog.get_logger(__name__)
 
 #: Paths probes and scrapers reach without credentials.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: The status line an answer went out with, recorded as its headers are sent.
+_SENT_STATUS = web.RequestKey("sent_status", int)
+#: The route label of a request no route matched (404, 405): one value, whatever the path.
+UNMATCHED = "unmatched"
 
 
 @web.middleware
@@ -29,6 +38,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    # Several traceparent fields are joined as HTTP combines them, which the parser refuses.
+    trace = parse_traceparent(",".join(request.headers.getall("traceparent", [])) or None)
+    if trace is not None:
+        # No span of our own is recorded anywhere, so the log lines join the caller's span.
+        structlog.contextvars.bind_contextvars(trace_id=trace.trace_id, span_id=trace.parent_id)
     started = time.perf_counter()
     response: web.StreamResponse | None = None
     in_flight = request.app[IN_FLIGHT]
@@ -38,18 +52,43 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
     finally:
         in_flight.leave()
-        if response is not None and not response.prepared:
-            response.headers["X-Request-ID"] = request_id
-            if request.app[DRAINING].is_set():
-                response.force_close()  # no further requests on this connection
+        seconds = time.perf_counter() - started
+        if response is not None and not response.prepared and request.app[DRAINING].is_set():
+            response.force_close()  # no further requests on this connection
+        status = _status(request, response)
+        label = "aborted" if status is None else str(status)
+        request.app[METRICS].observe_request(_route(request), request.method, label, seconds)
         if request.path not in PUBLIC_PATHS:
             log.info(
                 "request",
                 method=request.method,
                 path=request.path,
-                status=response.status if response is not None else None,
-                seconds=round(time.perf_counter() - started, 4),
+                status=status,
+                seconds=round(seconds, 4),
             )
+
+
+def _route(request: web.Request) -> str:
+    """The route label: its template (raw paths carry file ids), or ``unmatched``."""
+    return route_template(request) or UNMATCHED
+
+
+def _status(request: web.Request, response: web.StreamResponse | None) -> int | None:
+    """The status the client was sent: a streamed answer's is fixed once its headers are out,
+    even if its handler failed later; ``None`` if the request ended without an answer."""
+    if _SENT_STATUS in request:
+        return request[_SENT_STATUS]
+    return response.status if response is not None else None
+
+
+async def stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: runs just before the headers of every answer go out (plain,
+    problem+json, and streamed downloads, whose handlers prepare them before any middleware
+    sees them again), so ``X-Request-ID`` is on all of them."""
+    if REQUEST_ID not in request:  # answered before the middlewares ran (an Expect: handler)
+        request[REQUEST_ID] = uuid.uuid4().hex
+    response.headers["X-Request-ID"] = request[REQUEST_ID]
+    request[_SENT_STATUS] = response.status
 
 
 @web.middleware
@@ -63,10 +102,51 @@ async def refuse_while_draining(request: web.Request, handler: Handler) -> web.S
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path not in PUBLIC_PATHS:
-        principal = request.app[AUTHENTICATOR].authenticate(
+    """Credentials (401), then the route's scope (403), before the handler reads anything
+    of the request: the order seed 003 asks for, on every route (``auth.policy``)."""
+    route = route_template(request)
+    if policy.is_public(request.method, route, request.path):
+        return await handler(request)
+    try:
+        principal = await request.app[AUTHENTICATION].authenticate(
             request.headers.get("Authorization"), request.headers.get("X-API-Key")
         )
-        request[PRINCIPAL] = principal
-        structlog.contextvars.bind_contextvars(principal=principal)
+    except errors.Unauthenticated as exc:
+        await _audit_refusal(request, None, exc)
+        raise
+    request[PRINCIPAL] = principal
+    structlog.contextvars.bind_contextvars(subject=principal.subject, client=principal.client)
+    try:
+        policy.authorize(principal, request.method, route)
+    except errors.Forbidden as exc:
+        await _audit_refusal(request, principal, exc)
+        raise
     return await handler(request)
+
+
+def route_template(request: web.Request) -> str | None:
+    """The matched route's template (``/v1/files/{file_id}``), None when nothing matched."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
+
+
+async def _audit_refusal(
+    request: web.Request, principal: Principal | None, exc: errors.FileshareError
+) -> None:
+    """An audit row for a refused request. Best effort: the refusal stands whether or not
+    the row could be written (a failing index must not turn a 401 into a 503)."""
+    actor = Actor(principal, None, source=request.remote, request_id=request[REQUEST_ID])
+    event = actor.event(
+        Action.AUTH_FAIL,
+        Result.DENIED,
+        detail={
+            "status": exc.status,
+            "route": route_template(request) or "unmatched",
+            # The authenticators' fixed reasons: never the credential itself.
+            "reason": exc.detail[:120],
+        },
+    )
+    try:
+        await request.app[AUDIT].record(event)
+    except Exception as failure:
+        log.warning("audit.write_failed", action=str(event.action), error=type(failure).__name__)

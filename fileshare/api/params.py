@@ -16,7 +16,7 @@ from multidict import MultiMapping
 from fileshare import errors
 from fileshare.api.names import validate_name
 from fileshare.index.base import Cursor, FileQuery
-from fileshare.index.tables import FILE_ID_MAX, TAG_MAX
+from fileshare.index.tables import FILE_ID_MAX, OWNER_MAX, TAG_MAX
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MIN = 5
@@ -30,7 +30,7 @@ FILE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._~-]{{0,{FILE_ID_MAX - 1}}}")
 _TAG = re.compile(rf"[\w.:@+-]{{1,{TAG_MAX}}}")
 _TAG_PATTERN = re.compile(rf"[\w.:@+%-]{{1,{TAG_MAX}}}")
 _MEDIA_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # noqa: S105 (a regex)
-_MEDIA_FILTER = re.compile(rf"{_MEDIA_TOKEN}/(\*|{_MEDIA_TOKEN})")
+MEDIA_FILTER = re.compile(rf"{_MEDIA_TOKEN}/(\*|{_MEDIA_TOKEN})")
 _DIGITS = re.compile(r"[0-9]{1,3}")
 MAX_TAGS_PER_QUERY = 5
 
@@ -112,6 +112,23 @@ def page_size(query: MultiMapping[str]) -> int:
     return int(value)
 
 
+#: An owner (a principal's namespace: a client id, a token's subject).
+OWNER = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._~@:|-]{{0,{OWNER_MAX - 1}}}")
+
+
+def owner(query: MultiMapping[str]) -> str | None:
+    """``?owner=``: whose files a request is about (a worker's participant, a
+    researcher's), None for the principal's own."""
+    value = _single(query, "owner")
+    if value is None:
+        return None
+    if not OWNER.fullmatch(value):
+        raise errors.InvalidParameter(
+            "owner must be 1-255 letters, digits and . _ ~ @ : | -, starting with a letter or digit"
+        )
+    return value
+
+
 def _single(query: MultiMapping[str], name: str) -> str | None:
     values = query.getall(name, [])
     if len(values) > 1:
@@ -119,7 +136,7 @@ def _single(query: MultiMapping[str], name: str) -> str | None:
     return values[0] if values else None
 
 
-_LIST_PARAMS = frozenset({"offsetKey", "pageSize", "name", "contentType", "from", "to"})
+_LIST_PARAMS = frozenset({"offsetKey", "pageSize", "name", "contentType", "from", "to", "owner"})
 _SEARCH_PARAMS = _LIST_PARAMS | {"tag", "tagLike", "present"}
 
 
@@ -141,7 +158,7 @@ def file_query(query: MultiMapping[str], *, search: bool) -> FileQuery:
             raise errors.InvalidParameter(f"name: {exc.detail}") from None
     content_type = _single(query, "contentType")
     if content_type is not None:
-        if not _MEDIA_FILTER.fullmatch(content_type):
+        if not MEDIA_FILTER.fullmatch(content_type):
             raise errors.InvalidParameter("contentType must be type/subtype or type/*")
         content_type = content_type.lower()
     created_from = _single(query, "from")

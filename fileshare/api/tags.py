@@ -11,8 +11,8 @@ from aiohttp import hdrs, web
 
 from fileshare import errors
 from fileshare.api import params
+from fileshare.api.acting import actor
 from fileshare.api.body import read_json
-from fileshare.api.context import PRINCIPAL
 from fileshare.api.files import timestamp
 from fileshare.api.keys import SERVICE, SETTINGS
 
@@ -47,7 +47,7 @@ async def create_tag(request: web.Request) -> web.Response:
         name = params.tag(body["name"])
     except errors.InvalidTag as exc:
         raise errors.ValidationFailed(exc.detail) from None
-    created = await request.app[SERVICE].create_tag(request[PRINCIPAL], name)
+    created = await request.app[SERVICE].create_tag(await actor(request, write=True), name)
     return web.json_response(
         {"name": name},
         status=201 if created else 200,
@@ -57,13 +57,13 @@ async def create_tag(request: web.Request) -> web.Response:
 
 @routes.get("/v1/tags")
 async def list_tags(request: web.Request) -> web.Response:
-    unknown = sorted(set(request.query) - {"offsetKey", "pageSize"})
+    unknown = sorted(set(request.query) - {"offsetKey", "pageSize", "owner"})
     if unknown:
         raise errors.InvalidParameter(f"unknown parameter {unknown[0][:40]!r}")
     size = params.page_size(request.query)
     after = request.query.get("offsetKey")
     found = await request.app[SERVICE].list_tags(
-        request[PRINCIPAL], None if after is None else _decode(after), size + 1
+        await actor(request, write=False), None if after is None else _decode(after), size + 1
     )
     body: dict[str, object] = {
         "items": [{"name": t.name, "created": timestamp(t.created)} for t in found[:size]]
@@ -79,5 +79,5 @@ async def delete_tag(request: web.Request) -> web.Response:
         name = params.tag(request.match_info["tag"])
     except errors.InvalidTag:
         raise errors.NotFound("no such tag") from None
-    await request.app[SERVICE].delete_tag(request[PRINCIPAL], name)
+    await request.app[SERVICE].delete_tag(await actor(request, write=True), name)
     return web.Response(status=204)

@@ -10,12 +10,15 @@ exceptions below are answers, not failures.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import EllipsisType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from sqlalchemy import Connection
+
+from fileshare.audit import AuditEvent
 from fileshare.models import Content, FileRecord
 
 
@@ -107,6 +110,8 @@ class Committed:
 @dataclass(frozen=True)
 class Removed:
     doomed: tuple[str, ...]
+    #: The content the record named.
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,20 @@ class Tag:
     created: datetime
 
 
+T = TypeVar("T")
+
+
+class Transactor(Protocol):
+    """What the stores of the index's other aggregates (identity, audit) run on: one
+    transaction per call, retried when it lost a race, failures mapped to
+    ``IndexUnavailable`` / ``Conflict`` without secrets."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    async def transact(self, action: str, fn: Callable[[Connection], T], *, write: bool) -> T: ...
+
+
 class FileIndex(Protocol):
     async def find_clean(self, sha256: str) -> Content | None:
         """The content with that hash if it is clean and stored (a dedup hit), else None."""
@@ -137,10 +156,21 @@ class FileIndex(Protocol):
         from ``until`` on unless a ``commit`` claims it first, so that a crash or a failed
         commit cannot leak it."""
 
-    async def record_verdict(self, content: Content, *, released: str | None = None) -> None:
+    async def record_verdict(
+        self,
+        content: Content,
+        *,
+        released: str | None = None,
+        audit: AuditEvent | None = None,
+    ) -> None:
         """Remember a verdict that is not clean (infected, unscannable, failed) for bytes
         that are not stored; a clean content row is never downgraded here. ``released``:
-        the key ``claim`` doomed, which no object will be promoted under after all."""
+        the key ``claim`` doomed, which no object will be promoted under after all.
+        ``audit``: the row recording the verdict, written in the same transaction.
+
+        Every method below that changes something takes such an ``audit`` event too: it is
+        completed with what the change touched (file id, sha256) and appended to the audit
+        trail in the change's own transaction, and only when something changed."""
 
     async def commit(
         self,
@@ -152,6 +182,8 @@ class FileIndex(Protocol):
         placement: Placement,
         held: bool,
         now: datetime,
+        created_by: str | None = None,
+        audit: AuditEvent | None = None,
     ) -> Committed:
         """Record an upload: make ``content`` (clean, stored under ``content.key``) known
         and point the owner's record at it, in one transaction.
@@ -162,7 +194,9 @@ class FileIndex(Protocol):
         key, the record uses that one and this object is returned as doomed.
 
         Raises ``PreconditionFailed`` when the placement's conditions do not hold,
-        ``Conflict`` when a concurrent create took the id."""
+        ``Conflict`` when a concurrent create took the id. ``created_by`` names the subject
+        of a new record; for bytes scanned by this upload (not ``held``) a ``scan.verdict``
+        row precedes ``audit``'s."""
 
     async def get(self, owner: str, file_id: str) -> FileRecord | None:
         """The owner's record, or None."""
@@ -170,25 +204,46 @@ class FileIndex(Protocol):
     async def list_files(self, owner: str, query: FileQuery) -> Page:
         """A page of the owner's records in (created, id) order."""
 
-    async def update(self, owner: str, file_id: str, patch: FilePatch, now: datetime) -> FileRecord:
+    async def update(
+        self,
+        owner: str,
+        file_id: str,
+        patch: FilePatch,
+        now: datetime,
+        audit: AuditEvent | None = None,
+    ) -> FileRecord:
         """Apply ``patch``; raises ``KeyError`` when there is no such record and
         ``TooLarge`` when the merged metadata would pass ``patch.metadata_limit``."""
 
-    async def delete(self, owner: str, file_id: str, now: datetime) -> Removed | None:
+    async def delete(
+        self, owner: str, file_id: str, now: datetime, audit: AuditEvent | None = None
+    ) -> Removed | None:
         """Remove the record; if it was the last one of its content, forget the content
         too and return its object as doomed. None when there was no such record."""
 
-    async def create_tag(self, owner: str, tag: str, now: datetime) -> bool:
+    async def create_tag(
+        self, owner: str, tag: str, now: datetime, audit: AuditEvent | None = None
+    ) -> bool:
         """Add a tag to the owner's vocabulary; False if it was there already."""
 
     async def list_tags(self, owner: str, after: str | None, limit: int) -> list[Tag]:
         """The owner's tags in name order, after ``after``."""
 
-    async def delete_tag(self, owner: str, tag: str) -> bool:
+    async def delete_tag(
+        self, owner: str, tag: str, now: datetime | None = None, audit: AuditEvent | None = None
+    ) -> bool:
         """Remove the tag from the vocabulary and from every file; False if unknown."""
 
     async def tag_file(
-        self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool, max_tags: int
+        self,
+        owner: str,
+        file_id: str,
+        tag: str,
+        now: datetime,
+        *,
+        add: bool,
+        max_tags: int,
+        audit: AuditEvent | None = None,
     ) -> FileRecord | None:
         """Put the tag on the file (creating it in the vocabulary) or take it off; None
         when there is no such record, ``TooLarge`` when the file has ``max_tags``."""

@@ -59,6 +59,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from fileshare.audit import Action, AuditEvent
+from fileshare.index import audit as audit_trail
 from fileshare.index.base import (
     Committed,
     Conflict,
@@ -127,6 +129,7 @@ _RECORD_COLUMNS = (
     files.c.created,
     files.c.updated,
     files.c.meta,
+    files.c.created_by,
     contents.c.sha256,
     contents.c.sha1,
     contents.c.size,
@@ -150,7 +153,17 @@ _UNRESERVE = delete(doomed_objects).where(
     doomed_objects.c.not_before > bindparam("now", type_=UtcDateTime()),
 )
 _INSERT_FILE = insert(files)
-_FILE_KEYS = ("owner", "id", "name", "content_type", "sha256", "created", "updated", "meta")
+_FILE_KEYS = (
+    "owner",
+    "id",
+    "name",
+    "content_type",
+    "sha256",
+    "created",
+    "updated",
+    "meta",
+    "created_by",
+)
 _RESERVE_UNLESS_HELD = insert(doomed_objects).from_select(
     ["object_key", "not_before"],
     select(bindparam("key", type_=Text()), bindparam("until", type_=UtcDateTime())).where(
@@ -202,6 +215,7 @@ def _record(m: RowMapping, tag_names: Iterable[str] = ()) -> FileRecord:
         updated=m["updated"],
         metadata=MappingProxyType(dict(m["meta"] or {})),
         tags=tuple(tag_names),
+        created_by=m["created_by"],
     )
 
 
@@ -374,10 +388,37 @@ class SqlIndex:
                 raise self._unavailable(action, exc) from None
         raise AssertionError("unreachable")
 
+    async def _audited_tx(
+        self,
+        action: str,
+        fn: Callable[[Connection], T],
+        events: Callable[[T], Sequence[AuditEvent]],
+        now: datetime,
+    ) -> T:
+        """``_tx`` with the audit rows ``events`` makes of the result appended last in the
+        same transaction: the change and its record commit together or not at all."""
+        made: list[AuditEvent] = []
+
+        def run(conn: Connection) -> T:
+            result = fn(conn)
+            made[:] = events(result)
+            audit_trail.append(conn, made, now)
+            return result
+
+        result = await self._tx(action, run)
+        audit_trail.logged(made)
+        return result
+
     async def run(self, fn: Callable[[Connection], T], *, write: bool = False) -> T:
         """Run ``fn`` in a transaction of its own: for maintenance, benchmarks and tests
         that look behind the contract."""
         return await self._tx("run", fn, write=write)
+
+    async def transact(self, action: str, fn: Callable[[Connection], T], *, write: bool) -> T:
+        """Run ``fn`` in a transaction, with the retries and error mapping of every index
+        call: the stores of other aggregates (identity, audit) share the connection pool
+        and its rules this way. ``action`` names it in errors."""
+        return await self._tx(action, fn, write=write)
 
     def _unavailable(self, action: str, exc: BaseException) -> IndexError_:
         if isinstance(exc, TimeoutError):
@@ -407,7 +448,13 @@ class SqlIndex:
         # only which answer is given, and either is right at its moment.
         return await self._tx("claim", run, autocommit=True)
 
-    async def record_verdict(self, content: Content, *, released: str | None = None) -> None:
+    async def record_verdict(
+        self,
+        content: Content,
+        *,
+        released: str | None = None,
+        audit: AuditEvent | None = None,
+    ) -> None:
         created = content.scan.scanned_at or datetime.now(UTC)
         values = _content_values(content) | {"object_key": None, "created": created}
         stmt = self._insert(contents).values(values)
@@ -422,7 +469,7 @@ class SqlIndex:
             if released is not None:  # nothing was promoted under it
                 conn.execute(delete(doomed_objects).where(doomed_objects.c.object_key == released))
 
-        await self._tx("record_verdict", run)
+        await self._audited_tx("record_verdict", run, lambda _: [audit] if audit else [], created)
 
     def _release(self, conn: Connection, sha256: str, now: datetime) -> list[str]:
         """Forget the content if no record uses it any more; its object becomes doomed."""
@@ -495,7 +542,35 @@ class SqlIndex:
         placement: Placement,
         held: bool,
         now: datetime,
+        created_by: str | None = None,
+        audit: AuditEvent | None = None,
     ) -> Committed:
+        def events(c: Committed) -> list[AuditEvent]:
+            if audit is None:
+                return []
+            record = c.record
+            made = [
+                audit.but(
+                    file_id=record.id,
+                    sha256=record.content.sha256,
+                    detail={**audit.detail, "created": c.created},
+                )
+            ]
+            if not held:
+                # These bytes were scanned by this upload: the verdict is audited too.
+                scan = content.scan
+                verdict = {"state": scan.state.value, "scanner": scan.scanner}
+                made.insert(
+                    0,
+                    audit.but(
+                        action=Action.SCAN_VERDICT,
+                        file_id=record.id,
+                        sha256=content.sha256,
+                        detail=verdict,
+                    ),
+                )
+            return made
+
         def run(conn: Connection) -> Committed:
             current: str | None = None
             if placement.file_id is not None:
@@ -542,6 +617,7 @@ class SqlIndex:
                         "created": now,
                         "updated": now,
                         "meta": {},
+                        "created_by": created_by,
                     },
                 )
                 record = FileRecord(
@@ -552,6 +628,7 @@ class SqlIndex:
                     content=stored,
                     created=now,
                     updated=now,
+                    created_by=created_by,
                 )
                 return Committed(record, created=True, doomed=tuple(doomed))
             # No versioning: the record now names the new bytes, keeping its id, creation
@@ -567,7 +644,7 @@ class SqlIndex:
             assert record is not None
             return Committed(record, created=False, doomed=tuple(doomed))
 
-        return await self._tx("commit", run)
+        return await self._audited_tx("commit", run, events, now)
 
     # ---------------------------------------------------------------- records
 
@@ -663,7 +740,14 @@ class SqlIndex:
 
         return await self._tx("list_files", run, write=False)
 
-    async def update(self, owner: str, file_id: str, patch: FilePatch, now: datetime) -> FileRecord:
+    async def update(
+        self,
+        owner: str,
+        file_id: str,
+        patch: FilePatch,
+        now: datetime,
+        audit: AuditEvent | None = None,
+    ) -> FileRecord:
         def run(conn: Connection) -> FileRecord:
             found = conn.execute(
                 select(files.c.meta, files.c.created)
@@ -699,9 +783,11 @@ class SqlIndex:
             assert record is not None
             return record
 
-        return await self._tx("update", run)
+        return await self._audited_tx("update", run, _event_for(audit), now)
 
-    async def delete(self, owner: str, file_id: str, now: datetime) -> Removed | None:
+    async def delete(
+        self, owner: str, file_id: str, now: datetime, audit: AuditEvent | None = None
+    ) -> Removed | None:
         def run(conn: Connection) -> Removed | None:
             sha256 = _lock_file(conn, owner, file_id, files.c.sha256)
             if sha256 is None:
@@ -710,9 +796,15 @@ class SqlIndex:
                 delete(file_tags).where(file_tags.c.owner == owner, file_tags.c.file_id == file_id)
             )
             conn.execute(delete(files).where(files.c.owner == owner, files.c.id == file_id))
-            return Removed(tuple(self._release(conn, sha256, now)))
+            return Removed(tuple(self._release(conn, sha256, now)), sha256=sha256)
 
-        return await self._tx("delete", run)
+        def events(removed: Removed | None) -> list[AuditEvent]:
+            if audit is None or removed is None:
+                return []
+            detail = {**audit.detail, "content_removed": bool(removed.doomed)}
+            return [audit.but(file_id=file_id, sha256=removed.sha256, detail=detail)]
+
+        return await self._audited_tx("delete", run, events, now)
 
     # ---------------------------------------------------------------- tags
 
@@ -740,8 +832,15 @@ class SqlIndex:
             .on_conflict_do_nothing()
         )
 
-    async def create_tag(self, owner: str, tag: str, now: datetime) -> bool:
-        return await self._tx("create_tag", lambda conn: self._ensure_tag(conn, owner, tag, now))
+    async def create_tag(
+        self, owner: str, tag: str, now: datetime, audit: AuditEvent | None = None
+    ) -> bool:
+        def events(created: bool) -> list[AuditEvent]:
+            return [audit] if audit is not None and created else []
+
+        return await self._audited_tx(
+            "create_tag", lambda conn: self._ensure_tag(conn, owner, tag, now), events, now
+        )
 
     async def list_tags(self, owner: str, after: str | None, limit: int) -> list[Tag]:
         stmt = select(tags.c.name, tags.c.created).where(tags.c.owner == owner)
@@ -754,7 +853,9 @@ class SqlIndex:
 
         return await self._tx("list_tags", run, write=False)
 
-    async def delete_tag(self, owner: str, tag: str) -> bool:
+    async def delete_tag(
+        self, owner: str, tag: str, now: datetime | None = None, audit: AuditEvent | None = None
+    ) -> bool:
         def run(conn: Connection) -> bool:
             conn.execute(
                 delete(file_tags).where(file_tags.c.owner == owner, file_tags.c.tag == tag)
@@ -762,10 +863,21 @@ class SqlIndex:
             result = conn.execute(delete(tags).where(tags.c.owner == owner, tags.c.name == tag))
             return bool(result.rowcount)
 
-        return await self._tx("delete_tag", run)
+        def events(deleted: bool) -> list[AuditEvent]:
+            return [audit] if audit is not None and deleted else []
+
+        return await self._audited_tx("delete_tag", run, events, now or datetime.now(UTC))
 
     async def tag_file(
-        self, owner: str, file_id: str, tag: str, now: datetime, *, add: bool, max_tags: int
+        self,
+        owner: str,
+        file_id: str,
+        tag: str,
+        now: datetime,
+        *,
+        add: bool,
+        max_tags: int,
+        audit: AuditEvent | None = None,
     ) -> FileRecord | None:
         def run(conn: Connection) -> FileRecord | None:
             created = _lock_file(conn, owner, file_id, files.c.created)
@@ -786,7 +898,7 @@ class SqlIndex:
                 )
             return _get(conn, owner, file_id)
 
-        return await self._tx("tag_file", run)
+        return await self._audited_tx("tag_file", run, _event_for(audit), now)
 
     # ---------------------------------------------------------------- maintenance
 
@@ -843,6 +955,19 @@ class SqlIndex:
 
     async def close(self) -> None:
         await self._runner.close()
+
+
+def _event_for(
+    audit: AuditEvent | None,
+) -> Callable[[FileRecord | None], list[AuditEvent]]:
+    """The audit row of a change to one record, completed with what the record holds."""
+
+    def events(record: FileRecord | None) -> list[AuditEvent]:
+        if audit is None or record is None:
+            return []
+        return [audit.but(file_id=record.id, sha256=record.content.sha256)]
+
+    return events
 
 
 def _find_clean(conn: Connection, sha256: str) -> Content | None:

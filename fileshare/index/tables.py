@@ -97,6 +97,8 @@ files = Table(
     Column("created", UtcDateTime, nullable=False),
     Column("updated", UtcDateTime, nullable=False),
     Column("meta", JSON, nullable=False),
+    #: The subject that created the record (seed 002); empty for the first release's.
+    Column("created_by", String(OWNER_MAX)),
     PrimaryKeyConstraint("owner", "id", name="files_pkey"),
     ForeignKeyConstraint(["sha256"], ["contents.sha256"], name="files_sha256_fkey"),
     # Listing pages in (created, id) order, with and without the common filters.
@@ -179,4 +181,118 @@ uploads = Table(
     Column("detail", Text),
     Index("uploads_owner", "owner", "created"),
     Index("uploads_state", "state", "expires"),
+)
+
+# ------------------------------------------------------------------ identity and audit
+
+#: Registered clients (services, workers, researchers' tools): who they are, what they may
+#: do, and how they prove it. Secrets are kept only as slow hashes; ``jwks`` holds the
+#: public keys a ``private_key_jwt`` client signs its assertions with.
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(OWNER_MAX), primary_key=True),
+    #: participant | worker | researcher | admin (``auth.principal.Role``)
+    Column("role", String(16), nullable=False),
+    #: Space-separated scopes the client may be granted (a token asks for at most these).
+    Column("scopes", Text, nullable=False),
+    #: The owner namespace the client's own files live in.
+    Column("owner", String(OWNER_MAX), nullable=False),
+    Column("secret_hash", Text),
+    Column("jwks", JSON),
+    Column("created", UtcDateTime, nullable=False),
+    Column("revoked", UtcDateTime),
+)
+
+#: API keys of registered clients. A key is presented as ``fsk_<id>_<secret>``: the id
+#: finds the row, the secret is checked against its slow hash.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("client_id", String(OWNER_MAX), nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("created", UtcDateTime, nullable=False),
+    Column("expires", UtcDateTime),
+    Column("revoked", UtcDateTime),
+    ForeignKeyConstraint(["client_id"], ["clients.id"], name="api_keys_client_fkey"),
+    Index("api_keys_client", "client_id"),
+)
+
+#: Who may act for which owner (seed 000): a worker writes and reads the files of the
+#: participants it serves, a researcher reads those it is granted.
+grants = Table(
+    "grants",
+    metadata,
+    Column("grantee", String(OWNER_MAX), nullable=False),
+    Column("owner", String(OWNER_MAX), nullable=False),
+    #: read | write (write includes read)
+    Column("access", String(8), nullable=False),
+    Column("created", UtcDateTime, nullable=False),
+    Column("created_by", String(OWNER_MAX), nullable=False),
+    PrimaryKeyConstraint("grantee", "owner", name="grants_pkey"),
+    Index("grants_owner", "owner"),
+)
+
+#: The token endpoint's signing keys: each signs from ``created`` until ``sign_until`` and
+#: is published (and accepted) until ``verify_until``, so tokens outlive a rotation.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("private_pem", Text, nullable=False),
+    Column("public_jwk", JSON, nullable=False),
+    Column("created", UtcDateTime, nullable=False),
+    Column("sign_until", UtcDateTime, nullable=False),
+    Column("verify_until", UtcDateTime, nullable=False),
+)
+
+#: ``jti`` values of client assertions already used (RFC 7523 replay protection), kept
+#: until the assertion would have expired anyway.
+used_assertions = Table(
+    "used_assertions",
+    metadata,
+    Column("client_id", String(OWNER_MAX), nullable=False),
+    Column("jti", String(255), nullable=False),
+    Column("expires", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("client_id", "jti", name="used_assertions_pkey"),
+    Index("used_assertions_expires", "expires"),
+)
+
+#: The audit trail: append-only, one row per audited action, each carrying a hash chained
+#: over the previous row's, so an edited, removed or inserted row breaks the chain.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("action", String(32), nullable=False),
+    #: success | denied | failed
+    Column("result", String(16), nullable=False),
+    Column("subject", String(OWNER_MAX)),
+    Column("client", String(OWNER_MAX)),
+    Column("role", String(16)),
+    Column("source", String(64)),
+    Column("owner", String(OWNER_MAX)),
+    Column("file_id", String(FILE_ID_MAX)),
+    Column("sha256", String(64)),
+    Column("request_id", String(128)),
+    Column("detail", JSON),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("audit_events_at", "at", "seq"),
+    Index("audit_events_subject", "subject", "seq"),
+    Index("audit_events_file", "owner", "file_id", "seq"),
+    Index("audit_events_action", "action", "seq"),
+)
+
+#: The head of the audit chain: one row, locked by every append, so appends are ordered
+#: and each knows the hash it chains to.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
 )

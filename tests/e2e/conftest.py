@@ -17,6 +17,7 @@ from pytest_aiohttp import AiohttpClient
 from fileshare.app import STORAGE, create_app
 from fileshare.config import MiB, Settings
 from fileshare.storage.base import Storage
+from tests.e2e.openapi_check import Contracts, ValidatingClient, check_response
 
 ALICE_KEY = "alice-key-0123456789abcdef"
 BOB_KEY = "bob-key-0123456789abcdef00"
@@ -126,16 +127,35 @@ def _address(value: str) -> Any:
     return ClamdAddress.parse(value)
 
 
+@pytest.fixture(scope="session")
+def api_contracts() -> Contracts:
+    """The served OpenAPI documents, each compiled into validators once per session."""
+    return Contracts()
+
+
+@pytest.fixture
+def aiohttp_client_cls() -> type[TestClient[Any, Any]]:
+    """Every e2e client checks every answer against the OpenAPI document."""
+    return ValidatingClient
+
+
 @pytest.fixture
 def make_env(
     aiohttp_client: AiohttpClient,
     base_settings: Settings,
     backend: str,
     request: pytest.FixtureRequest,
+    api_contracts: Contracts,
 ) -> Any:
     async def make(**overrides: Any) -> Env:
         settings = replace(base_settings, **overrides)
         client = await aiohttp_client(create_app(settings))
+        assert isinstance(client, ValidatingClient)
+        # Checked against exactly what this app serves (the document's own answer too).
+        served = await client.get("/openapi.json")
+        assert served.status == 200, await served.text()
+        client.contract = api_contracts.get(await served.read())
+        await check_response(client.contract, served)
         s3 = None
         if backend == "s3":
             seaweed = request.getfixturevalue("seaweed")

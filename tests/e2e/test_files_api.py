@@ -225,6 +225,14 @@ async def test_put_conditions(env: Env) -> None:
     ok = await put(env, "cond", b"two", **{"If-Match": f'"{"0" * 64}", {etag}'})
     assert ok.status == 200
     await problem(await put(env, "cond", b"x", **{"If-None-Match": etag}), 400, "bad_request")
+    # A request its headers show to be bad is that, whatever its preconditions (RFC 9110
+    # section 13.2.1): the name, then the media type.
+    named = await env.client.put(
+        "/v1/files/cond", data=b"x", headers={**ALICE, "If-None-Match": "*"}, params={"name": ""}
+    )
+    await problem(named, 400, "invalid_file_name")
+    typed = await put(env, "cond", b"x", **{"If-None-Match": "*", "Content-Type": "nonsense"})
+    await problem(typed, 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize("bad", ["-starts-with-dash", "a" * 129, "sp ace", "ü", ".hidden", "a%2Fb"])

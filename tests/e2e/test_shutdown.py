@@ -111,7 +111,7 @@ async def test_in_flight_upload_finishes_after_sigterm(serve: Any) -> None:
     lines = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]
     requests = [e for e in lines if e["event"] == "request" and e["path"] == "/v1/files"]
     assert requests
-    assert requests[0]["principal"] == "alice"
+    assert requests[0]["subject"] == "alice"
     assert requests[0]["request_id"]
     promoted = [e for e in lines if e["event"] == "file.promoted"]
     assert promoted[0]["request_id"] == requests[0]["request_id"]

@@ -1,15 +1,20 @@
 import pytest
 
 from fileshare import errors
-from fileshare.api.auth import ApiKeyAuthenticator
+from fileshare.auth.base import Authentication, presented
+from fileshare.auth.keys import BootstrapKeys
+from fileshare.auth.principal import ROLE_SCOPES, Role
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789ab"}
 
 
-def test_bearer_and_header_keys_name_the_principal() -> None:
-    auth = ApiKeyAuthenticator(KEYS)
-    assert auth.authenticate("Bearer alice-key-0123456789", None) == "alice"
-    assert auth.authenticate(None, "bob-key-0123456789ab") == "bob"
+async def test_bearer_and_header_keys_name_the_principal() -> None:
+    auth = Authentication([BootstrapKeys(KEYS, admins={"bob"})])
+    alice = await auth.authenticate("Bearer alice-key-0123456789", None)
+    assert (alice.subject, alice.owner, alice.role) == ("alice", "alice", Role.PARTICIPANT)
+    assert alice.scopes == ROLE_SCOPES[Role.PARTICIPANT]
+    bob = await auth.authenticate(None, "bob-key-0123456789ab")
+    assert (bob.subject, bob.role) == ("bob", Role.ADMIN)
 
 
 @pytest.mark.parametrize(
@@ -22,8 +27,16 @@ def test_bearer_and_header_keys_name_the_principal() -> None:
         ("Bearer alice-key-0123456789x", None),
         (None, "nope"),
         ("Bearer \udcff", None),
+        ("Bearer fsk_0123456789abcdef_notregisteredanywhere", None),
     ],
 )
-def test_wrong_credentials_are_401(authorization: str | None, api_key: str | None) -> None:
+async def test_wrong_credentials_are_401(authorization: str | None, api_key: str | None) -> None:
     with pytest.raises(errors.Unauthenticated):
-        ApiKeyAuthenticator(KEYS).authenticate(authorization, api_key)
+        await Authentication([BootstrapKeys(KEYS)]).authenticate(authorization, api_key)
+
+
+def test_the_credential_comes_from_bearer_or_the_key_header() -> None:
+    assert presented("Bearer  abc ", None) == "abc"
+    assert presented(None, " abc") == "abc"
+    with pytest.raises(errors.Unauthenticated):
+        presented("Token abc", None)

@@ -1,0 +1,186 @@
+"""``/v1/admin``: clients, their API keys, grants (scope ``admin``). Thin: parse, call the
+registry, render. Secrets appear in an answer once, at creation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from aiohttp import hdrs, web
+
+from fileshare import errors
+from fileshare.api import params
+from fileshare.api.body import read_json
+from fileshare.api.context import PRINCIPAL, REQUEST_ID
+from fileshare.api.files import timestamp
+from fileshare.api.keys import REGISTRY, SETTINGS
+from fileshare.audit import Actor
+from fileshare.auth.principal import scope_text
+from fileshare.index.identity import ApiKey, Client, Grant
+
+routes = web.RouteTableDef()
+JSON = ("application/json",)
+#: No-store: answers may hold a secret shown once.
+_NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
+
+
+def _actor(request: web.Request) -> Actor:
+    return Actor(request[PRINCIPAL], None, source=request.remote, request_id=request[REQUEST_ID])
+
+
+def render_client(c: Client) -> dict[str, object]:
+    body: dict[str, object] = {
+        "id": c.id,
+        "role": c.role.value,
+        "scopes": scope_text(c.scopes),
+        "owner": c.owner,
+        "created": timestamp(c.created),
+        "hasSecret": c.secret_hash is not None,
+        "hasJwks": c.jwks is not None,
+        "active": c.active,
+    }
+    if c.revoked is not None:
+        body["revoked"] = timestamp(c.revoked)
+    return body
+
+
+def render_key(k: ApiKey) -> dict[str, object]:
+    body: dict[str, object] = {
+        "id": k.id,
+        "clientId": k.client_id,
+        "created": timestamp(k.created),
+        "active": k.revoked is None,
+    }
+    if k.expires is not None:
+        body["expires"] = timestamp(k.expires)
+    if k.revoked is not None:
+        body["revoked"] = timestamp(k.revoked)
+    return body
+
+
+def render_grant(g: Grant) -> dict[str, object]:
+    return {
+        "grantee": g.grantee,
+        "owner": g.owner,
+        "access": g.access,
+        "created": timestamp(g.created),
+        "createdBy": g.created_by,
+    }
+
+
+async def _body(request: web.Request, allowed: set[str]) -> dict[str, object]:
+    body = dict(params.json_object(await read_json(request, media_types=JSON), "the body"))
+    if unknown := sorted(set(body) - allowed):
+        raise errors.ValidationFailed(
+            f"unknown member {unknown[0][:40]!r}; the body takes {', '.join(sorted(allowed))}"
+        )
+    return body
+
+
+def _string(body: dict[str, object], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise errors.ValidationFailed(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise errors.ValidationFailed(f"{name} must be a string")
+    return value
+
+
+@routes.get("/v1/admin/clients")
+async def list_clients(request: web.Request) -> web.Response:
+    found = await request.app[REGISTRY].clients()
+    return web.json_response({"items": [render_client(c) for c in found]})
+
+
+@routes.post("/v1/admin/clients")
+async def create_client(request: web.Request) -> web.Response:
+    body = await _body(request, {"id", "role", "scopes", "owner", "secret", "jwks"})
+    with_secret = body.get("secret", False)
+    if not isinstance(with_secret, bool):
+        raise errors.ValidationFailed("secret must be true or false")
+    made = await request.app[REGISTRY].create_client(
+        _actor(request),
+        _string(body, "id", required=True) or "",
+        role=_string(body, "role", required=True) or "",
+        scopes=_string(body, "scopes"),
+        owner=_string(body, "owner"),
+        with_secret=with_secret,
+        jwks=body.get("jwks"),
+    )
+    answer = render_client(made.client)
+    if made.secret is not None:
+        answer["clientSecret"] = made.secret
+    base = request.app[SETTINGS].base_url
+    headers = {hdrs.LOCATION: f"{base}/v1/admin/clients/{made.client.id}", **_NO_STORE}
+    return web.json_response(answer, status=201, headers=headers)
+
+
+@routes.get("/v1/admin/clients/{client_id}")
+async def get_client(request: web.Request) -> web.Response:
+    found = await request.app[REGISTRY].client(request.match_info["client_id"])
+    return web.json_response(render_client(found))
+
+
+@routes.delete("/v1/admin/clients/{client_id}")
+async def revoke_client(request: web.Request) -> web.Response:
+    await request.app[REGISTRY].revoke_client(_actor(request), request.match_info["client_id"])
+    return web.Response(status=204)
+
+
+@routes.get("/v1/admin/clients/{client_id}/keys")
+async def list_keys(request: web.Request) -> web.Response:
+    found = await request.app[REGISTRY].keys(request.match_info["client_id"])
+    return web.json_response({"items": [render_key(k) for k in found]})
+
+
+@routes.post("/v1/admin/clients/{client_id}/keys")
+async def create_key(request: web.Request) -> web.Response:
+    body = await _body(request, {"expiresIn"})
+    expires_in = body.get("expiresIn")
+    lifetime = None
+    if isinstance(expires_in, float) and expires_in.is_integer():
+        expires_in = int(expires_in)  # 3600.0 is a whole number too (JSON has one number type)
+    if expires_in is not None:
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int):
+            raise errors.ValidationFailed("expiresIn is a whole number of seconds")
+        lifetime = timedelta(seconds=expires_in)
+    made = await request.app[REGISTRY].create_key(
+        _actor(request), request.match_info["client_id"], lifetime=lifetime
+    )
+    answer = render_key(made.key) | {"key": made.presented}
+    return web.json_response(answer, status=201, headers=_NO_STORE)
+
+
+@routes.delete("/v1/admin/keys/{key_id}")
+async def revoke_key(request: web.Request) -> web.Response:
+    await request.app[REGISTRY].revoke_key(_actor(request), request.match_info["key_id"])
+    return web.Response(status=204)
+
+
+@routes.get("/v1/admin/grants")
+async def list_grants(request: web.Request) -> web.Response:
+    if unknown := sorted(set(request.query) - {"grantee", "owner"}):
+        raise errors.InvalidParameter(f"unknown parameter {unknown[0][:40]!r}")
+    found = await request.app[REGISTRY].grants(
+        grantee=request.query.get("grantee"), owner=request.query.get("owner")
+    )
+    return web.json_response({"items": [render_grant(g) for g in found]})
+
+
+@routes.put("/v1/admin/grants/{grantee}/{owner}")
+async def put_grant(request: web.Request) -> web.Response:
+    body = await _body(request, {"access"})
+    access = _string(body, "access", required=True) or ""
+    grant = await request.app[REGISTRY].put_grant(
+        _actor(request), request.match_info["grantee"], request.match_info["owner"], access
+    )
+    return web.json_response(render_grant(grant))
+
+
+@routes.delete("/v1/admin/grants/{grantee}/{owner}")
+async def delete_grant(request: web.Request) -> web.Response:
+    await request.app[REGISTRY].delete_grant(
+        _actor(request), request.match_info["grantee"], request.match_info["owner"]
+    )
+    return web.Response(status=204)

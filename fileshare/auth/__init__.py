@@ -1,0 +1,1 @@
+"""Identity: who is asking (authentication) and what they may do (the policy)."""
