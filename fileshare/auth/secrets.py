@@ -46,7 +46,7 @@ def _verify(stored: str, secret: str) -> bool:
 class Verified:
     """Checks secrets against their stored hashes, remembering recent successes."""
 
-    def __init__(self, remember: float = REMEMBER_SECONDS, concurrency: int | None = None) -> None:
+    def __init__(self, remember: float = REMEMBER_SECONDS, concurrency: int | None = 2) -> None:
         self._remember = remember
         # At most this many argon2 verifications at once (each holds 64 MiB and a core for
         # tens to hundreds of ms): a flood of wrong secrets queues here instead of
