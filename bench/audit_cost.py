@@ -50,9 +50,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python bench/audit_cost.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp
 
-from bench.clients import FileshareClient
 from bench.index_cost import (
     Meters,
     Plan,
@@ -63,6 +61,7 @@ from bench.index_cost import (
     _median,
     _timed,
     batch,
+    drive,
     postgres_tables,
     sqlite_tables,
 )
@@ -71,7 +70,6 @@ from bench.run import (
     API_KEY,
     CLAMD_MAX_SCANS,
     MAX_UPLOAD,
-    OP_TIMEOUT,
     _fileshare_settings,
     _section,
     _sigterm_as_interrupt,
@@ -236,28 +234,6 @@ async def measure(
     return rounds
 
 
-async def drive(
-    config: str,
-    plan: Plan,
-    servers: Mapping[str, FileshareServer],
-    databases: Mapping[str, str],
-    pids: Mapping[str, int],
-    pg: PostgresCpu | None,
-) -> list[dict[str, Any]]:
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=OP_TIMEOUT)
-    async with contextlib.AsyncExitStack() as stack:
-        sides = []
-        for name in SIDES:
-            http = await stack.enter_async_context(
-                aiohttp.ClientSession(
-                    timeout=timeout, connector=aiohttp.TCPConnector(limit=plan.clients * 2)
-                )
-            )
-            client = FileshareClient(http, servers[name].url, API_KEY)
-            sides.append(Side(name, servers[name], client, databases.get(name)))
-        return await measure(config, plan, sides, pids, pg)
-
-
 def run_config(config: str, plan: Plan, shared: Shared, nochain_dir: Path) -> dict[str, Any]:
     servers: dict[str, FileshareServer] = {}
     databases: dict[str, str] = {}
@@ -306,7 +282,11 @@ def run_config(config: str, plan: Plan, shared: Shared, nochain_dir: Path) -> di
         result: list[dict[str, Any]] = []
 
         async def go() -> None:
-            result.extend(await drive(config, plan, servers, databases, pids, pg))
+            result.extend(
+                await drive(
+                    config, plan, servers, databases, pids, pg, names=SIDES, measure_with=measure
+                )
+            )
 
         _section(go(), watched)
         uploads = plan.warmup + plan.rounds * plan.uploads

@@ -45,7 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,12 @@ async def measure(
     return rounds
 
 
+Measure = Callable[
+    [str, Plan, list[Side], Mapping[str, int], PostgresCpu | None],
+    Awaitable[list[dict[str, Any]]],
+]
+
+
 async def drive(
     config: str,
     plan: Plan,
@@ -293,11 +299,16 @@ async def drive(
     databases: Mapping[str, str],
     pids: Mapping[str, int],
     pg: PostgresCpu | None,
+    *,
+    names: Sequence[str] = SIDES,
+    measure_with: Measure | None = None,
 ) -> list[dict[str, Any]]:
+    """One client session per side (``names``, in order), measured by ``measure_with``
+    (``measure``: before against after); ``bench.audit_cost`` passes its three sides."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=OP_TIMEOUT)
     async with contextlib.AsyncExitStack() as stack:
         sides = []
-        for name in SIDES:
+        for name in names:
             http = await stack.enter_async_context(
                 aiohttp.ClientSession(
                     timeout=timeout, connector=aiohttp.TCPConnector(limit=plan.clients * 2)
@@ -305,7 +316,7 @@ async def drive(
             )
             client = FileshareClient(http, servers[name].url, API_KEY)
             sides.append(Side(name, servers[name], client, databases.get(name)))
-        return await measure(config, plan, sides, pids, pg)
+        return await (measure_with or measure)(config, plan, sides, pids, pg)
 
 
 # -------------------------------------------------------------------------- servers
