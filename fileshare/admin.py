@@ -72,9 +72,18 @@ def summary(settings: Settings) -> str:
         f"tokens:   {len(settings.jwt_issuers)} external issuer(s)"
         + "".join(f"; {i.issuer} (keys {i.jwks_url})" for i in settings.jwt_issuers)
         + ("; JWKS over plain http allowed (development)" if settings.jwks_allow_http else ""),
+        f"at rest:  {settings.encryption.describe(settings.storage)}",
+        _transport(settings),
         f"logs:     {settings.log_format}, {settings.log_level.upper()}",
     ]
     return "\n".join(lines)
+
+
+def _transport(settings: Settings) -> str:
+    plain = settings.plaintext_uses()
+    if not plain:
+        return "transport: TLS to every dependency outside loopback"
+    return "transport: WARNING plaintext to " + ", ".join(f"{p.what} ({p.host})" for p in plain)
 
 
 def _human(size: int) -> str:

@@ -79,7 +79,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     ready, report = await request.app[READINESS].evaluate()
     return web.json_response(
-        {"status": "ready" if ready else "not ready", "checks": report},
+        {
+            "status": "ready" if ready else "not ready",
+            "checks": report,
+            "protection": request.app[READINESS].protection,
+        },
         status=200 if ready else 503,
     )
 
@@ -218,7 +222,9 @@ async def _issuers_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     async with client_session() as http:
         sources = [
-            RemoteJwks(i.jwks_url, http, issuer=i.issuer, allow_http=settings.jwks_allow_http)
+            RemoteJwks(
+                i.jwks_url, http, issuer=i.issuer, allow_http=settings.jwks_plain_http(i.jwks_url)
+            )
             for i in settings.jwt_issuers
         ]
         app[TRUSTED_ISSUERS] = tuple(
@@ -275,6 +281,11 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             "index": app[INDEX].ping,
         },
         draining=app[DRAINING],
+        protection={
+            "atRest": settings.encryption.describe(settings.storage),
+            "verified": None,
+            "plaintext": sorted({p.what for p in settings.plaintext_uses()}),
+        },
     )
     sweeper = asyncio.create_task(_sweep_forever(service, settings.sweep_interval))
     yield

@@ -7,7 +7,6 @@ the environment wins over the file so a deployment can override one value.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -18,6 +17,15 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from fileshare.auth.principal import Role
+from fileshare.storage.encryption import Encryption, EncryptionMode, default_mode
+from fileshare.transport import (
+    Plaintext,
+    http_endpoint_problem,
+    is_loopback,
+    plaintext_allowed,
+    plaintext_uses,
+    postgres_problem,
+)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -74,15 +82,6 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def jwks_url_problem(url: str, allow_http: bool) -> str | None:
     """What makes ``url`` unfit to fetch verification keys from, or None: keys fetched
     over plain http can be swapped by anybody on the path, so https is required except on
@@ -93,7 +92,10 @@ def jwks_url_problem(url: str, allow_http: bool) -> str | None:
     if parts.username or parts.password:
         return "must not hold credentials"
     if parts.scheme == "http" and not (allow_http or is_loopback(parts.hostname)):
-        return "must be https (plain http only on loopback, or with FILESHARE_JWKS_ALLOW_HTTP)"
+        return (
+            "must be https (plain http only on loopback, for a host in "
+            "FILESHARE_PLAINTEXT_HOSTS, or with FILESHARE_JWKS_ALLOW_HTTP)"
+        )
     return None
 
 
@@ -155,6 +157,11 @@ class Settings:
     s3_secret_key: str | None = field(default=None, repr=False)
     gcs_endpoint: str | None = None
     gcs_project: str | None = None
+    #: Encryption at rest asked for on every write (``storage.encryption``); None: the
+    #: backend's default (sse-s3 on S3, the store's own default elsewhere).
+    storage_encryption: EncryptionMode | None = None
+    storage_kms_key: str | None = None
+    s3_bucket_key: bool = True
     part_size: int = 8 * MiB
     parts_in_flight: int = 2
     storage_timeout: float = 60.0
@@ -187,6 +194,11 @@ class Settings:
     jwt_issuers: tuple[JwtIssuer, ...] = ()
     #: Development only: fetch JWKS over plain http from hosts other than loopback.
     jwks_allow_http: bool = False
+    #: Hosts besides loopback that may be reached without TLS (``transport``); ``*``: any.
+    plaintext_hosts: frozenset[str] = frozenset()
+    #: ``Strict-Transport-Security: max-age`` sent when the public base URL is https
+    #: (0: not sent).
+    hsts_max_age: int = 365 * 86400
     #: fileshare's own token endpoint (``/oauth/token``): the seconds its tokens live, the
     #: ``aud`` they carry (None: the public base URL), the seconds a signing key signs.
     token_lifetime: float = 600.0
@@ -255,6 +267,24 @@ class Settings:
         parts = urlsplit(self.public_base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError("FILESHARE_PUBLIC_BASE_URL must be an absolute http(s) URL")
+        if (problem := self.encryption.problem(self.storage)) is not None:
+            raise ConfigError(f"FILESHARE_STORAGE_ENCRYPTION ({self.encryption.mode}): {problem}")
+        for variable, endpoint, used in (
+            ("FILESHARE_S3_ENDPOINT", self.s3_endpoint, self.storage == "s3"),
+            ("FILESHARE_GCS_ENDPOINT", self.gcs_endpoint, self.storage == "gcs"),
+        ):
+            if used and endpoint and (problem := self.endpoint_problem(endpoint)) is not None:
+                raise ConfigError(f"{variable} {problem}")
+        if self.clamd.host is not None and not plaintext_allowed(
+            self.clamd.host, self.plaintext_hosts
+        ):
+            raise ConfigError(
+                f"FILESHARE_CLAMD: clamd has no TLS, and {self.clamd.host[:80]} is not loopback: "
+                "run it beside fileshare (tcp://127.0.0.1 or a unix socket), or list the host "
+                "in FILESHARE_PLAINTEXT_HOSTS"
+            )
+        if self.hsts_max_age < 0:
+            raise ConfigError("FILESHARE_HSTS_MAX_AGE must be zero or more seconds")
         if self.storage == "s3" and (self.s3_access_key is None) != (self.s3_secret_key is None):
             raise ConfigError(
                 "set both FILESHARE_S3_ACCESS_KEY and FILESHARE_S3_SECRET_KEY, or neither"
@@ -266,7 +296,7 @@ class Settings:
             )
         seen: set[str] = set()
         for n, issuer in enumerate(self.jwt_issuers):
-            problem = issuer.problem(self.jwks_allow_http)
+            problem = issuer.problem(self.jwks_plain_http(issuer.jwks_url))
             if problem is None and issuer.issuer in seen:
                 problem = "is listed twice"
             if problem is None and issuer.issuer.rstrip("/") == self.base_url:
@@ -303,6 +333,45 @@ class Settings:
                     "FILESHARE_INDEX_URL must be a postgresql:// (or postgres://) URL"
                     + (f", not {scheme}://" if sep and scheme.isalnum() else "")
                 )
+            if (problem := postgres_problem(self.index_url, self.plaintext_hosts)) is not None:
+                raise ConfigError(f"FILESHARE_INDEX_URL {problem}")
+
+    @property
+    def hsts_header(self) -> str | None:
+        """``Strict-Transport-Security`` for every answer when fileshare is reached over
+        https: a browser (the docs page, a partner's upload form) then never falls back
+        to plain http for this host, whatever a link says."""
+        if self.hsts_max_age == 0 or not self.base_url.startswith("https://"):
+            return None
+        return f"max-age={self.hsts_max_age}"
+
+    @property
+    def encryption(self) -> Encryption:
+        return Encryption(
+            mode=self.storage_encryption or default_mode(self.storage),
+            kms_key=self.storage_kms_key,
+            bucket_key=self.s3_bucket_key,
+        )
+
+    def endpoint_problem(self, url: str) -> str | None:
+        return http_endpoint_problem(url, self.plaintext_hosts)
+
+    def plaintext_uses(self) -> list[Plaintext]:
+        """The dependencies reached without TLS outside loopback (start-up warns)."""
+        endpoint = {"s3": self.s3_endpoint, "gcs": self.gcs_endpoint}.get(self.storage)
+        return list(
+            plaintext_uses(
+                storage_endpoint=endpoint,
+                index_dsn=self.index_url,
+                clamd_host=self.clamd.host,
+                jwks_urls=tuple(i.jwks_url for i in self.jwt_issuers),
+            )
+        )
+
+    def jwks_plain_http(self, url: str) -> bool:
+        """Whether this issuer's keys may come over plain http."""
+        host = urlsplit(url).hostname or ""
+        return self.jwks_allow_http or plaintext_allowed(host, self.plaintext_hosts)
 
     @property
     def per_upload_memory(self) -> int:
@@ -513,6 +582,8 @@ _STRINGS = {
     "LOG_FORMAT": "log_format",
     "LOG_LEVEL": "log_level",
     "TOKEN_AUDIENCE": "token_audience",
+    "STORAGE_ENCRYPTION": "storage_encryption",
+    "STORAGE_KMS_KEY": "storage_kms_key",
 }
 _SIZES = {
     "PART_SIZE": "part_size",
@@ -523,6 +594,7 @@ _INTS = {
     "PORT": "port",
     "PARTS_IN_FLIGHT": "parts_in_flight",
     "CLAMD_MAX_SCANS": "clamd_max_scans",
+    "HSTS_MAX_AGE": "hsts_max_age",
 }
 _FLOATS = {
     "STORAGE_TIMEOUT": "storage_timeout",
@@ -544,6 +616,8 @@ _OTHERS = {
     "ADMINS": "admins",
     "JWT_ISSUERS": "jwt_issuers",
     "JWKS_ALLOW_HTTP": "jwks_allow_http",
+    "S3_BUCKET_KEY": "s3_bucket_key",
+    "PLAINTEXT_HOSTS": "plaintext_hosts",
 }
 #: ``Settings`` field -> its environment variable (config/fileshare.example.env lists them).
 VARIABLES = {
@@ -597,4 +671,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kwargs["jwt_issuers"] = _parse_jwt_issuers(v)
     if v := get("JWKS_ALLOW_HTTP"):
         kwargs["jwks_allow_http"] = _parse_bool(v, "FILESHARE_JWKS_ALLOW_HTTP")
+    if v := get("S3_BUCKET_KEY"):
+        kwargs["s3_bucket_key"] = _parse_bool(v, "FILESHARE_S3_BUCKET_KEY")
+    if v := get("PLAINTEXT_HOSTS"):
+        kwargs["plaintext_hosts"] = frozenset(
+            filter(None, (h.strip().lower() for h in v.split(",")))
+        )
     return Settings(**kwargs)  # type: ignore[arg-type]

@@ -30,6 +30,8 @@ class Readiness:
     _failures: dict[str, int] = field(default_factory=dict)
     #: Checks that have answered at least once: before that, no benefit of the doubt.
     _seen_ok: set[str] = field(default_factory=set)
+    #: Facts reported beside the checks (encryption at rest, plaintext connections).
+    protection: dict[str, object] = field(default_factory=dict)
 
     async def _run(self, name: str, check: Check) -> tuple[str, str | None]:
         try:

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from fileshare.api.keys import DRAINING, IN_FLIGHT
-from fileshare.app import SCANNER, STORAGE, create_app
+from fileshare.app import READINESS, SCANNER, STORAGE, create_app
 from fileshare.config import Settings
 from fileshare.index.base import IndexError_
 from fileshare.scan.base import ScanError
@@ -47,6 +47,7 @@ async def serve(settings: Settings) -> None:
     try:
         await runner.setup()  # opens storage and the index (cleanup contexts)
         await _check_storage(app[STORAGE])
+        verified = await app[STORAGE].verify_encryption()
     except (StorageError, IndexError_) as exc:
         # What did open (storage, when the index fails) is closed here: left to the loop's
         # shutdown, its generator would be torn down half-run and print a traceback.
@@ -63,6 +64,20 @@ async def serve(settings: Settings) -> None:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"cannot listen on {where}: the port is already in use") from None
         raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    app[READINESS].protection["verified"] = verified
+    if settings.encryption.mode == "none":
+        log.warning("storage.encryption", mode="none", found=verified)
+    else:
+        log.info("storage.encryption", mode=settings.encryption.mode, found=verified)
+    for use in settings.plaintext_uses():
+        # Allowed by FILESHARE_PLAINTEXT_HOSTS, and said on every start so nobody forgets.
+        log.warning(
+            "transport.plaintext",
+            dependency=use.what,
+            host=use.host,
+            detail="reached without TLS: anybody on the path can read or change what "
+            "passes (FILESHARE_PLAINTEXT_HOSTS)",
+        )
     log.info(
         "server.listening",
         host=settings.host,

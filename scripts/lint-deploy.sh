@@ -274,7 +274,7 @@ else
         "(test_render.py compares it with recorded kustomize output)"
 fi
 if "$PY" -c 'import pytest' 2>/dev/null; then
-    if out=$("$PY" -m pytest -q -p no:cacheprovider k8s/tools/test_render.py 2>&1); then
+    if out=$("$PY" -m pytest -q -p no:cacheprovider k8s/tools/test_render.py k8s/tools/test_check_protection.py 2>&1); then
         echo "k8s/tools/test_render.py: $(tail -n1 <<<"$out")"
     else
         printf '%s\n' "$out" >&2

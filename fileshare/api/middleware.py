@@ -1,5 +1,11 @@
 """Request id, trace context and authentication, bound to every log line of the request;
-HTTP request metrics."""
+HTTP request metrics.
+
+What a request's log lines say about it is what an operator needs and nothing a patient
+could be recognised by: the route template, never the path (paths carry tag names and
+owners) nor the query string (file names, tags); the client acting when it is a service,
+never the token's subject (a person, often). Who did what to which file is in the audit
+trail, found from a log line by its ``request_id``."""
 
 from __future__ import annotations
 
@@ -13,10 +19,11 @@ from aiohttp.typedefs import Handler
 
 from fileshare import errors
 from fileshare.api.context import PRINCIPAL, REQUEST_ID
-from fileshare.api.keys import AUDIT, AUTHENTICATION, DRAINING, IN_FLIGHT, METRICS
+from fileshare.api.keys import AUDIT, AUTHENTICATION, DRAINING, IN_FLIGHT, METRICS, SETTINGS
 from fileshare.audit import Action, Actor, Result
 from fileshare.auth import policy
 from fileshare.auth.principal import Principal
+from fileshare.metrics import METHODS
 from fileshare.tracecontext import parse_traceparent
 
 log = structlog.get_logger(__name__)
@@ -57,12 +64,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             response.force_close()  # no further requests on this connection
         status = _status(request, response)
         label = "aborted" if status is None else str(status)
-        request.app[METRICS].observe_request(_route(request), request.method, label, seconds)
+        route = _route(request)
+        request.app[METRICS].observe_request(route, request.method, label, seconds)
         if request.path not in PUBLIC_PATHS:
             log.info(
                 "request",
-                method=request.method,
-                path=request.path,
+                method=request.method if request.method in METHODS else "other",
+                route=route,
                 status=status,
                 seconds=round(seconds, 4),
             )
@@ -88,6 +96,8 @@ async def stamp_response(request: web.Request, response: web.StreamResponse) -> 
     if REQUEST_ID not in request:  # answered before the middlewares ran (an Expect: handler)
         request[REQUEST_ID] = uuid.uuid4().hex
     response.headers["X-Request-ID"] = request[REQUEST_ID]
+    if (hsts := request.app[SETTINGS].hsts_header) is not None:
+        response.headers["Strict-Transport-Security"] = hsts
     request[_SENT_STATUS] = response.status
 
 
@@ -115,13 +125,26 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         await _audit_refusal(request, None, exc)
         raise
     request[PRINCIPAL] = principal
-    structlog.contextvars.bind_contextvars(subject=principal.subject, client=principal.client)
+    structlog.contextvars.bind_contextvars(auth=principal.method)
+    if (client := _loggable_client(request, principal)) is not None:
+        structlog.contextvars.bind_contextvars(client=client)
     try:
         policy.authorize(principal, request.method, route)
     except errors.Forbidden as exc:
         await _audit_refusal(request, principal, exc)
         raise
     return await handler(request)
+
+
+def _loggable_client(request: web.Request, principal: Principal) -> str | None:
+    """The client acting, for the logs; None when that would name a person. An external
+    token without a client claim (``azp``, ``client_id``) has only its subject to name the
+    caller, and that subject is often a patient's or a clinician's identifier."""
+    if principal.method != "jwt" or principal.client != principal.subject:
+        return principal.client
+    if principal.issuer == request.app[SETTINGS].base_url:
+        return principal.client  # fileshare's own tokens name its clients
+    return None
 
 
 def route_template(request: web.Request) -> str | None:

@@ -307,6 +307,28 @@ def _schemas() -> dict[str, Schema]:
                     "`server: draining` while shutting down",
                     "additionalProperties": {"type": "string"},
                 },
+                "protection": {
+                    "type": "object",
+                    "description": "How stored bytes and connections are protected",
+                    "required": ["atRest", "verified", "plaintext"],
+                    "properties": {
+                        "atRest": {
+                            "type": "string",
+                            "description": "The encryption asked for on every write "
+                            "(`FILESHARE_STORAGE_ENCRYPTION`)",
+                        },
+                        "verified": {
+                            "type": ["string", "null"],
+                            "description": "What the start-up probe found, or null before it ran",
+                        },
+                        "plaintext": {
+                            "type": "array",
+                            "items": {"enum": ["storage", "index", "clamd", "jwks"]},
+                            "description": "Dependencies reached without TLS outside loopback "
+                            "(allowed by `FILESHARE_PLAINTEXT_HOSTS`)",
+                        },
+                    },
+                },
             },
         },
         "Attachment": {

@@ -73,7 +73,8 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     except errors.FileshareError as exc:
         if exc.status >= 500:
-            log.warning("request.failed", code=exc.code, detail=exc.detail)
+            # The code, not the detail: a detail may quote what the request held.
+            log.warning("request.failed", code=exc.code, status=exc.status)
         return from_error(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:

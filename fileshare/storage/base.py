@@ -11,6 +11,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+#: Where ``Storage.verify_encryption`` writes its (empty, at once deleted) probe objects:
+#: a key of fileshare's own, outside the staging and content prefixes.
+PROBE_PREFIX = "fileshare-probe/"
+
 
 class StorageError(Exception):
     """A backend operation failed (network, server, permission). Fail closed."""
@@ -134,6 +138,12 @@ class Storage(Protocol):
 
     async def ping(self) -> None:
         """Check that both buckets are reachable; raise ``StorageError`` if not."""
+
+    async def verify_encryption(self) -> str:
+        """Check, once at start-up, that what fileshare writes is encrypted at rest as
+        configured (``storage.encryption``), with a probe where the store can show it;
+        return one line saying what was found. Raises ``StorageError`` when the store
+        does not encrypt as asked: fail closed, before any upload."""
 
     async def close(self) -> None:
         """Release clients and connections."""

@@ -29,6 +29,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
             part_size=settings.part_size,
             parts_in_flight=settings.parts_in_flight,
             timeout=settings.storage_timeout,
+            encryption=settings.encryption,
         )
     else:
         from fileshare.storage.gcs import GcsStorage
@@ -39,6 +40,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
             buckets=buckets,
             part_size=settings.part_size,
             timeout=settings.storage_timeout,
+            encryption=settings.encryption,
         )
     try:
         yield storage

@@ -54,7 +54,14 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 from yarl import URL
 
-from fileshare.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+from fileshare.storage.base import (
+    PROBE_PREFIX,
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageError,
+)
+from fileshare.storage.encryption import Encryption
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -288,6 +295,7 @@ class GcsStorage:
         timeout: float = 60.0,
         credentials: Any | None = None,
         max_bytes_rewritten_per_call: int | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         """
         endpoint: base URL of the API (``http://127.0.0.1:4443``), for an emulator;
@@ -304,6 +312,9 @@ class GcsStorage:
             (Workload Identity on GKE) with the devstorage.read_write scope.
         max_bytes_rewritten_per_call: passed to ``objects.rewrite`` (a multiple of
             1 MiB); default lets GCS choose.
+        encryption: with ``kms``, every upload, resumable session and rewrite names the
+            key (``kmsKeyName``, ``destinationKmsKeyName``); otherwise the bucket's
+            default applies.
         """
         if part_size <= 0 or part_size % CHUNK_QUANTUM:
             raise ValueError(f"part_size must be a positive multiple of {CHUNK_QUANTUM}")
@@ -322,6 +333,7 @@ class GcsStorage:
         self.part_size = part_size
         self._timeout = timeout
         self._rewrite_max = max_bytes_rewritten_per_call
+        self.encryption = encryption or Encryption()
         self._tokens: _TokenSource
         if emulator is not None and credentials is None:
             self._tokens = _TokenSource()
@@ -507,7 +519,7 @@ class GcsStorage:
         ).encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
         body = _Buffers(head, data, tail, content_type=f'multipart/related; boundary="{boundary}"')
-        params = {"uploadType": "multipart"}
+        params = {"uploadType": "multipart", **self.encryption.gcs_upload_params()}
         if if_absent:
             params["ifGenerationMatch"] = "0"
         url = self._bucket_url(bucket, "/o", upload=True)
@@ -526,7 +538,7 @@ class GcsStorage:
             "Content-Type": "application/json; charset=UTF-8",
             "X-Upload-Content-Type": content_type,
         }
-        params = {"uploadType": "resumable"}
+        params = {"uploadType": "resumable", **self.encryption.gcs_upload_params()}
         async with self._request(
             "POST", url, what, params=params, headers=headers, data=resource.encode()
         ) as resp:
@@ -653,7 +665,7 @@ class GcsStorage:
         )
         body = json.dumps({"contentType": content_type, "metadata": metadata}).encode()
         headers = {"Content-Type": "application/json; charset=UTF-8"}
-        params = {"ifGenerationMatch": "0"}
+        params = {"ifGenerationMatch": "0", **self.encryption.gcs_rewrite_params()}
         if src_version:
             params["ifSourceGenerationMatch"] = src_version
         if self._rewrite_max:
@@ -693,6 +705,34 @@ class GcsStorage:
                     await self._fail(r, what)
 
         await asyncio.gather(*(one(b) for b in self._buckets))
+
+    async def verify_encryption(self) -> str:
+        """GCS encrypts every object; with ``kms`` a probe object written as uploads are
+        must come back naming the configured key (``kmsKeyName`` holds the key version
+        that encrypted it). Emulators do not record keys: do not use ``kms`` with one."""
+        described = self.encryption.describe("gcs")
+        key = self.encryption.kms_key
+        if self.encryption.mode != "kms" or key is None or not self._buckets:
+            return described
+        bucket = self._buckets[0]
+        probe = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
+        what = f"GCS encryption probe in {bucket}"
+        await self._multipart_upload(bucket, probe, b"", DEFAULT_CONTENT_TYPE, {}, if_absent=True)
+        try:
+            params = {"fields": "kmsKeyName"}
+            url = self._object_url(bucket, probe)
+            async with self._request("GET", url, what, params=params) as resp:
+                if resp.status != 200:
+                    await self._fail(resp, what)
+                kept = (await self._read_json(resp, what)).get("kmsKeyName") or ""
+        finally:
+            await self.delete(bucket, probe)
+        if kept != key and not str(kept).startswith(f"{key}/cryptoKeyVersions/"):
+            raise StorageError(
+                f"bucket {bucket}: objects are not encrypted with the configured KMS key "
+                "(FILESHARE_STORAGE_KMS_KEY)"
+            )
+        return f"{described}; verified on {bucket}"
 
     async def close(self) -> None:
         self._closed = True

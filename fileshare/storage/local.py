@@ -38,6 +38,7 @@ from typing import Any, BinaryIO, TypeVar
 import structlog
 
 from fileshare.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+from fileshare.storage.encryption import Encryption
 
 log = structlog.get_logger(__name__)
 
@@ -209,6 +210,12 @@ class LocalStorage:
                     raise StorageError(f"bucket directory {path} is missing or read-only")
 
         await _run(check, what="ping")
+
+    async def verify_encryption(self) -> str:
+        """Files are written as they are: encryption at rest is the volume's (LUKS, an
+        encrypted cloud disk or PersistentVolume), which fileshare cannot see from here.
+        The start-up log says so."""
+        return Encryption().describe("local")
 
     async def close(self) -> None:
         """Nothing to release."""

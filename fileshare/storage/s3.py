@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import io
 import math
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
@@ -41,7 +42,14 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fileshare.storage.base import ObjectExists, ObjectInfo, ObjectNotFound, StorageError
+from fileshare.storage.base import (
+    PROBE_PREFIX,
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageError,
+)
+from fileshare.storage.encryption import Encryption
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -87,12 +95,14 @@ class S3Storage:
         copy_part_size: int = 128 * MiB,
         copy_parts_in_flight: int = 4,
         conditional_writes: bool = True,
+        encryption: Encryption | None = None,
     ) -> None:
         """``buckets`` are the ones ``ping`` checks. Without ``access_key`` and
         ``secret_key``, botocore's default credential chain applies (environment, web
         identity, instance profile...). ``conditional_writes``: the server honours
         ``If-None-Match: *`` on writes (AWS since 2024, SeaweedFS); if not, ``if_absent``
-        falls back to a HEAD before the write, which is racy."""
+        falls back to a HEAD before the write, which is racy. ``encryption``: what every
+        PutObject, CreateMultipartUpload and CopyObject asks for (``storage.encryption``)."""
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}")
         if not MIN_PART_SIZE <= copy_part_size <= MAX_PART_SIZE:
@@ -109,6 +119,9 @@ class S3Storage:
         self.copy_part_size = copy_part_size
         self.copy_parts_in_flight = copy_parts_in_flight
         self.conditional_writes = conditional_writes
+        self.encryption = encryption or Encryption()
+        #: Spread into every request that creates an object.
+        self._sse = self.encryption.s3_write_args()
         self.timeout = timeout
         self._access_key = access_key
         self._secret_key = secret_key
@@ -135,6 +148,7 @@ class S3Storage:
         copy_part_size: int = 128 * MiB,
         copy_parts_in_flight: int = 4,
         conditional_writes: bool = True,
+        encryption: Encryption | None = None,
     ) -> S3Storage:
         storage = cls(
             buckets=buckets,
@@ -149,6 +163,7 @@ class S3Storage:
             copy_part_size=copy_part_size,
             copy_parts_in_flight=copy_parts_in_flight,
             conditional_writes=conditional_writes,
+            encryption=encryption,
         )
         await storage.start()
         return storage
@@ -245,6 +260,7 @@ class S3Storage:
                     ContentType=content_type,
                     Metadata=metadata,
                     IfNoneMatch="*",
+                    **self._sse,  # type: ignore[arg-type]
                 )
             else:
                 if if_absent:
@@ -253,7 +269,12 @@ class S3Storage:
                     # keys where both write the same bytes.
                     await self._raise_if_exists(bucket, key)
                 resp = await self._client.put_object(
-                    Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata
+                    Bucket=bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    Metadata=metadata,
+                    **self._sse,  # type: ignore[arg-type]
                 )
         return ObjectInfo(
             key=key,
@@ -351,6 +372,79 @@ class S3Storage:
 
         await asyncio.gather(*(check(b) for b in self.buckets))
 
+    async def verify_encryption(self) -> str:
+        """A probe object, written to the first bucket as uploads are and read back with
+        HEAD, must come back encrypted as asked: a store that ignores the headers (some
+        S3-compatible ones do), or a bucket without default encryption under ``default``,
+        is refused at start rather than left holding PHI in the clear. Under ``sse-s3``
+        and ``kms`` a second probe without the headers tells whether the bucket itself
+        refuses or encrypts what arrives unasked (the bucket policy and default
+        encryption of ``k8s/iam``); that answer is reported, not enforced."""
+        described = self.encryption.describe("s3")
+        if not self.buckets or self.encryption.mode == "none":
+            return described
+        bucket = self.buckets[0]
+        expected = self.encryption.s3_algorithm
+        if expected is None:  # default: whatever the bucket applies, but something
+            if (default := await self._probe_unasked(bucket)) is None:
+                raise StorageError(
+                    f"bucket {bucket} keeps objects unencrypted: give it default encryption "
+                    "(k8s/iam), or set FILESHARE_STORAGE_ENCRYPTION=sse-s3 (or none, if the "
+                    "store encrypts below the S3 API)"
+                )
+            return f"{described}; verified on {bucket} ({default})"
+        head = await self._probe(bucket, self._sse)
+        got = head.get("ServerSideEncryption")
+        if got != expected:
+            raise StorageError(
+                f"bucket {bucket}: asked for {expected} encryption, the store reports "
+                f"{got or 'none'} (FILESHARE_STORAGE_ENCRYPTION)"
+            )
+        key = self.encryption.kms_key
+        if key is not None and not key.startswith("alias/"):
+            kept = head.get("SSEKMSKeyId") or ""
+            if kept != key and not kept.endswith(f"/{key}"):
+                raise StorageError(f"bucket {bucket}: objects are not encrypted with the KMS key")
+        try:
+            default = await self._probe_unasked(bucket)
+        except StorageError as exc:
+            if "AccessDenied" not in str(exc):
+                raise
+            posture = "the bucket refuses unencrypted writes"
+        else:
+            if default is None:
+                log.warning(
+                    "storage.unencrypted_writes_accepted",
+                    bucket=bucket,
+                    detail="objects written without encryption headers stay unencrypted: "
+                    "apply the bucket policy and default encryption of k8s/iam",
+                )
+                posture = "the bucket keeps unasked writes unencrypted (see k8s/iam)"
+            else:
+                posture = f"the bucket encrypts unasked writes ({default})"
+        return f"{described}; verified on {bucket}; {posture}"
+
+    async def _probe_unasked(self, bucket: str) -> str | None:
+        """How the bucket encrypts a write that asks for nothing; None: it does not."""
+        return (await self._probe(bucket, {})).get("ServerSideEncryption")
+
+    async def _probe(self, bucket: str, sse: dict[str, str | bool]) -> dict[str, str]:
+        """Write, HEAD and delete an empty object under a key of fileshare's own."""
+        key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
+        with _translate(f"encryption probe in {bucket}"):
+            await self._client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=b"",
+                **sse,  # type: ignore[arg-type]
+            )
+            try:
+                head = await self._client.head_object(Bucket=bucket, Key=key)
+            finally:
+                await self._client.delete_object(Bucket=bucket, Key=key)
+        kept = ("ServerSideEncryption", "SSEKMSKeyId")
+        return {k: str(v) for k, v in head.items() if k in kept}
+
     # --- helpers ---------------------------------------------------------------------
 
     async def _raise_if_exists(self, bucket: str, key: str) -> None:
@@ -429,6 +523,7 @@ class S3Writer:
                         Body=self._buf.peek(),
                         ContentType=self._content_type,
                         Metadata=self._metadata,
+                        **self._s._sse,  # type: ignore[arg-type]
                     )
                 etag = _etag(resp["ETag"])
             else:
@@ -510,6 +605,7 @@ class S3Writer:
                 # Each part carries a CRC32 the server checks, and the completed upload
                 # records them: end-to-end integrity without signing payloads.
                 ChecksumAlgorithm="CRC32",
+                **self._s._sse,  # type: ignore[arg-type]
             )
         return resp["UploadId"]
 
@@ -576,6 +672,7 @@ class S3PendingCopy:
                 Key=self._key,
                 ContentType=self._content_type,
                 Metadata=self._metadata,
+                **self._s._sse,  # type: ignore[arg-type]
             )
         self._upload_id = resp["UploadId"]
         limit = asyncio.Semaphore(self._s.copy_parts_in_flight)
@@ -601,6 +698,7 @@ class S3PendingCopy:
                         Metadata=self._metadata,
                         **self._target_condition,  # type: ignore[arg-type]
                         **self._source_condition,  # type: ignore[arg-type]
+                        **self._s._sse,  # type: ignore[arg-type]
                     )
                 etag = _etag(resp["CopyObjectResult"].get("ETag", ""))
             else:

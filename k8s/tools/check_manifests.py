@@ -34,6 +34,9 @@ Checked, for every overlay:
 Checked once: the S3 lifecycle files against botocore's PutBucketLifecycleConfiguration
 model (when botocore is importable), the GCS lifecycle file's structure, the example IAM
 policy against the S3 overlay's bucket names.
+Encryption at rest and in transit (bucket policies, default encryption, KMS grant, GCS
+bucket settings, Ingress TLS, clamd kept off the network): check_protection.py, called from
+main below.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_protection  # beside this file, whatever the working directory
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -917,6 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     f = Findings()
     envs: dict[str, dict[str, str]] = {}
+    rendered: dict[str, list[Obj]] = {}
     for item in args.rendered:
         overlay, sep, file = item.partition("=")
         if not sep:
@@ -928,9 +935,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             envs[overlay] = check_overlay(f, overlay, objs)
+            rendered[overlay] = objs
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             f.add(f"[{overlay}]", f"malformed manifests, checks stopped: {exc!r}")
     check_lifecycle(f, args.k8s_dir, envs.get("s3"))
+    try:
+        check_protection.check(
+            f, args.k8s_dir, {name: (objs, envs[name]) for name, objs in rendered.items()}
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        f.add("[protection]", f"malformed input, checks stopped: {exc!r}")
     for item in f.items:
         print(f"FINDING {item}")
     print(f"check_manifests: {len(args.rendered)} overlay(s), {len(f.items)} finding(s)")

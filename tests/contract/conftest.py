@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fileshare.storage.base import Storage
+from fileshare.storage.encryption import Encryption
 from fileshare.storage.local import WRITE_BATCH, LocalStorage
 from fileshare.storage.s3 import MIN_PART_SIZE, S3Storage
 
@@ -90,6 +91,8 @@ async def s3_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             parts_in_flight=2,
             timeout=30,
             copy_part_size=PART_SIZE,  # several copy parts even for small test objects
+            # As deployed: every contract test (ranges, copies...) runs on encrypted objects.
+            encryption=Encryption("sse-s3"),
         )
 
     storage = make(seaweed.secret_key)

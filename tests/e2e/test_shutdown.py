@@ -107,11 +107,11 @@ async def test_in_flight_upload_finishes_after_sigterm(serve: Any) -> None:
     assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["size"] == len(body)
     assert proc.wait(timeout=20) == 0
-    # Production logs: one JSON object a line, requests bound to their id and principal.
+    # Production logs: one JSON object a line, requests bound to their id and client.
     lines = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]
-    requests = [e for e in lines if e["event"] == "request" and e["path"] == "/v1/files"]
+    requests = [e for e in lines if e["event"] == "request" and e["route"] == "/v1/files"]
     assert requests
-    assert requests[0]["subject"] == "alice"
+    assert requests[0]["client"] == "alice"
     assert requests[0]["request_id"]
     promoted = [e for e in lines if e["event"] == "file.promoted"]
     assert promoted[0]["request_id"] == requests[0]["request_id"]

@@ -280,6 +280,92 @@ def test_refused_s3_credentials_are_named(tmp_path: Path, clamd: Clamd, seaweed:
     assert "wrong-secret" not in line
 
 
+def test_an_s3_bucket_that_would_keep_phi_unencrypted_stops_the_start(
+    tmp_path: Path, clamd: Clamd, seaweed: SeaweedS3
+) -> None:
+    """``default`` trusts the bucket's own encryption; SeaweedFS applies none, so the probe
+    object comes back plain and fileshare refuses to run (fail closed, before any upload)."""
+    seaweed.create_bucket("startup-unscanned")
+    seaweed.create_bucket("startup-permanent")
+    env = _s3_env(
+        tmp_path,
+        clamd,
+        seaweed.endpoint,
+        FILESHARE_S3_ACCESS_KEY=seaweed.access_key,
+        FILESHARE_S3_SECRET_KEY=seaweed.secret_key,
+        FILESHARE_STORAGE_ENCRYPTION="default",
+    )
+    line = _one_line(_serve(env))
+    assert line.startswith(f"storage (s3 at {seaweed.endpoint}) is not usable: ")
+    assert "bucket startup-unscanned keeps objects unencrypted" in line
+
+
+def test_serve_verifies_and_reports_encryption_at_rest(
+    tmp_path: Path, clamd: Clamd, seaweed: SeaweedS3, background: Any
+) -> None:
+    seaweed.create_bucket("startup-unscanned")
+    seaweed.create_bucket("startup-permanent")
+    env = _s3_env(
+        tmp_path,
+        clamd,
+        seaweed.endpoint,
+        FILESHARE_S3_ACCESS_KEY=seaweed.access_key,
+        FILESHARE_S3_SECRET_KEY=seaweed.secret_key,
+        FILESHARE_LOG_LEVEL="INFO",
+    )
+    proc = background(env)
+    port = int(env["FILESHARE_PORT"])
+    _poll(lambda: proc.poll() is not None or _get(port, "/readyz") == 200)
+    assert proc.poll() is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+        protection = json.load(resp)["protection"]
+    assert protection["atRest"] == "SSE-S3 (AES256) on every write"
+    assert protection["verified"].startswith(
+        "SSE-S3 (AES256) on every write; verified on startup-unscanned; "
+    )
+    assert protection["plaintext"] == []
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+    [said] = [e for e in lines if e["event"] == "storage.encryption"]
+    assert said["mode"] == "sse-s3"
+    assert said["found"] == protection["verified"]
+
+
+def test_a_plaintext_dependency_is_named_loudly_at_every_start(
+    tmp_path: Path, clamd: Clamd, background: Any
+) -> None:
+    """A host listed in FILESHARE_PLAINTEXT_HOSTS may be reached without TLS, and each start
+    says so as a warning (here the JWKS of an issuer on a name that is not loopback)."""
+    env = _env(
+        tmp_path,
+        FILESHARE_CLAMD=clamd.address,
+        FILESHARE_LOG_LEVEL="WARNING",
+        FILESHARE_PLAINTEXT_HOSTS="idp.mesh.internal",
+        FILESHARE_JWT_ISSUERS=json.dumps(
+            [
+                {
+                    "issuer": "https://idp.example.org/",
+                    "jwks_url": "http://idp.mesh.internal/jwks",
+                    "audience": "fileshare",
+                }
+            ]
+        ),
+    )
+    proc = background(env)
+    port = int(env["FILESHARE_PORT"])
+    _poll(lambda: proc.poll() is not None or _get(port, "/readyz") == 200)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+        assert json.load(resp)["protection"]["plaintext"] == ["jwks"]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+    warned = [e for e in lines if e["event"] == "transport.plaintext"]
+    assert [(e["dependency"], e["host"], e["level"]) for e in warned] == [
+        ("jwks", "idp.mesh.internal", "warning")
+    ]
+
+
 def test_a_missing_gcs_bucket_is_named(tmp_path: Path, clamd: Clamd, fake_gcs: FakeGcs) -> None:
     fake_gcs.create_bucket("startup-gcs-unscanned")
     env = _env(

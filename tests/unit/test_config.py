@@ -139,7 +139,9 @@ def test_check_config_prints_a_readable_summary_without_secrets() -> None:
         [sys.executable, "-m", "fileshare", "check-config"],
         env={
             "FILESHARE_API_KEYS": "dev:dev-key-0123456789abcdef",
-            "FILESHARE_INDEX_URL": "postgresql://fileshare:Sup3r-s3cret@db.internal/fileshare",
+            "FILESHARE_INDEX_URL": (
+                "postgresql://fileshare:Sup3r-s3cret@db.internal/fileshare?sslmode=verify-full"
+            ),
             "FILESHARE_STORAGE": "s3",
             "FILESHARE_S3_ACCESS_KEY": "AKIAEXAMPLE",
             "FILESHARE_S3_SECRET_KEY": "s3-secret-key-value",
@@ -155,6 +157,8 @@ def test_check_config_prints_a_readable_summary_without_secrets() -> None:
     for secret in ("Sup3r-s3cret", "dev-key-0123456789abcdef", "s3-secret-key-value"):
         assert secret not in out
     assert "postgresql postgresql://fileshare:***@db.internal/fileshare" in out
+    assert "at rest:  SSE-S3 (AES256) on every write" in out
+    assert "transport: TLS to every dependency outside loopback" in out
     assert "storage:  s3 at AWS (us-east-1)" in out
     assert "1 principal(s): dev" in out
     bad = subprocess.run(
