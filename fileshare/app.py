@@ -11,7 +11,7 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
-from fileshare.api import admin, docs, files, oauth, openapi, problems, tags
+from fileshare.api import admin, docs, edge, files, oauth, openapi, problems, tags
 from fileshare.api import audit as audit_api
 from fileshare.api.keys import (
     AUDIT,
@@ -102,12 +102,25 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[
             request_context,
             problems.problems_middleware,
+            edge.refuse_unsupported,
             refuse_while_draining,
             authenticate,
         ],
         # Uploads are streamed, never read whole; this bounds only what aiohttp itself
         # would buffer (request.read/post), which fileshare never calls.
         client_max_size=1024 * 1024,
+        handler_args={
+            "max_line_size": settings.max_line_size,
+            "max_field_size": settings.max_field_size,
+            "max_headers": settings.max_headers,
+            # Bodies are never inflated: every route refuses Content-Encoding (415), so a
+            # refused gzip bomb is drained, if at all, as the small thing it is on the wire.
+            "auto_decompress": False,
+            # After an answer that left the body unread, read (and drop) what the client
+            # still sends for at most this long, so the answer is not lost to a reset,
+            # then close.
+            "lingering_time": edge.LINGER_SECONDS,
+        },
     )
     # Every answer, streamed ones included, gets its X-Request-ID as its headers go out.
     app.on_response_prepare.append(stamp_response)
@@ -139,6 +152,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(admin.routes)
     app.add_routes(oauth.routes)
     app.add_routes(audit_api.routes)  # GET /v1/audit
+    edge.meet_expectations_late(app)
     return app
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fileshare.auth.principal import Role
 from fileshare.storage.encryption import Encryption, EncryptionMode, default_mode
@@ -23,7 +23,9 @@ from fileshare.transport import (
     http_endpoint_problem,
     is_loopback,
     plaintext_allowed,
+    plaintext_host_entry,
     plaintext_uses,
+    postgres_authority_host,
     postgres_problem,
 )
 
@@ -185,6 +187,10 @@ class Settings:
     port: int = 8080
     public_base_url: str = "http://127.0.0.1:8080"
     shutdown_grace: float = 30.0
+    #: HTTP parser limits: the request line, one header line, the number of headers.
+    max_line_size: int = 8190
+    max_field_size: int = 8190
+    max_headers: int = 100
     # auth: principal -> API key
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: Bootstrap principals (of ``api_keys``) with the admin role; the others are
@@ -283,6 +289,13 @@ class Settings:
                 "run it beside fileshare (tcp://127.0.0.1 or a unix socket), or list the host "
                 "in FILESHARE_PLAINTEXT_HOSTS"
             )
+        for variable, value, least in (
+            ("FILESHARE_MAX_LINE_SIZE", self.max_line_size, 1024),
+            ("FILESHARE_MAX_FIELD_SIZE", self.max_field_size, 1024),
+            ("FILESHARE_MAX_HEADERS", self.max_headers, 16),
+        ):
+            if not least <= value <= 1024 * 1024:
+                raise ConfigError(f"{variable} must be from {least} to 1048576")
         if self.hsts_max_age < 0:
             raise ConfigError("FILESHARE_HSTS_MAX_AGE must be zero or more seconds")
         if self.storage == "s3" and (self.s3_access_key is None) != (self.s3_secret_key is None):
@@ -341,7 +354,7 @@ class Settings:
         """``Strict-Transport-Security`` for every answer when fileshare is reached over
         https: a browser (the docs page, a partner's upload form) then never falls back
         to plain http for this host, whatever a link says."""
-        if self.hsts_max_age == 0 or not self.base_url.startswith("https://"):
+        if self.hsts_max_age == 0 or urlsplit(self.base_url).scheme.lower() != "https":
             return None
         return f"max-age={self.hsts_max_age}"
 
@@ -354,6 +367,9 @@ class Settings:
         )
 
     def endpoint_problem(self, url: str) -> str | None:
+        if self.storage == "gcs" and "://" not in url:
+            # ``host:port`` (the STORAGE_EMULATOR_HOST form) is plain http to the backend.
+            url = f"http://{url}"
         return http_endpoint_problem(url, self.plaintext_hosts)
 
     def plaintext_uses(self) -> list[Plaintext]:
@@ -595,6 +611,9 @@ _INTS = {
     "PARTS_IN_FLIGHT": "parts_in_flight",
     "CLAMD_MAX_SCANS": "clamd_max_scans",
     "HSTS_MAX_AGE": "hsts_max_age",
+    "MAX_LINE_SIZE": "max_line_size",
+    "MAX_FIELD_SIZE": "max_field_size",
+    "MAX_HEADERS": "max_headers",
 }
 _FLOATS = {
     "STORAGE_TIMEOUT": "storage_timeout",
@@ -675,6 +694,29 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kwargs["s3_bucket_key"] = _parse_bool(v, "FILESHARE_S3_BUCKET_KEY")
     if v := get("PLAINTEXT_HOSTS"):
         kwargs["plaintext_hosts"] = frozenset(
-            filter(None, (h.strip().lower() for h in v.split(",")))
+            filter(None, (plaintext_host_entry(h) for h in v.split(",")))
         )
+    if "gcs_endpoint" not in kwargs and env.get("STORAGE_EMULATOR_HOST"):
+        # google-cloud's convention, which the GCS backend honours too: checked here like
+        # the setting itself (it is plain http to an emulator, anonymous).
+        kwargs["gcs_endpoint"] = env["STORAGE_EMULATOR_HOST"]
+    if "index_url" in kwargs:
+        kwargs["index_url"] = with_pg_environment(str(kwargs["index_url"]), env)
     return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def with_pg_environment(dsn: str, env: Mapping[str, str]) -> str:
+    """The index URL with what asyncpg would take from ``PGHOST`` and ``PGSSLMODE`` written
+    into it, so that the TLS rules check what will really be used (a ``PGSERVICE`` file,
+    which could name anything, is refused)."""
+    if env.get("PGSERVICE"):
+        raise ConfigError("FILESHARE_INDEX_URL: PGSERVICE is set; name the host in the URL")
+    query = parse_qs(urlsplit(dsn).query)
+    extra = {}
+    if "sslmode" not in query and env.get("PGSSLMODE"):
+        extra["sslmode"] = env["PGSSLMODE"]
+    if not postgres_authority_host(dsn) and "host" not in query and env.get("PGHOST"):
+        extra["host"] = env["PGHOST"]
+    if not extra:
+        return dsn
+    return dsn + ("&" if urlsplit(dsn).query else "?") + urlencode(extra)

@@ -47,6 +47,49 @@ class MalformedMultipart(BadRequest):
     code, title = "malformed_multipart", "Malformed multipart body"
 
 
+class MalformedRequest(BadRequest):
+    """The request line or headers are not HTTP/1.1 as RFC 9112 defines it (a NUL or bare CR
+    in a header, a field without a colon, obs-fold, a bad or duplicated `Content-Length`,
+    `Content-Length` together with `Transfer-Encoding`, an unknown method, bad chunk framing).
+    Nothing of the request is echoed back; the connection is closed."""
+
+    code, title = "malformed_request", "Malformed HTTP request"
+
+
+class RequestLineTooLong(FileshareError):
+    """The request line (method, path and query) is longer than `FILESHARE_MAX_LINE_SIZE`."""
+
+    status, code, title = 414, "request_line_too_long", "Request line too long"
+
+
+class HeadersTooLarge(FileshareError):
+    """A header line is longer than `FILESHARE_MAX_FIELD_SIZE`, or there are more than
+    `FILESHARE_MAX_HEADERS` of them (RFC 6585: 431)."""
+
+    status, code, title = 431, "headers_too_large", "Request header fields too large"
+
+
+class UnsupportedHttpVersion(BadRequest):
+    """fileshare speaks HTTP/1.0 and HTTP/1.1 on this connection; other major versions (an
+    `HTTP/2.0` request line over HTTP/1) are refused."""
+
+    code, title = "unsupported_http_version", "HTTP version not supported"
+
+
+class UnsupportedTransferCoding(BadRequest):
+    """`Transfer-Encoding` names a coding other than `chunked` (gzip, deflate...): the body
+    would not be the bytes of the file. Send it unencoded, chunked or with a length."""
+
+    code, title = "unsupported_transfer_coding", "Transfer coding not supported"
+
+
+class ExpectationFailed(FileshareError):
+    """`Expect` holds something other than `100-continue`, the only expectation fileshare
+    meets (RFC 9110 §10.1.1)."""
+
+    status, code, title = 417, "expectation_failed", "Expectation failed"
+
+
 class InvalidFileName(BadRequest):
     """The file name (from `?name=` or Content-Disposition) is refused: it holds a path, a NUL,
     control or bidi characters, is over 255 bytes or is not UTF-8."""

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from fileshare.api.edge import EdgeRunner
 from fileshare.api.keys import DRAINING, IN_FLIGHT
 from fileshare.app import READINESS, SCANNER, STORAGE, create_app
 from fileshare.config import Settings
@@ -41,8 +42,12 @@ class StartupError(Exception):
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT. Raises ``StartupError`` when it cannot start."""
     app = create_app(settings)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=CLEANUP_TIMEOUT
+    runner = EdgeRunner(
+        app,
+        base_url=settings.base_url,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=CLEANUP_TIMEOUT,
     )
     try:
         await runner.setup()  # opens storage and the index (cleanup contexts)
@@ -64,7 +69,8 @@ async def serve(settings: Settings) -> None:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"cannot listen on {where}: the port is already in use") from None
         raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    app[READINESS].protection["verified"] = verified
+    # Public (probes reach it): that it was verified, not the buckets and what they do.
+    app[READINESS].protection["verified"] = True
     if settings.encryption.mode == "none":
         log.warning("storage.encryption", mode="none", found=verified)
     else:

@@ -24,18 +24,38 @@ TLS_SSLMODES = frozenset({"require", "verify-ca", "verify-full"})
 ANY_HOST = "*"
 
 
+def normal_host(host: str) -> str:
+    """A host as compared here: lower case, without IPv6 brackets or a trailing dot."""
+    return host.strip().strip("[]").rstrip(".").lower()
+
+
 def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
+    host = normal_host(host)
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def plaintext_host_entry(entry: str) -> str:
+    """A ``FILESHARE_PLAINTEXT_HOSTS`` entry as a host: ``[fd00::1]`` and ``db:5432`` are
+    read as the hosts they name (a port never narrows the listing)."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        return normal_host(entry[: entry.find("]") + 1])
+    if entry.count(":") == 1:
+        entry = entry.partition(":")[0]
+    return normal_host(entry)
 
 
 def plaintext_allowed(host: str, plaintext_hosts: frozenset[str]) -> bool:
     """Whether ``host`` may be reached without TLS."""
-    return is_loopback(host) or ANY_HOST in plaintext_hosts or host.lower() in plaintext_hosts
+    host = normal_host(host)
+    return is_loopback(host) or ANY_HOST in plaintext_hosts or host in plaintext_hosts
 
 
 @dataclass(frozen=True)
@@ -62,12 +82,14 @@ def http_endpoint_problem(url: str, plaintext_hosts: frozenset[str]) -> str | No
 
 
 def postgres_hosts(dsn: str) -> list[str]:
-    """The hosts a PostgreSQL DSN may connect to (libpq takes a comma-separated list);
-    none for a unix socket. A ``host`` query parameter wins over the authority, as libpq
-    and asyncpg read it."""
+    """The hosts a PostgreSQL DSN connects to (a comma-separated list is tried in turn);
+    none for a unix socket. As asyncpg reads it: the authority, else a ``host`` query
+    parameter (``config.with_pg_environment`` makes a ``PGHOST`` fallback explicit)."""
     parts = urlsplit(dsn)
     query = parse_qs(parts.query).get("host")
-    raw = query[-1] if query else parts.netloc.rpartition("@")[2]
+    raw = parts.netloc.rpartition("@")[2]
+    if not postgres_authority_host(dsn):
+        raw = query[-1] if query else ""
     hosts = []
     for item in (i.strip() for i in raw.split(",")):
         if not item or item.startswith("/") or item.startswith("%2F"):
@@ -78,15 +100,23 @@ def postgres_hosts(dsn: str) -> list[str]:
     return hosts
 
 
+def postgres_authority_host(dsn: str) -> str:
+    """The (first) host of the URL's authority, empty when it names none."""
+    first = urlsplit(dsn).netloc.rpartition("@")[2].split(",")[0]
+    return first[1 : first.find("]")] if first.startswith("[") else first.split(":")[0]
+
+
 def postgres_sslmode(dsn: str) -> str | None:
     modes = parse_qs(urlsplit(dsn).query).get("sslmode")
-    return modes[-1] if modes else None
+    return modes[-1].lower() if modes else None
 
 
 def postgres_problem(dsn: str, plaintext_hosts: frozenset[str]) -> str | None:
     """What makes an index DSN send the index in the clear, or None. Never echoes the DSN
     (it holds a password). Without an ``sslmode`` asyncpg would *prefer* TLS and fall back
     to plaintext silently, so outside loopback the DSN must choose one that encrypts."""
+    if "service" in parse_qs(urlsplit(dsn).query):
+        return "names a service: write the host and sslmode in the URL itself"
     exposed = [h for h in postgres_hosts(dsn) if not plaintext_allowed(h, plaintext_hosts)]
     mode = postgres_sslmode(dsn)
     if not exposed or mode in TLS_SSLMODES:
@@ -123,7 +153,7 @@ def plaintext_uses(
 
 def _plain_http_host(url: str) -> str | None:
     """The host of a plain-http URL outside loopback, else None."""
-    parts = urlsplit(url)
+    parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http" or not parts.hostname or is_loopback(parts.hostname):
         return None
     return parts.hostname

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, ClientError, MultipartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError, HttpProcessingError
 
 from fileshare import errors
+from fileshare.api.edge import continue_if_expected
 from fileshare.api.names import name_from_content_disposition, validate_media_type, validate_name
 
 #: Non-file form fields are skipped, but only if small: a form is not a place to smuggle data.
@@ -56,12 +57,15 @@ _DIGEST_MEMBER = re.compile(r"^\s*([a-z0-9-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*$")
 
 def declared_sha256(request: web.Request) -> str | None:
     """The sha-256 of ``Content-Digest`` or ``Repr-Digest`` (the same thing for a raw,
-    unencoded body); other algorithms are ignored, as RFC 9530 allows."""
+    unencoded body); other algorithms are ignored, as RFC 9530 allows. Every sha-256 member
+    of every such header counts: they must all name the same digest (checking only the
+    first would let a second, wrong one pass unnoticed by whoever relies on it)."""
+    found: set[str] = set()
     for header in ("Content-Digest", "Repr-Digest"):
-        value = request.headers.get(header)
-        if not value:
-            continue
-        for member in value.split(","):
+        # Several fields of one name are one comma-separated list (RFC 9110 §5.3).
+        for member in ",".join(request.headers.getall(header, [])).split(","):
+            if not member.strip():
+                continue
             m = _DIGEST_MEMBER.match(member)
             if not m:
                 raise errors.InvalidDigest(f"{header} is not an RFC 9530 digest dictionary")
@@ -73,16 +77,23 @@ def declared_sha256(request: web.Request) -> str | None:
                 raise errors.InvalidDigest(f"{header}: sha-256 is not base64") from None
             if len(digest) != 32:
                 raise errors.InvalidDigest(f"{header}: sha-256 must be 32 bytes")
-            return digest.hex()
-    return None
+            found.add(digest.hex())
+    if len(found) > 1:
+        raise errors.InvalidDigest("the request declares different sha-256 digests")
+    return found.pop() if found else None
 
 
 async def _raw_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    await continue_if_expected(request)  # the first read: every refusal is behind us
     try:
         async for chunk in request.content.iter_any():
             yield chunk
     except web.RequestPayloadError:
         raise errors.BadRequest("the request body could not be read as sent") from None
+    except ContentLengthError:  # the connection ended before the declared length
+        raise errors.ClientDisconnected("the request body ended early") from None
+    except BadHttpMessage:  # chunk framing the parser refused: the client is still there
+        raise errors.MalformedRequest("the body's chunked framing is broken") from None
     except _TRANSPORT_ERRORS:
         raise errors.ClientDisconnected("the request body ended early") from None
 
@@ -111,12 +122,19 @@ def _multipart_errors() -> Iterator[None]:
         raise
     except (ValueError, AssertionError, RuntimeError, KeyError, web.RequestPayloadError):
         raise errors.MalformedMultipart("the multipart body is malformed") from None
+    except ContentLengthError:
+        raise errors.ClientDisconnected("the request body ended early") from None
+    except BadHttpMessage:
+        # A part's headers the parser refused (a NUL, an over-long line, no colon): the
+        # client sent them and is waiting for the answer.
+        raise errors.MalformedMultipart("a part's headers are malformed") from None
     except _TRANSPORT_ERRORS:
         raise errors.ClientDisconnected("the request body ended early") from None
 
 
 async def multipart_file(request: web.Request) -> IncomingFile:
     """Find the file part; the chunks iterator then checks that nothing follows it."""
+    await continue_if_expected(request)
     with _multipart_errors():
         reader = await request.multipart()
         while True:
@@ -167,6 +185,7 @@ async def read_json(request: web.Request, *, media_types: tuple[str, ...]) -> ob
         raise errors.PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BODY} bytes")
     parts: list[bytes] = []
     size = 0
+    await continue_if_expected(request)
     try:
         while chunk := await request.content.read(16 * 1024):
             size += len(chunk)

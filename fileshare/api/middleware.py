@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 from fileshare import errors
 from fileshare.api.context import PRINCIPAL, REQUEST_ID
 from fileshare.api.keys import AUDIT, AUTHENTICATION, DRAINING, IN_FLIGHT, METRICS, SETTINGS
+from fileshare.api.routing import route_template
 from fileshare.audit import Action, Actor, Result
 from fileshare.auth import policy
 from fileshare.auth.principal import Principal
@@ -145,12 +146,6 @@ def _loggable_client(request: web.Request, principal: Principal) -> str | None:
     if principal.issuer == request.app[SETTINGS].base_url:
         return principal.client  # fileshare's own tokens name its clients
     return None
-
-
-def route_template(request: web.Request) -> str | None:
-    """The matched route's template (``/v1/files/{file_id}``), None when nothing matched."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else None
 
 
 async def _audit_refusal(

@@ -57,15 +57,21 @@ def name_from_content_disposition(header: str) -> str | None:
     return validate_name(plain)
 
 
-_PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+_PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
 
 
 def _disposition_params(header: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for m in _PARAM.finditer(header):
-        value = m.group(2)
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        quoted, token = m.group(2), m.group(3)
+        if quoted is not None:
+            value = re.sub(r"\\(.)", r"\1", quoted)
+        elif token.startswith('"'):
+            # An opening quote that never closes: guessing where the name ends would
+            # store another name than the one sent.
+            raise errors.InvalidFileName("Content-Disposition holds an unterminated quote")
+        else:
+            value = token
         params.setdefault(m.group(1).lower(), value)
     return params
 

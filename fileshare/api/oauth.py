@@ -16,6 +16,7 @@ from aiohttp import web
 
 from fileshare import errors
 from fileshare.api.context import REQUEST_ID
+from fileshare.api.edge import continue_if_expected
 from fileshare.api.keys import SETTINGS, TOKEN_ISSUER, TOKEN_KEYS
 from fileshare.auth.issuer import (
     AUTH_METHODS,
@@ -65,6 +66,7 @@ async def _form(request: web.Request) -> list[tuple[str, str]]:
         raise invalid_request(f"the request body is over {MAX_FORM} bytes")
     parts: list[bytes] = []
     size = 0
+    await continue_if_expected(request)
     try:
         while chunk := await request.content.read(MAX_FORM):
             size += len(chunk)

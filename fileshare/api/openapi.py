@@ -298,7 +298,7 @@ def _schemas() -> dict[str, Schema]:
         },
         "Readiness": {
             "type": "object",
-            "required": ["status", "checks"],
+            "required": ["status", "checks", "protection"],
             "properties": {
                 "status": {"enum": ["ready", "not ready"]},
                 "checks": {
@@ -311,6 +311,7 @@ def _schemas() -> dict[str, Schema]:
                     "type": "object",
                     "description": "How stored bytes and connections are protected",
                     "required": ["atRest", "verified", "plaintext"],
+                    "additionalProperties": False,
                     "properties": {
                         "atRest": {
                             "type": "string",
@@ -318,12 +319,16 @@ def _schemas() -> dict[str, Schema]:
                             "(`FILESHARE_STORAGE_ENCRYPTION`)",
                         },
                         "verified": {
-                            "type": ["string", "null"],
-                            "description": "What the start-up probe found, or null before it ran",
+                            "type": ["boolean", "null"],
+                            "description": "Whether the start-up probe confirmed it (null before "
+                            "it ran); what it found is in the start-up log and `check-config`",
                         },
                         "plaintext": {
                             "type": "array",
-                            "items": {"enum": ["storage", "index", "clamd", "jwks"]},
+                            "items": {
+                                "type": "string",
+                                "enum": ["storage", "index", "clamd", "jwks"],
+                            },
                             "description": "Dependencies reached without TLS outside loopback "
                             "(allowed by `FILESHARE_PLAINTEXT_HOSTS`)",
                         },

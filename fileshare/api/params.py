@@ -146,7 +146,8 @@ def file_query(query: MultiMapping[str], *, search: bool) -> FileQuery:
     unknown = sorted(set(query) - allowed)
     if unknown:
         raise errors.InvalidParameter(
-            f"unknown parameter {unknown[0][:40]!r}; this route takes {', '.join(sorted(allowed))}"
+            # Not quoted back: a stray name is the client's input (and could be anything).
+            f"unknown parameter; this route takes {', '.join(sorted(allowed))}"
         )
     after = _single(query, "offsetKey")
     name = _single(query, "name")

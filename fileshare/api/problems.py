@@ -12,8 +12,33 @@ from fileshare import errors
 from fileshare.api.context import REQUEST_ID
 from fileshare.api.keys import SETTINGS
 from fileshare.api.problem_types import HTTP_ERROR, METHOD_NOT_ALLOWED, type_uri
+from fileshare.api.routing import route_template
 
 log = structlog.get_logger(__name__)
+
+
+def problem_document(
+    base_url: str,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    instance: str,
+    request_id: str,
+    problem_type: str | None = None,
+) -> dict[str, object]:
+    """The RFC 9457 members every answer carries; each code's type URI is a page fileshare
+    serves itself (``/problems/{code}``)."""
+    return {
+        "type": problem_type or type_uri(base_url, code),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": instance,
+        "requestId": request_id,
+    }
 
 
 def problem_response(
@@ -27,25 +52,26 @@ def problem_response(
     extra: dict[str, object] | None = None,
     problem_type: str | None = None,
 ) -> web.Response:
-    # Each code's type URI is a page fileshare serves itself (``/problems/{code}``).
-    body: dict[str, object] = {
-        "type": problem_type or type_uri(request.app[SETTINGS].base_url, code),
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-        "instance": request.path,
-        "requestId": request.get(REQUEST_ID, ""),
-    }
+    body = problem_document(
+        request.app[SETTINGS].base_url,
+        status=status,
+        code=code,
+        title=title,
+        detail=detail,
+        # The route, not the path: paths carry ids and tag names the client chose, and an
+        # answer echoes nothing of the request.
+        instance=route_template(request) or "",
+        request_id=request.get(REQUEST_ID, ""),
+        problem_type=problem_type,
+    )
     if extra:
         body.update(extra)
-    response = web.Response(
+    return web.Response(
         status=status,
         body=json.dumps(body).encode(),
         content_type="application/problem+json",
         headers=headers,
     )
-    return response
 
 
 def from_error(request: web.Request, exc: errors.FileshareError) -> web.Response:

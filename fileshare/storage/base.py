@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 #: Where ``Storage.verify_encryption`` writes its (empty, at once deleted) probe objects:
-#: a key of fileshare's own, outside the staging and content prefixes.
-PROBE_PREFIX = "fileshare-probe/"
+#: under the staging prefix, which the IAM policy and the lifecycle rule already cover.
+PROBE_PREFIX = "staging/probe-"
 
 
 class StorageError(Exception):

@@ -188,6 +188,9 @@ class S3Storage:
             max_pool_connections=self._max_pool_connections,
             retries={"mode": "standard", "max_attempts": 3},
             s3=s3_options,
+            # The endpoint is FILESHARE_S3_ENDPOINT (checked for TLS) or AWS, never one
+            # botocore would find in AWS_ENDPOINT_URL* or ~/.aws/config on its own.
+            ignore_configured_endpoint_urls=True,
         )
         stack = AsyncExitStack()
         try:
@@ -373,46 +376,44 @@ class S3Storage:
         await asyncio.gather(*(check(b) for b in self.buckets))
 
     async def verify_encryption(self) -> str:
-        """A probe object, written to the first bucket as uploads are and read back with
-        HEAD, must come back encrypted as asked: a store that ignores the headers (some
-        S3-compatible ones do), or a bucket without default encryption under ``default``,
-        is refused at start rather than left holding PHI in the clear. Under ``sse-s3``
-        and ``kms`` a second probe without the headers tells whether the bucket itself
-        refuses or encrypts what arrives unasked (the bucket policy and default
-        encryption of ``k8s/iam``); that answer is reported, not enforced."""
+        """A probe object, written as uploads are and read back with HEAD, must come back
+        encrypted as asked: a store that ignores the headers (some S3-compatible ones do),
+        or a bucket without default encryption under ``default``, is refused at start
+        rather than left holding PHI in the clear. Under ``default`` both buckets are
+        probed (promoted copies take the permanent bucket's own default); otherwise the
+        first (staging) one, where a second probe without the headers also tells whether
+        the bucket refuses or encrypts what arrives unasked (the bucket policy and default
+        encryption of ``k8s/iam``): reported, not enforced."""
         described = self.encryption.describe("s3")
         if not self.buckets or self.encryption.mode == "none":
             return described
-        bucket = self.buckets[0]
         expected = self.encryption.s3_algorithm
-        if expected is None:  # default: whatever the bucket applies, but something
-            if (default := await self._probe_unasked(bucket)) is None:
-                raise StorageError(
-                    f"bucket {bucket} keeps objects unencrypted: give it default encryption "
-                    "(k8s/iam), or set FILESHARE_STORAGE_ENCRYPTION=sse-s3 (or none, if the "
-                    "store encrypts below the S3 API)"
-                )
-            return f"{described}; verified on {bucket} ({default})"
+        if expected is None:  # default: whatever each bucket applies, but something
+            found = []
+            for bucket in self.buckets:
+                if (default := await self._probe(bucket, {})) is None:
+                    raise StorageError(
+                        f"bucket {bucket} keeps objects unencrypted: give it default "
+                        "encryption (k8s/iam), or set FILESHARE_STORAGE_ENCRYPTION=sse-s3 "
+                        "(or none, if the store encrypts below the S3 API)"
+                    )
+                found.append(f"{bucket} ({default['ServerSideEncryption']})")
+            return f"{described}; verified on {', '.join(found)}"
+        bucket = self.buckets[0]
         head = await self._probe(bucket, self._sse)
-        got = head.get("ServerSideEncryption")
-        if got != expected:
+        got = (head or {}).get("ServerSideEncryption")
+        if head is None or got != expected:
             raise StorageError(
                 f"bucket {bucket}: asked for {expected} encryption, the store reports "
                 f"{got or 'none'} (FILESHARE_STORAGE_ENCRYPTION)"
             )
-        key = self.encryption.kms_key
-        if key is not None and not key.startswith("alias/"):
-            kept = head.get("SSEKMSKeyId") or ""
-            if kept != key and not kept.endswith(f"/{key}"):
-                raise StorageError(f"bucket {bucket}: objects are not encrypted with the KMS key")
+        self._check_kms_key(bucket, head.get("SSEKMSKeyId", ""))
         try:
-            default = await self._probe_unasked(bucket)
-        except StorageError as exc:
-            if "AccessDenied" not in str(exc):
-                raise
+            unasked = await self._probe(bucket, {})
+        except _WriteRefused:
             posture = "the bucket refuses unencrypted writes"
         else:
-            if default is None:
+            if unasked is None:
                 log.warning(
                     "storage.unencrypted_writes_accepted",
                     bucket=bucket,
@@ -421,29 +422,53 @@ class S3Storage:
                 )
                 posture = "the bucket keeps unasked writes unencrypted (see k8s/iam)"
             else:
-                posture = f"the bucket encrypts unasked writes ({default})"
+                posture = f"the bucket encrypts unasked writes ({unasked['ServerSideEncryption']})"
         return f"{described}; verified on {bucket}; {posture}"
 
-    async def _probe_unasked(self, bucket: str) -> str | None:
-        """How the bucket encrypts a write that asks for nothing; None: it does not."""
-        return (await self._probe(bucket, {})).get("ServerSideEncryption")
+    def _check_kms_key(self, bucket: str, kept: str) -> None:
+        """HEAD names the key by its ARN; the setting may give the ARN or the key id. An
+        alias (``alias/x`` or its ARN) cannot be compared without asking KMS: skipped."""
+        key = self.encryption.kms_key
+        if key is None or "alias/" in key:
+            return
+        key_id = key.rpartition("/")[2] if key.startswith("arn:") else key
+        if kept.rpartition("/")[2] != key_id:
+            raise StorageError(
+                f"bucket {bucket}: objects are not encrypted with the configured KMS key "
+                "(FILESHARE_STORAGE_KMS_KEY)"
+            )
 
-    async def _probe(self, bucket: str, sse: dict[str, str | bool]) -> dict[str, str]:
-        """Write, HEAD and delete an empty object under a key of fileshare's own."""
+    async def _probe(self, bucket: str, sse: dict[str, str | bool]) -> dict[str, str] | None:
+        """Write, HEAD and delete an empty object under a staging key of fileshare's own
+        (where the IAM policy and the lifecycle rule already reach); the encryption HEAD
+        reports, or None when it reports none. Raises ``_WriteRefused`` when the PUT itself
+        is denied (a bucket policy refusing it), ``StorageError`` for anything else."""
         key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
-        with _translate(f"encryption probe in {bucket}"):
+        what = f"encryption probe in {bucket}"
+        try:
             await self._client.put_object(
                 Bucket=bucket,
                 Key=key,
                 Body=b"",
                 **sse,  # type: ignore[arg-type]
             )
+        except ClientError as exc:
+            if _error_code(exc) == "AccessDenied":
+                raise _WriteRefused(f"{what}: {_describe(exc)}") from None
+            raise StorageError(f"{what}: {_describe(exc)}") from None
+        except _SDK_ERRORS as exc:
+            raise StorageError(f"{what}: {_describe(exc)}") from None
+        with _translate(what):
             try:
                 head = await self._client.head_object(Bucket=bucket, Key=key)
             finally:
                 await self._client.delete_object(Bucket=bucket, Key=key)
+        # (The stubs call the member required; a store that did not encrypt leaves it out.)
+        reported: dict[str, object] = dict(head)
+        if not reported.get("ServerSideEncryption"):
+            return None
         kept = ("ServerSideEncryption", "SSEKMSKeyId")
-        return {k: str(v) for k, v in head.items() if k in kept}
+        return {k: str(v) for k, v in reported.items() if k in kept}
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -465,6 +490,10 @@ class S3Storage:
             log.error("storage.abort_failed", bucket=bucket, key=key, error=_describe(exc))
         except (*_SDK_ERRORS, StorageError) as exc:
             log.error("storage.abort_failed", bucket=bucket, key=key, error=_describe(exc))
+
+
+class _WriteRefused(StorageError):
+    """The store denied a write outright (AccessDenied)."""
 
 
 class S3Writer:

@@ -199,6 +199,62 @@ async def test_a_store_that_ignores_the_header_is_refused(seaweed: SeaweedS3) ->
         assert all(p.headers.get("x-amz-server-side-encryption") == "AES256" for p in puts)
 
 
+async def test_a_bucket_policy_refusing_unencrypted_writes_is_reported(seaweed: SeaweedS3) -> None:
+    """SeaweedFS has no bucket policies: the proxy answers a PUT without the encryption
+    header with S3's AccessDenied, as the k8s/iam bucket policy would. Any other refusal
+    (here of the DELETE that removes the probe) is a failure, not a posture."""
+    buckets = _buckets(seaweed)
+    denied = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+        b"<Message>Access Denied</Message></Error>"
+    )
+    async with recording_proxy(seaweed.endpoint) as rec:
+        refuse = {"method": "PUT"}
+
+        async def policy(request: web.Request, body: bytes) -> web.StreamResponse | None:
+            if request.method != refuse["method"]:
+                return None
+            if refuse["method"] == "PUT" and "x-amz-server-side-encryption" in request.headers:
+                return None
+            return web.Response(status=403, body=denied, content_type="application/xml")
+
+        rec.intercept = policy
+        storage = await _s3(seaweed, buckets, Encryption("sse-s3"), endpoint=rec.url)
+        try:
+            found = await storage.verify_encryption()
+            assert found.endswith("; the bucket refuses unencrypted writes")
+            refuse["method"] = "DELETE"
+            with pytest.raises(StorageError) as failed:
+                await storage.verify_encryption()
+            assert "refuses unencrypted" not in str(failed.value)
+        finally:
+            await storage.close()
+
+
+@pytest.mark.parametrize(
+    ("configured", "reported", "accepted"),
+    [
+        ("arn:aws:kms:eu-west-1:1:key/k-1", "arn:aws:kms:eu-west-1:1:key/k-1", True),
+        ("k-1", "arn:aws:kms:eu-west-1:1:key/k-1", True),
+        ("k-2", "arn:aws:kms:eu-west-1:1:key/k-1", False),
+        ("arn:aws:kms:eu-west-1:1:key/k-2", "arn:aws:kms:eu-west-1:1:key/k-1", False),
+        ("alias/fileshare", "arn:aws:kms:eu-west-1:1:key/k-1", True),
+        ("arn:aws:kms:eu-west-1:1:alias/fileshare", "arn:aws:kms:eu-west-1:1:key/k-1", True),
+    ],
+)
+def test_the_kms_key_objects_come_back_with_is_compared_by_key_id(
+    configured: str, reported: str, accepted: bool
+) -> None:
+    """(HEAD's answer under SSE-KMS cannot come from SeaweedFS, which has no KMS: the
+    comparison is checked on its own.)"""
+    storage = S3Storage(encryption=Encryption("kms", kms_key=configured))
+    if accepted:
+        storage._check_kms_key("b", reported)
+    else:
+        with pytest.raises(StorageError, match="not encrypted with the configured KMS key"):
+            storage._check_kms_key("b", reported)
+
+
 # ------------------------------------------------------------------------------ GCS
 
 

@@ -194,7 +194,7 @@ async def test_open_index_chooses_the_backend(tmp_path: Path, postgres: Postgres
 
 
 def test_index_url_setting_is_validated_without_showing_it() -> None:
-    url = f"postgresql://fileshare:{QUOTED_PASSWORD}@db.internal:5432/fileshare"
+    url = f"postgresql://fileshare:{QUOTED_PASSWORD}@db.internal:5432/fileshare?sslmode=require"
     settings = load_settings({"FILESHARE_INDEX_URL": url, "FILESHARE_API_KEYS": "t:" + "k" * 16})
     assert settings.index_url == url
     assert QUOTED_PASSWORD not in repr(settings)
@@ -202,6 +202,7 @@ def test_index_url_setting_is_validated_without_showing_it() -> None:
         f"mysql://fileshare:{QUOTED_PASSWORD}@db/fileshare",
         f"fileshare:{QUOTED_PASSWORD}@db/fileshare",
         "sqlite:///var/lib/index.sqlite3",
+        f"postgresql://fileshare:{QUOTED_PASSWORD}@db.internal/fileshare",  # no TLS
     ):
         with pytest.raises(ConfigError, match="FILESHARE_INDEX_URL") as caught:
             Settings(api_keys=API_KEYS, index_url=bad)

@@ -135,8 +135,18 @@ def test_descriptions_name_no_key() -> None:
             "has sslmode=prefer",
         ),
         (
-            {"INDEX_URL": "postgresql://u:pw@localhost/f?host=db.internal&sslmode=disable"},
+            {"INDEX_URL": "postgresql://u:pw@/f?host=db.internal&sslmode=disable"},
             "for db.internal",
+        ),
+        (
+            # asyncpg connects to the authority's host; ?host= counts only without one
+            {"INDEX_URL": "postgresql://u:pw@db.remote/x?host=127.0.0.1"},
+            "names no sslmode for db.remote",
+        ),
+        ({"INDEX_URL": "postgresql://u:pw@db/x?service=prod&sslmode=require"}, "names a service"),
+        (
+            {"STORAGE": "gcs", "GCS_ENDPOINT": "emulator.remote:4443"},
+            "FILESHARE_GCS_ENDPOINT is plain http to emulator.remote",
         ),
         ({"CLAMD": "tcp://clamd.fileshare.svc:3310"}, "clamd has no TLS"),
         (
@@ -198,7 +208,8 @@ def test_a_jwks_host_listed_as_plaintext_needs_no_allow_http() -> None:
 
 def test_postgres_hosts_are_what_the_driver_connects_to() -> None:
     assert postgres_hosts("postgresql://u:p@db:5432/f") == ["db"]
-    assert postgres_hosts("postgresql://u@a/f?host=b") == ["b"]
+    assert postgres_hosts("postgresql://u@a/f?host=b") == ["a"]
+    assert postgres_hosts("postgresql://u@/f?host=b") == ["b"]
     assert postgres_hosts("postgresql://u@db1:5432,[::1]:5433,DB3/f") == ["db1", "::1", "db3"]
     assert postgres_hosts("postgresql:///f?host=/run/pg") == []
     # a second host in the clear is refused like the first
@@ -206,8 +217,46 @@ def test_postgres_hosts_are_what_the_driver_connects_to() -> None:
         settings(INDEX_URL="postgresql://u:pw@localhost,db2/f")
 
 
+def test_the_pg_environment_asyncpg_falls_back_to_is_checked_too() -> None:
+    def load(**env: str) -> Settings:
+        return load_settings(KEYS | {"FILESHARE_INDEX_URL": "postgresql://u:pw@/f"} | env)
+
+    with pytest.raises(ConfigError, match=r"for db\.remote"):
+        load(PGHOST="db.remote")
+    assert load(PGHOST="db.remote", PGSSLMODE="verify-full").plaintext_uses() == []
+    assert load(PGHOST="/run/postgresql").plaintext_uses() == []
+    with pytest.raises(ConfigError, match="PGSERVICE"):
+        load(PGSERVICE="prod")
+    with pytest.raises(ConfigError, match="has sslmode=prefer"):
+        load_settings(
+            KEYS | {"FILESHARE_INDEX_URL": "postgresql://u:pw@db.remote/f", "PGSSLMODE": "prefer"}
+        )
+
+
+def test_the_storage_emulator_variable_is_checked_like_the_setting() -> None:
+    base = KEYS | {"FILESHARE_STORAGE": "gcs"}
+    assert load_settings(base | {"STORAGE_EMULATOR_HOST": "127.0.0.1:4443"}).gcs_endpoint == (
+        "127.0.0.1:4443"
+    )
+    with pytest.raises(ConfigError, match=r"plain http to emu\.remote"):
+        load_settings(base | {"STORAGE_EMULATOR_HOST": "http://emu.remote:4443"})
+
+
+def test_loopback_spellings_and_listing_forms() -> None:
+    for host in ("localhost.", "LOCALHOST", "[::ffff:127.0.0.1]", "[::1]", "127.8.9.10"):
+        assert settings(STORAGE="s3", S3_ENDPOINT=f"http://{host}:8333").plaintext_uses() == []
+    listed = settings(
+        STORAGE="s3",
+        S3_ENDPOINT="http://[fd00::1]:9000",
+        INDEX_URL="postgresql://u:pw@db.lab:5432/f",
+        PLAINTEXT_HOSTS="[fd00::1], db.lab:5432",
+    )
+    assert {p.what for p in listed.plaintext_uses()} == {"storage", "index"}
+
+
 def test_hsts_only_over_https() -> None:
     assert settings().hsts_header is None  # http://127.0.0.1:8080
     secure = settings(PUBLIC_BASE_URL="https://files.example.org")
     assert secure.hsts_header == "max-age=31536000"
+    assert settings(PUBLIC_BASE_URL="HTTPS://files.example.org").hsts_header is not None
     assert settings(PUBLIC_BASE_URL="https://f.example.org", HSTS_MAX_AGE="0").hsts_header is None
