@@ -52,6 +52,7 @@ from fileshare.index.identity import IdentityStore
 from fileshare.index.signing import SigningKeyStore
 from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
+from fileshare.recovery import StagingSweeper
 from fileshare.scan.clamd import ClamdScanner
 from fileshare.service import FileService
 from fileshare.storage.base import Storage
@@ -301,7 +302,14 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             "plaintext": sorted({p.what for p in settings.plaintext_uses()}),
         },
     )
-    sweeper = asyncio.create_task(_sweep_forever(service, settings.sweep_interval))
+    recovery = StagingSweeper(
+        app[STORAGE],
+        unscanned=settings.unscanned_bucket,
+        permanent=settings.permanent_bucket,
+        max_age=timedelta(seconds=settings.staging_max_age),
+        clock=service.clock,
+    )
+    sweeper = asyncio.create_task(_sweep_forever(service, recovery, settings.sweep_interval))
     yield
     sweeper.cancel()
     await asyncio.wait([sweeper])
@@ -309,9 +317,10 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     await pipeline.wait_for_cleanups(CLEANUP_LIMIT)
 
 
-async def _sweep_forever(service: FileService, interval: float) -> None:
-    """Remove objects whose deletion failed earlier (the store was down), at start-up
-    and then every ``interval`` seconds; a failing round is logged and retried later."""
+async def _sweep_forever(service: FileService, recovery: StagingSweeper, interval: float) -> None:
+    """At start-up and then every ``interval`` seconds: remove objects whose deletion
+    failed earlier (the store was down), and what uploads that never finished left
+    (``recovery``). A failing round is logged and retried later."""
     while True:
         try:
             removed = await service.sweep()
@@ -319,4 +328,8 @@ async def _sweep_forever(service: FileService, interval: float) -> None:
                 log.info("sweep.removed", objects=removed)
         except Exception as exc:  # the store or index is down: next round
             log.warning("sweep.failed", error=str(exc))
+        try:
+            await recovery.sweep()
+        except Exception as exc:
+            log.warning("recovery.failed", error=type(exc).__name__)
         await asyncio.sleep(interval)

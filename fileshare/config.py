@@ -169,6 +169,9 @@ class Settings:
     storage_timeout: float = 60.0
     #: How often objects whose deletion failed are removed again (seconds).
     sweep_interval: float = 300.0
+    #: Staging objects and unfinished uploads older than this (seconds) are leftovers of
+    #: crashed uploads, removed by the sweeper (``recovery``).
+    staging_max_age: float = 86400.0
     # scanner
     clamd: ClamdAddress = field(default_factory=lambda: ClamdAddress(host="127.0.0.1", port=3310))
     clamd_connect_timeout: float = 5.0
@@ -266,6 +269,8 @@ class Settings:
                 f"needs ({self.per_upload_memory} = part size x "
                 "(max(parts in flight, 2) + 1) + 1 MiB)"
             )
+        if not 1 <= self.staging_max_age < float("inf"):
+            raise ConfigError("FILESHARE_STAGING_MAX_AGE must be at least 1 second")
         if not self.sweep_interval > 0:
             raise ConfigError("FILESHARE_SWEEP_INTERVAL must be a positive number of seconds")
         if self.clamd_max_scans < 1:
@@ -624,6 +629,7 @@ _FLOATS = {
     "BUDGET_WAIT": "budget_wait",
     "SHUTDOWN_GRACE": "shutdown_grace",
     "SWEEP_INTERVAL": "sweep_interval",
+    "STAGING_MAX_AGE": "staging_max_age",
     "TOKEN_LIFETIME": "token_lifetime",
     "SIGNING_KEY_ROTATION": "signing_key_rotation",
 }

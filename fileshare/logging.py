@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import structlog
+from aiohttp.multipart import BadContentDispositionHeader
 
 from fileshare.config import LogFormat
 
@@ -32,6 +34,8 @@ def _framework_record(
     exc_info = event.pop("exc_info", None)
     if isinstance(exc_info, tuple) and exc_info[0] is not None:
         event["exception_type"] = exc_info[0].__name__
+    # asyncio writes the failed task's repr, exception text included, into the message.
+    event["event"] = str(event.get("event", "")).split("\n", 1)[0][:200]
     return event
 
 
@@ -53,7 +57,12 @@ def _route_stdlib(renderer: structlog.typing.Processor, level: int) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    # Libraries' own debug lines stay off whatever fileshare's level: botocore's, at DEBUG,
+    # hold signed requests (security tokens included).
+    root.setLevel(max(level, logging.WARNING))
+    # aiohttp warns about a part's malformed Content-Disposition by quoting the header (a
+    # file name): the refusal (malformed_multipart) is enough.
+    warnings.filterwarnings("ignore", category=BadContentDispositionHeader)
 
 
 def configure_logging(fmt: LogFormat = "json", level: str = "INFO") -> None:

@@ -36,7 +36,7 @@ from fileshare.budget import MemoryBudget
 from fileshare.metrics import Metrics
 from fileshare.models import Content, ScanRecord, ScanState, new_object_key
 from fileshare.scan.base import ScanError, Scanner, ScannerBusy, ScanSession, ScanSizeExceeded
-from fileshare.storage.base import Storage, StorageError, Writer
+from fileshare.storage.base import STAGING_PREFIX, Storage, StorageError, Writer
 from fileshare.storage.promotion import Location, Promotion
 
 log = structlog.get_logger(__name__)
@@ -213,7 +213,7 @@ class _Upload:
         self.p = pipeline
         self.content_type = content_type
         self.audit = audit
-        self.staging_key = f"staging/{uuid.uuid4().hex}"
+        self.staging_key = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.writer: Writer | None = None
         self.scan: ScanSession | None = None
         self.promotion: Promotion | None = None

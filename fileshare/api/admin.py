@@ -69,9 +69,9 @@ def render_grant(g: Grant) -> dict[str, object]:
 
 async def _body(request: web.Request, allowed: set[str]) -> dict[str, object]:
     body = dict(params.json_object(await read_json(request, media_types=JSON), "the body"))
-    if unknown := sorted(set(body) - allowed):
+    if set(body) - allowed:
         raise errors.ValidationFailed(
-            f"unknown member {unknown[0][:40]!r}; the body takes {', '.join(sorted(allowed))}"
+            f"an unknown member; the body takes {', '.join(sorted(allowed))}"
         )
     return body
 
@@ -160,8 +160,8 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 @routes.get("/v1/admin/grants")
 async def list_grants(request: web.Request) -> web.Response:
-    if unknown := sorted(set(request.query) - {"grantee", "owner"}):
-        raise errors.InvalidParameter(f"unknown parameter {unknown[0][:40]!r}")
+    if set(request.query) - {"grantee", "owner"}:
+        raise errors.InvalidParameter("unknown parameter; this route takes grantee, owner")
     found = await request.app[REGISTRY].grants(
         grantee=request.query.get("grantee"), owner=request.query.get("owner")
     )

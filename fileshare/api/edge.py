@@ -30,6 +30,7 @@ from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import ERROR as PARSE_ERROR
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from fileshare import errors
 from fileshare.api.context import REQUEST_ID
@@ -39,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 #: ``request[ASKED_VERSION]``: the version of a request line that was not HTTP/1.x.
 ASKED_VERSION = web.RequestKey("asked_version", tuple[int, int])
+#: ``request[EXPECTED]``: the ``Expect`` header the edge took out of aiohttp's sight.
+EXPECTED = web.RequestKey("expected", str)
 _CONTINUED = web.RequestKey("continued", bool)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: How long an unread body is drained after its refusal before the connection is closed.
@@ -141,6 +144,21 @@ class EdgeRunner(web.AppRunner):
         make = server.request_factory
 
         def request_factory(message: RawRequestMessage, *args: Any) -> web.BaseRequest:
+            expect = message.headers.get("Expect")
+            if expect is not None:
+                # Taken out of aiohttp's sight: its router would answer it before the
+                # middlewares on paths and methods no route takes (100 before a 404 or 405,
+                # a 417 quoting the header). ``refuse_unsupported`` and the body readers
+                # meet it from ``EXPECTED`` instead.
+                headers = CIMultiDict(message.headers)
+                del headers["Expect"]
+                message = message._replace(headers=CIMultiDictProxy(headers))
+            request = make_one(message, *args)
+            if expect is not None:
+                request[EXPECTED] = expect.strip().lower()
+            return request
+
+        def make_one(message: RawRequestMessage, *args: Any) -> web.BaseRequest:
             if message is PARSE_ERROR:
                 # The stand-in request of an unparsable one says HTTP/1.0; the answer
                 # (``handle_error``) is HTTP/1.1 like every other.
@@ -160,13 +178,19 @@ async def check_expectation(request: web.Request) -> web.StreamResponse | None:
     """The router's ``expect_handler`` for every route: refuse what fileshare does not meet,
     and send nothing yet (``continue_if_expected`` does, once the body is wanted). It runs
     before the middlewares, so it answers itself."""
-    expect = request.headers.get("Expect", "").strip().lower()
+    expect = _expectation(request)
     if not expect or expect == "100-continue":
         return None
     request[REQUEST_ID] = uuid.uuid4().hex  # the middlewares that set it have not run
     response = from_error(request, errors.ExpectationFailed("only 100-continue is met"))
     response.force_close()  # the body, if any, is not read
     return response
+
+
+def _expectation(request: web.Request) -> str:
+    if EXPECTED in request:
+        return request[EXPECTED]
+    return request.headers.get("Expect", "").strip().lower()
 
 
 @web.middleware
@@ -176,6 +200,8 @@ async def refuse_unsupported(request: web.Request, handler: Handler) -> web.Stre
     they were the body)."""
     if ASKED_VERSION in request:
         raise errors.UnsupportedHttpVersion("send HTTP/1.1 (or HTTP/1.0) on this connection")
+    if (expect := _expectation(request)) and expect != "100-continue":
+        raise errors.ExpectationFailed("only 100-continue is met")
     codings = [
         c.strip().lower()
         for value in request.headers.getall("Transfer-Encoding", [])
@@ -191,9 +217,11 @@ async def continue_if_expected(request: web.Request) -> None:
     every check that can refuse the request without reading it."""
     if request.get(_CONTINUED) or request.version < HttpVersion11:
         return
-    if request.headers.get("Expect", "").strip().lower() == "100-continue":
+    if _expectation(request) == "100-continue":
         request[_CONTINUED] = True
         await request.writer.write(_CONTINUE)
+        # The interim answer is not the answer: a failure after it may still send one.
+        request.writer.output_size = 0
 
 
 def meet_expectations_late(app: web.Application) -> None:

@@ -187,9 +187,7 @@ def _patch(body: object) -> FilePatch:
     patch = params.json_object(body, "a merge patch")
     unknown = sorted(set(patch) - _PATCHABLE)
     if unknown:
-        raise errors.ValidationFailed(
-            f"{unknown[0][:40]!r} cannot be patched; name, metadata and tags can"
-        )
+        raise errors.ValidationFailed("only name, metadata and tags can be patched")
     name: str | EllipsisType | None = ...
     if "name" in patch:
         value = patch["name"]

@@ -87,7 +87,7 @@ def validate_media_type(value: str | None) -> str:
         return "application/octet-stream"
     media = value.split(";", 1)[0].strip().lower()
     if not _MEDIA_TYPE.match(media):
-        raise errors.UnsupportedMediaType(f"{value[:100]!r} is not a media type")
+        raise errors.UnsupportedMediaType("the Content-Type is not a media type (type/subtype)")
     if media in _FORM_TYPES:
         raise errors.UnsupportedMediaType(
             f"{media} is a form encoding, not a file type: send the file's own Content-Type "

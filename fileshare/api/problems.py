@@ -93,6 +93,15 @@ _HTTP_CODES = {
 }
 
 
+def _close_if_unread(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """A refusal sent before the body was read says ``Connection: close`` (RFC 9110
+    §10.1.1): the client then knows the rest of its body will not be read as the next
+    request, and aiohttp drains it for a bounded moment only."""
+    if request.body_exists and not request.content.is_eof():
+        response.force_close()
+    return response
+
+
 @web.middleware
 async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -101,22 +110,24 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         if exc.status >= 500:
             # The code, not the detail: a detail may quote what the request held.
             log.warning("request.failed", code=exc.code, status=exc.status)
-        return from_error(request, exc)
+        return _close_if_unread(request, from_error(request, exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code, title = _HTTP_CODES.get(exc.status, (HTTP_ERROR.code, exc.reason))
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return problem_response(
+        answer = problem_response(
             request, status=exc.status, code=code, title=title, detail=exc.reason, headers=headers
         )
+        return _close_if_unread(request, answer)
     except Exception:
         # Internal text never reaches the client; the log has the traceback.
         log.exception("request.crashed")
-        return problem_response(
+        answer = problem_response(
             request,
             status=500,
             code="internal_error",
             title="Internal server error",
             detail="An unexpected error occurred; quote the request id when reporting it.",
         )
+        return _close_if_unread(request, answer)

@@ -38,6 +38,8 @@ def _decode(value: str) -> str:
 
 @routes.post("/v1/tags")
 async def create_tag(request: web.Request) -> web.Response:
+    # Who acts (and may write) first: a refused client is not invited to send the body.
+    acting = await actor(request, write=True)
     body = params.json_object(
         await read_json(request, media_types=("application/json",)), "the body"
     )
@@ -47,7 +49,7 @@ async def create_tag(request: web.Request) -> web.Response:
         name = params.tag(body["name"])
     except errors.InvalidTag as exc:
         raise errors.ValidationFailed(exc.detail) from None
-    created = await request.app[SERVICE].create_tag(await actor(request, write=True), name)
+    created = await request.app[SERVICE].create_tag(acting, name)
     return web.json_response(
         {"name": name},
         status=201 if created else 200,
@@ -57,9 +59,9 @@ async def create_tag(request: web.Request) -> web.Response:
 
 @routes.get("/v1/tags")
 async def list_tags(request: web.Request) -> web.Response:
-    unknown = sorted(set(request.query) - {"offsetKey", "pageSize", "owner"})
-    if unknown:
-        raise errors.InvalidParameter(f"unknown parameter {unknown[0][:40]!r}")
+    if set(request.query) - {"offsetKey", "pageSize", "owner"}:
+        known = "offsetKey, pageSize, owner"
+        raise errors.InvalidParameter(f"unknown parameter; this route takes {known}")
     size = params.page_size(request.query)
     after = request.query.get("offsetKey")
     found = await request.app[SERVICE].list_tags(

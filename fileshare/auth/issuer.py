@@ -150,7 +150,7 @@ def parameters(form: Sequence[tuple[str, str]]) -> dict[str, str]:
         if value == "":
             continue
         if name in found:
-            raise invalid_request(f"the parameter {name[:40]!r} is repeated")
+            raise invalid_request("a parameter is repeated")
         found[name] = value
     return found
 

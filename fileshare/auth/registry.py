@@ -91,7 +91,7 @@ class Registry:
     ) -> NewClient:
         _check_id(client_id, "id")
         if client_id in self.reserved or (owner is not None and owner in self.reserved):
-            raise errors.AlreadyExists(f"{client_id!r} or its owner is a bootstrap principal")
+            raise errors.AlreadyExists("the id or its owner is a bootstrap principal")
         try:
             the_role = Role(role)
         except ValueError:
@@ -127,7 +127,7 @@ class Registry:
         try:
             await index_call(self.store.create_client(client, event))
         except errors.Conflict:  # the id is taken (or was taken by a concurrent create)
-            raise errors.AlreadyExists(f"a client {client_id!r} exists already") from None
+            raise errors.AlreadyExists("a client with this id exists already") from None
         return NewClient(client, secret)
 
     async def client(self, client_id: str) -> Client:

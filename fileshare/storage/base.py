@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
+#: Where uploads stage in the unscanned bucket (keys ``staging/<uuid>``).
+STAGING_PREFIX = "staging/"
 #: Where ``Storage.verify_encryption`` writes its (empty, at once deleted) probe objects:
 #: under the staging prefix, which the IAM policy and the lifecycle rule already cover.
-PROBE_PREFIX = "staging/probe-"
+PROBE_PREFIX = f"{STAGING_PREFIX}probe-"
 
 
 class StorageError(Exception):
@@ -135,6 +138,15 @@ class Storage(Protocol):
 
     def list_keys(self, bucket: str, prefix: str = "") -> AsyncIterator[str]:
         """Yield the keys under ``prefix`` (for maintenance and tests)."""
+
+    def list_stale(self, bucket: str, prefix: str, before: datetime) -> AsyncIterator[str]:
+        """Yield the keys under ``prefix`` whose object was written before ``before``
+        (leftovers of uploads that never finished, for the crash-recovery sweeper)."""
+
+    async def abort_stale_uploads(self, bucket: str, prefix: str, before: datetime) -> int:
+        """Abort the unfinished writes under ``prefix`` begun before ``before`` (S3
+        multipart uploads; local partial writes, whatever their key) and return how many.
+        GCS cannot list resumable sessions: 0 (an abandoned one expires after a week)."""
 
     async def ping(self) -> None:
         """Check that both buckets are reachable; raise ``StorageError`` if not."""

@@ -596,16 +596,40 @@ class GcsStorage:
                 yield chunk
 
     async def list_keys(self, bucket: str, prefix: str = "") -> AsyncIterator[str]:
+        async for item in self._list(bucket, prefix, "name"):
+            yield str(item["name"])
+
+    async def list_stale(self, bucket: str, prefix: str, before: datetime) -> AsyncIterator[str]:
+        async for item in self._list(bucket, prefix, "name,timeCreated"):
+            try:
+                created = datetime.fromisoformat(str(item["timeCreated"]))
+            except (KeyError, ValueError):
+                raise StorageError(
+                    f"GCS list {bucket}/{prefix}*: an object without a time"
+                ) from None
+            if created < before:
+                yield str(item["name"])
+
+    async def abort_stale_uploads(self, bucket: str, prefix: str, before: datetime) -> int:
+        """GCS has no list of resumable sessions: an abandoned one holds no object and
+        expires after a week (and the lifecycle rule deletes nothing it cannot see)."""
+        return 0
+
+    async def _list(self, bucket: str, prefix: str, fields: str) -> AsyncIterator[Any]:
         what = f"GCS list {bucket}/{prefix}*"
         url = self._bucket_url(bucket, "/o")
-        params = {"prefix": prefix, "maxResults": "1000", "fields": "items(name),nextPageToken"}
+        params = {
+            "prefix": prefix,
+            "maxResults": "1000",
+            "fields": f"items({fields}),nextPageToken",
+        }
         while True:
             async with self._request("GET", url, what, params=params) as resp:
                 if resp.status != 200:
                     await self._fail(resp, what)
                 page = await self._read_json(resp, what)
             for item in page.get("items") or ():
-                yield str(item["name"])
+                yield item
             token = page.get("nextPageToken")
             if not token:
                 return

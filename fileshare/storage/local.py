@@ -32,6 +32,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -201,6 +202,27 @@ class LocalStorage:
         keys = await _run(_list_keys, bucket_dir, prefix, what=f"list {bucket}")
         for key in keys:
             yield key
+
+    async def list_stale(self, bucket: str, prefix: str, before: datetime) -> AsyncIterator[str]:
+        bucket_dir = self._bucket_dir(bucket)
+        cutoff = before.timestamp()
+
+        def stale() -> list[str]:
+            # A key is a link made when its object was published: the link's own time.
+            return [
+                key for key in _list_keys(bucket_dir, prefix) if _mtime(bucket_dir / key) < cutoff
+            ]
+
+        for key in await _run(stale, what=f"list {bucket}"):
+            yield key
+
+    async def abort_stale_uploads(self, bucket: str, prefix: str, before: datetime) -> int:
+        """Partial writes have no key yet: every one older than ``before`` goes, whatever
+        ``prefix`` says (a write in progress keeps its data file's time fresh)."""
+        partial = self._bucket_dir(bucket) / _PARTIAL
+        return await _run(
+            _sweep_partials, partial, before.timestamp(), what=f"sweep {bucket} partial writes"
+        )
 
     async def ping(self) -> None:
         def check() -> None:
@@ -548,15 +570,31 @@ def _list_keys(bucket_dir: Path, prefix: str) -> list[str]:
     return sorted(walk(start, base))
 
 
-def _sweep_partials(partial: Path) -> None:
-    cutoff = time.time() - PARTIAL_MAX_AGE
+def _sweep_partials(partial: Path, cutoff: float | None = None) -> int:
+    """Remove partial writes last touched before ``cutoff`` (default: ``PARTIAL_MAX_AGE``
+    ago); how many."""
+    if cutoff is None:
+        cutoff = time.time() - PARTIAL_MAX_AGE
+    removed = 0
     for entry in os.scandir(partial):
         with contextlib.suppress(OSError):
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+            if _mtime(Path(entry.path)) < cutoff:
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
                     os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def _mtime(path: Path) -> float:
+    """The newest time of ``path`` itself (a link is not followed) and, for a partial
+    write's directory, of its data file: appends do not touch the directory."""
+    newest = path.lstat().st_mtime
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            newest = max(newest, (path / _DATA).stat().st_mtime)
+    return newest
 
 
 # --- validation and error translation ------------------------------------------------

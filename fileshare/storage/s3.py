@@ -34,6 +34,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 import aiohttp
@@ -367,6 +368,59 @@ class S3Storage:
                     return
             for item in page.get("Contents", []):
                 yield item["Key"]
+
+    async def presign_put(
+        self, bucket: str, key: str, *, content_type: str, size: int, expires: int = 900
+    ) -> tuple[str, dict[str, str]]:
+        """A presigned PUT of exactly this object, and the headers its uploader must send.
+        The encryption headers are signed: an upload that leaves them out (or changes them,
+        the type or the length) fails the store's signature check. (The first piece of the
+        direct-to-bucket flow of issue 10; nothing hands such URLs out yet.)"""
+        params: dict[str, object] = {
+            "Bucket": bucket,
+            "Key": key,
+            "ContentType": content_type,
+            "ContentLength": size,
+            **self._sse,
+        }
+        with _translate(f"presign {bucket}/{key}"):
+            url = await self._client.generate_presigned_url(
+                "put_object", Params=params, ExpiresIn=expires
+            )
+        headers = {"Content-Type": content_type, **self.encryption.s3_headers()}
+        return url, headers
+
+    async def list_stale(self, bucket: str, prefix: str, before: datetime) -> AsyncIterator[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=bucket, Prefix=prefix).__aiter__()
+        while True:
+            with _translate(f"list {bucket}/{prefix}"):
+                try:
+                    page = await pages.__anext__()
+                except StopAsyncIteration:
+                    return
+            for item in page.get("Contents", []):
+                if item["LastModified"] < before:
+                    yield item["Key"]
+
+    async def abort_stale_uploads(self, bucket: str, prefix: str, before: datetime) -> int:
+        stale: list[tuple[str, str]] = []
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        pages = paginator.paginate(Bucket=bucket, Prefix=prefix).__aiter__()
+        while True:
+            with _translate(f"list uploads {bucket}/{prefix}"):
+                try:
+                    page = await pages.__anext__()
+                except StopAsyncIteration:
+                    break
+            stale += [
+                (u["Key"], u["UploadId"])
+                for u in page.get("Uploads", [])
+                if u["Initiated"] < before
+            ]
+        for key, upload_id in stale:
+            await self._abort_upload(bucket, key, upload_id)  # logs what it cannot abort
+        return len(stale)
 
     async def ping(self) -> None:
         async def check(bucket: str) -> None:

@@ -339,3 +339,34 @@ async def test_the_gcs_probe_checks_the_key_objects_come_back_with(
         assert [k async for k in storage.list_keys(src, PROBE_PREFIX)] == []
     finally:
         await storage.close()
+
+
+# --------------------------------------------------------------------- presigned PUT
+
+
+async def test_a_presigned_put_must_carry_the_encryption_it_was_signed_with(
+    seaweed: SeaweedS3,
+) -> None:
+    """The store checks the signature, which covers the encryption headers: a holder of
+    the URL cannot upload without them, and what it uploads with them is encrypted."""
+    import aiohttp
+
+    buckets = _buckets(seaweed)
+    storage = await _s3(seaweed, buckets, Encryption("sse-s3"))
+    body = b"uploaded around fileshare"
+    try:
+        url, headers = await storage.presign_put(
+            buckets[0], "staging/presigned", content_type="application/pdf", size=len(body)
+        )
+    finally:
+        await storage.close()
+    assert headers["x-amz-server-side-encryption"] == "AES256"
+    async with aiohttp.ClientSession() as http:
+        without = {k: v for k, v in headers.items() if not k.startswith("x-amz-")}
+        async with http.put(url, data=body, headers=without) as refused:
+            assert refused.status == 403, await refused.text()
+        assert "Contents" not in seaweed.client().list_objects_v2(Bucket=buckets[0])
+        async with http.put(url, data=body, headers=headers) as accepted:
+            assert accepted.status == 200, await accepted.text()
+    head = seaweed.client().head_object(Bucket=buckets[0], Key="staging/presigned")
+    assert head["ServerSideEncryption"] == "AES256"

@@ -161,11 +161,18 @@ class Live:
             return False
 
     def stored(self) -> list[str]:
-        """Every object in both buckets (the local backend's directories)."""
+        """Every key in both buckets, and every object version and unfinished write behind
+        them (the local backend: keys are links, versions live in ``.objects``, writes in
+        progress in ``.partial``)."""
         found = []
         for bucket in ("unscanned", "permanent"):
-            objects = self.data / bucket / "objects"
-            found += [str(p.relative_to(self.data)) for p in objects.rglob("*") if p.is_file()]
+            root = self.data / bucket
+            assert (root / ".objects").is_dir(), f"not the local backend's layout: {root}"
+            found += [
+                str(p.relative_to(self.data))
+                for p in root.rglob("*")
+                if p.is_file() or p.is_symlink()
+            ]
         return sorted(found)
 
 

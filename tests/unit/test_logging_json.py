@@ -16,7 +16,10 @@ try:
     raise ValueError("Invalid header value char: b'Authorization: Bearer sekrit-key-0123\x00'")
 except ValueError:
     logging.getLogger("aiohttp.server").exception("Error handling request from %s", "10.0.0.9")
-logging.getLogger("asyncio").warning("Task exception was never retrieved")
+logging.getLogger("asyncio").error(
+    "Task exception was never retrieved\nfuture: <Task exception=ValueError('sekrit-key-0123')>"
+)
+logging.getLogger("botocore.auth").debug("CanonicalRequest: x-amz-security-token:sekrit")
 logging.getLogger("aiohttp.web").debug("below the level: not shown")
 structlog.get_logger("fileshare").info("own.event", token="sekrit-key-0123")
 """

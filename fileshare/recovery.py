@@ -1,0 +1,69 @@
+"""Crash recovery: what an upload that never finished left in the stores.
+
+An upload cut short by SIGKILL, an OOM kill or a node loss has no ``finally`` that runs: its
+staging object, its S3 multipart upload (staging, or the promotion copy being assembled under
+the permanent key) or its local partial write stays behind. The sweeper removes them once
+they are older than ``FILESHARE_STAGING_MAX_AGE`` — longer than any upload may take, so a
+write in progress on another replica is never touched. Keys are fileshare's own and never
+reused, so two replicas sweeping at once only repeat each other's deletes. (The lifecycle
+rules of ``k8s/lifecycle`` are the second net, for when no replica runs.)
+
+Index rows an interrupted upload left (content reservations) expire by themselves: the next
+upload of the same bytes takes an expired reservation over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from fileshare.storage.base import STAGING_PREFIX, Storage, StorageError
+
+log = structlog.get_logger(__name__)
+
+#: Where promotions assemble their copies (content keys ``sha256/ab/cd/<hex>``).
+CONTENT_PREFIX = "sha256/"
+
+
+@dataclass(frozen=True)
+class Swept:
+    objects: int = 0
+    uploads: int = 0
+
+
+class StagingSweeper:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        unscanned: str,
+        permanent: str,
+        max_age: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.storage = storage
+        self.unscanned = unscanned
+        self.permanent = permanent
+        self.max_age = max_age
+        self.clock = clock
+
+    async def sweep(self) -> Swept:
+        """One round. Raises ``StorageError`` when the store cannot be listed (the next
+        round tries again); a single failed delete is logged and left for the next."""
+        before = self.clock() - self.max_age
+        objects = 0
+        async for key in self.storage.list_stale(self.unscanned, STAGING_PREFIX, before):
+            try:
+                await self.storage.delete(self.unscanned, key)
+            except StorageError as exc:
+                log.warning("recovery.delete_failed", key=key, error=type(exc).__name__)
+                continue
+            objects += 1
+        uploads = await self.storage.abort_stale_uploads(self.unscanned, STAGING_PREFIX, before)
+        uploads += await self.storage.abort_stale_uploads(self.permanent, CONTENT_PREFIX, before)
+        if objects or uploads:
+            log.info("recovery.swept", staging_objects=objects, unfinished_uploads=uploads)
+        return Swept(objects, uploads)
