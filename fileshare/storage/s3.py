@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import structlog
@@ -358,16 +358,21 @@ class S3Storage:
             await self._client.delete_object(Bucket=bucket, Key=key)
 
     async def list_keys(self, bucket: str, prefix: str = "") -> AsyncIterator[str]:
-        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in self._pages("list_objects_v2", bucket, prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    async def _pages(self, operation: str, bucket: str, prefix: str) -> AsyncIterator[Any]:
+        """The pages of a listing, each fetch's SDK errors made neutral."""
+        paginator = self._client.get_paginator(operation)  # type: ignore[call-overload]
         pages = paginator.paginate(Bucket=bucket, Prefix=prefix).__aiter__()
         while True:
-            with _translate(f"list {bucket}/{prefix}"):
+            with _translate(f"{operation} {bucket}/{prefix}"):
                 try:
                     page = await pages.__anext__()
                 except StopAsyncIteration:
                     return
-            for item in page.get("Contents", []):
-                yield item["Key"]
+            yield page
 
     async def presign_put(
         self, bucket: str, key: str, *, content_type: str, size: int, expires: int = 900
@@ -391,28 +396,14 @@ class S3Storage:
         return url, headers
 
     async def list_stale(self, bucket: str, prefix: str, before: datetime) -> AsyncIterator[str]:
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=bucket, Prefix=prefix).__aiter__()
-        while True:
-            with _translate(f"list {bucket}/{prefix}"):
-                try:
-                    page = await pages.__anext__()
-                except StopAsyncIteration:
-                    return
+        async for page in self._pages("list_objects_v2", bucket, prefix):
             for item in page.get("Contents", []):
                 if item["LastModified"] < before:
                     yield item["Key"]
 
     async def abort_stale_uploads(self, bucket: str, prefix: str, before: datetime) -> int:
         stale: list[tuple[str, str]] = []
-        paginator = self._client.get_paginator("list_multipart_uploads")
-        pages = paginator.paginate(Bucket=bucket, Prefix=prefix).__aiter__()
-        while True:
-            with _translate(f"list uploads {bucket}/{prefix}"):
-                try:
-                    page = await pages.__anext__()
-                except StopAsyncIteration:
-                    break
+        async for page in self._pages("list_multipart_uploads", bucket, prefix):
             stale += [
                 (u["Key"], u["UploadId"])
                 for u in page.get("Uploads", [])
