@@ -280,21 +280,41 @@ def test_refused_s3_credentials_are_named(tmp_path: Path, clamd: Clamd, seaweed:
     assert "wrong-secret" not in line
 
 
-def test_an_s3_bucket_that_would_keep_phi_unencrypted_stops_the_start(
-    tmp_path: Path, clamd: Clamd, seaweed: SeaweedS3
-) -> None:
-    """``default`` trusts the bucket's own encryption; SeaweedFS applies none, so the probe
-    object comes back plain and fileshare refuses to run (fail closed, before any upload)."""
+def _seaweed_env(
+    tmp_path: Path, clamd: Clamd, seaweed: SeaweedS3, **settings: str
+) -> dict[str, str]:
+    """Both start-up buckets on SeaweedFS, with credentials that work."""
     seaweed.create_bucket("startup-unscanned")
     seaweed.create_bucket("startup-permanent")
-    env = _s3_env(
+    return _s3_env(
         tmp_path,
         clamd,
         seaweed.endpoint,
         FILESHARE_S3_ACCESS_KEY=seaweed.access_key,
         FILESHARE_S3_SECRET_KEY=seaweed.secret_key,
-        FILESHARE_STORAGE_ENCRYPTION="default",
+        **settings,
     )
+
+
+def _readiness_then_log(
+    proc: subprocess.Popen[bytes], port: int, log: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Once ready: the /readyz answer; then SIGTERM, and the process's log lines."""
+    _poll(lambda: proc.poll() is not None or _get(port, "/readyz") == 200)
+    assert proc.poll() is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+        ready = json.load(resp)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    return ready, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_an_s3_bucket_that_would_keep_phi_unencrypted_stops_the_start(
+    tmp_path: Path, clamd: Clamd, seaweed: SeaweedS3
+) -> None:
+    """``default`` trusts the bucket's own encryption; SeaweedFS applies none, so the probe
+    object comes back plain and fileshare refuses to run (fail closed, before any upload)."""
+    env = _seaweed_env(tmp_path, clamd, seaweed, FILESHARE_STORAGE_ENCRYPTION="default")
     line = _one_line(_serve(env))
     assert line.startswith(f"storage (s3 at {seaweed.endpoint}) is not usable: ")
     assert "bucket startup-unscanned keeps objects unencrypted" in line
@@ -303,28 +323,14 @@ def test_an_s3_bucket_that_would_keep_phi_unencrypted_stops_the_start(
 def test_serve_verifies_and_reports_encryption_at_rest(
     tmp_path: Path, clamd: Clamd, seaweed: SeaweedS3, background: Any
 ) -> None:
-    seaweed.create_bucket("startup-unscanned")
-    seaweed.create_bucket("startup-permanent")
-    env = _s3_env(
-        tmp_path,
-        clamd,
-        seaweed.endpoint,
-        FILESHARE_S3_ACCESS_KEY=seaweed.access_key,
-        FILESHARE_S3_SECRET_KEY=seaweed.secret_key,
-        FILESHARE_LOG_LEVEL="INFO",
+    env = _seaweed_env(tmp_path, clamd, seaweed, FILESHARE_LOG_LEVEL="INFO")
+    ready, lines = _readiness_then_log(
+        background(env), int(env["FILESHARE_PORT"]), tmp_path / "serve.log"
     )
-    proc = background(env)
-    port = int(env["FILESHARE_PORT"])
-    _poll(lambda: proc.poll() is not None or _get(port, "/readyz") == 200)
-    assert proc.poll() is None
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
-        protection = json.load(resp)["protection"]
+    protection = ready["protection"]
     assert protection["atRest"] == "SSE-S3 (AES256) on every write"
     assert protection["verified"] is True  # what was found is for the log, not the public
     assert protection["plaintext"] == []
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
     [said] = [e for e in lines if e["event"] == "storage.encryption"]
     assert said["mode"] == "sse-s3"
     assert said["found"].startswith(
@@ -352,14 +358,10 @@ def test_a_plaintext_dependency_is_named_loudly_at_every_start(
             ]
         ),
     )
-    proc = background(env)
-    port = int(env["FILESHARE_PORT"])
-    _poll(lambda: proc.poll() is not None or _get(port, "/readyz") == 200)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
-        assert json.load(resp)["protection"]["plaintext"] == ["jwks"]
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+    ready, lines = _readiness_then_log(
+        background(env), int(env["FILESHARE_PORT"]), tmp_path / "serve.log"
+    )
+    assert ready["protection"]["plaintext"] == ["jwks"]
     warned = [e for e in lines if e["event"] == "transport.plaintext"]
     assert [(e["dependency"], e["host"], e["level"]) for e in warned] == [
         ("jwks", "idp.mesh.internal", "warning")
