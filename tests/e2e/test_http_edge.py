@@ -113,6 +113,23 @@ def test_a_bad_chunk_size_is_malformed_not_a_disconnect(live: Live) -> None:
     assert live.stored() == before
 
 
+def test_a_bad_chunk_size_in_a_later_segment_is_answered_not_hung(live: Live) -> None:
+    """The framing error arrives after the body's reader started (the client sends it only
+    after ``100 Continue``): aiohttp queued it as the next request and the upload waited
+    for the rest of a body that never came, until the client gave up."""
+    before = live.stored()
+    head = (
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\n" + AUTH + b"Transfer-Encoding: chunked\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    started = time.monotonic()
+    answer = exchange(live.port, head, then=b"5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n", timeout=8)
+    assert answer.interim == [100]  # the second segment came after the reader started
+    _assert_refused(answer, 400, "malformed_request")
+    assert time.monotonic() - started < 5
+    assert live.stored() == before
+
+
 # --- HTTP versions and codings --------------------------------------------------------------
 
 
