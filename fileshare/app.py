@@ -11,11 +11,12 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
-from fileshare.api import admin, docs, edge, files, oauth, openapi, problems, tags
+from fileshare.api import admin, docs, edge, files, oauth, openapi, problems, tags, uploads
 from fileshare.api import audit as audit_api
 from fileshare.api.keys import (
     AUDIT,
     AUTHENTICATION,
+    DIRECT,
     DRAINING,
     IDENTITY,
     IN_FLIGHT,
@@ -44,12 +45,14 @@ from fileshare.auth.signing import OVERLAP_MARGIN, PublishedKeys, Signer
 from fileshare.auth.trust import TrustedIssuer
 from fileshare.budget import MemoryBudget
 from fileshare.config import Settings
+from fileshare.direct import DirectUploads
 from fileshare.health import InFlight, Readiness
 from fileshare.index.audit import AuditStore
 from fileshare.index.base import FileIndex, Transactor
 from fileshare.index.factory import open_index
 from fileshare.index.identity import IdentityStore
 from fileshare.index.signing import SigningKeyStore
+from fileshare.index.uploads import UploadStore
 from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
 from fileshare.recovery import StagingSweeper
@@ -63,6 +66,7 @@ SCANNER = web.AppKey("scanner", ClamdScanner)
 INDEX = web.AppKey("index", FileIndex)
 BUDGET = web.AppKey("budget", MemoryBudget)
 READINESS = web.AppKey("readiness", Readiness)
+UPLOADS = web.AppKey("uploads", UploadStore)
 #: The external token issuers of ``FILESHARE_JWT_ISSUERS``, with their JWKS sources.
 TRUSTED_ISSUERS = web.AppKey("trusted_issuers", tuple[TrustedIssuer, ...])
 #: The OpenAPI document, rendered once.
@@ -149,6 +153,7 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI] = json.dumps(openapi.document(settings.base_url)).encode()
     app.add_routes(docs.routes)  # /docs and /problems/{code}, for people
     app.add_routes(files.routes)
+    app.add_routes(uploads.routes)
     app.add_routes(tags.routes)
     app.add_routes(admin.routes)
     app.add_routes(oauth.routes)
@@ -168,6 +173,7 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_index(settings) as index:
         app[INDEX] = index
         app[AUDIT] = AuditStore(index)
+        app[UPLOADS] = UploadStore(index)
         identity = app[IDENTITY] = IdentityStore(index)
         app[POLICY] = Policy(identity)
         app[REGISTRY] = Registry(identity, frozenset(settings.api_keys))
@@ -288,6 +294,19 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         storage=app[STORAGE],
         permanent_bucket=settings.permanent_bucket,
         audit=app[AUDIT],
+        uploads=app[UPLOADS],
+        redirect_ttl=settings.redirect_ttl,
+    )
+    direct = app[DIRECT] = DirectUploads(
+        pipeline=pipeline,
+        files=service,
+        uploads=app[UPLOADS],
+        storage=app[STORAGE],
+        unscanned_bucket=settings.unscanned_bucket,
+        url_ttl=settings.direct_url_ttl,
+        put_max=settings.direct_put_max,
+        max_size=settings.max_upload_size,
+        clock=service.clock,
     )
     app[READINESS] = Readiness(
         checks={
@@ -310,9 +329,11 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=service.clock,
     )
     sweeper = asyncio.create_task(_sweep_forever(service, recovery, settings.sweep_interval))
+    reconciler = asyncio.create_task(_reconcile_forever(direct, settings.reconcile_interval))
     yield
     sweeper.cancel()
-    await asyncio.wait([sweeper])
+    reconciler.cancel()
+    await asyncio.wait([sweeper, reconciler])
     # Runs before the storage and index contexts close (cleanup_ctx unwinds in reverse).
     await pipeline.wait_for_cleanups(CLEANUP_LIMIT)
 
@@ -332,4 +353,19 @@ async def _sweep_forever(service: FileService, recovery: StagingSweeper, interva
             await recovery.sweep()
         except Exception as exc:
             log.warning("recovery.failed", error=type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+async def _reconcile_forever(direct: DirectUploads, interval: float) -> None:
+    """Every ``interval`` seconds: ingest direct uploads whose bytes arrived but whose
+    completion never came, expire those whose URL expired unused."""
+    if not direct.available:
+        return
+    while True:
+        try:
+            settled = await direct.reconcile()
+            if settled:
+                log.info("reconcile.settled", uploads=settled)
+        except Exception as exc:  # the store or index is down: next round
+            log.warning("reconcile.failed", error=type(exc).__name__)
         await asyncio.sleep(interval)

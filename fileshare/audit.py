@@ -33,6 +33,11 @@ class Action(enum.StrEnum):
     SCAN_VERDICT = "scan.verdict"
     TOKEN_ISSUE = "token.issue"  # noqa: S105 (an action name, not a secret)
     URL_ISSUE = "url.issue"
+    #: A direct upload's status read, its completion call, and how its ingestion ended
+    #: when that made no file (rejected, expired, failed; a verdict is ``scan.verdict``).
+    UPLOAD_READ = "upload.read"
+    UPLOAD_COMPLETE = "upload.complete"
+    UPLOAD_FINISH = "upload.finish"
     AUTH_FAIL = "auth.fail"
     #: Authenticated, but refused the owner it named (no grant, a read-only grant).
     ACCESS_DENY = "access.deny"

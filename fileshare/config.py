@@ -172,6 +172,19 @@ class Settings:
     #: Staging objects and unfinished uploads older than this (seconds) are leftovers of
     #: crashed uploads, removed by the sweeper (``recovery``).
     staging_max_age: float = 86400.0
+    # direct-to-bucket uploads and downloads (S3)
+    #: How long a presigned upload URL works (seconds).
+    direct_url_ttl: int = 900
+    #: The largest direct upload in one presigned PUT.
+    direct_put_max: int = 5 * GiB
+    #: How often staged direct uploads nobody completed are ingested, and those whose
+    #: URL expired unused are expired (seconds).
+    reconcile_interval: float = 60.0
+    #: Answer downloads with a 302 to a presigned GET of the permanent object, unless the
+    #: caller asks otherwise (``?redirect=false``).
+    download_redirect: bool = False
+    #: How long such a presigned GET works (seconds).
+    redirect_ttl: int = 300
     # scanner
     clamd: ClamdAddress = field(default_factory=lambda: ClamdAddress(host="127.0.0.1", port=3310))
     clamd_connect_timeout: float = 5.0
@@ -271,6 +284,14 @@ class Settings:
             )
         if not 1 <= self.staging_max_age < float("inf"):
             raise ConfigError("FILESHARE_STAGING_MAX_AGE must be at least 1 second")
+        if not 1 <= self.direct_url_ttl <= 7 * 86400:
+            raise ConfigError("FILESHARE_DIRECT_URL_TTL must be between 1 s and 7 days")
+        if not 1 <= self.redirect_ttl <= 7 * 86400:
+            raise ConfigError("FILESHARE_REDIRECT_TTL must be between 1 s and 7 days")
+        if not 0 < self.direct_put_max <= 5 * GiB:
+            raise ConfigError("FILESHARE_DIRECT_PUT_MAX must be between 1 byte and 5 GiB")
+        if not self.reconcile_interval > 0:
+            raise ConfigError("FILESHARE_RECONCILE_INTERVAL must be a positive number of seconds")
         if not self.sweep_interval > 0:
             raise ConfigError("FILESHARE_SWEEP_INTERVAL must be a positive number of seconds")
         if self.clamd_max_scans < 1:
@@ -610,6 +631,7 @@ _SIZES = {
     "PART_SIZE": "part_size",
     "MAX_UPLOAD_SIZE": "max_upload_size",
     "MEMORY_BUDGET": "memory_budget",
+    "DIRECT_PUT_MAX": "direct_put_max",
 }
 _INTS = {
     "PORT": "port",
@@ -619,6 +641,8 @@ _INTS = {
     "MAX_LINE_SIZE": "max_line_size",
     "MAX_FIELD_SIZE": "max_field_size",
     "MAX_HEADERS": "max_headers",
+    "DIRECT_URL_TTL": "direct_url_ttl",
+    "REDIRECT_TTL": "redirect_ttl",
 }
 _FLOATS = {
     "STORAGE_TIMEOUT": "storage_timeout",
@@ -630,6 +654,7 @@ _FLOATS = {
     "SHUTDOWN_GRACE": "shutdown_grace",
     "SWEEP_INTERVAL": "sweep_interval",
     "STAGING_MAX_AGE": "staging_max_age",
+    "RECONCILE_INTERVAL": "reconcile_interval",
     "TOKEN_LIFETIME": "token_lifetime",
     "SIGNING_KEY_ROTATION": "signing_key_rotation",
 }
@@ -642,6 +667,7 @@ _OTHERS = {
     "JWT_ISSUERS": "jwt_issuers",
     "JWKS_ALLOW_HTTP": "jwks_allow_http",
     "S3_BUCKET_KEY": "s3_bucket_key",
+    "DOWNLOAD_REDIRECT": "download_redirect",
     "PLAINTEXT_HOSTS": "plaintext_hosts",
 }
 #: ``Settings`` field -> its environment variable (config/fileshare.example.env lists them).
@@ -698,6 +724,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kwargs["jwks_allow_http"] = _parse_bool(v, "FILESHARE_JWKS_ALLOW_HTTP")
     if v := get("S3_BUCKET_KEY"):
         kwargs["s3_bucket_key"] = _parse_bool(v, "FILESHARE_S3_BUCKET_KEY")
+    if v := get("DOWNLOAD_REDIRECT"):
+        kwargs["download_redirect"] = _parse_bool(v, "FILESHARE_DOWNLOAD_REDIRECT")
     if v := get("PLAINTEXT_HOSTS"):
         kwargs["plaintext_hosts"] = frozenset(
             filter(None, (plaintext_host_entry(h) for h in v.split(",")))

@@ -181,6 +181,20 @@ class ContentNotAvailable(Conflict):
     code, title = "content_not_available", "The file's content is not available"
 
 
+class ContentPending(ContentNotAvailable):
+    """The file is a direct upload whose bytes have not arrived or are still being scanned;
+    its upload's status (`GET /v1/uploads/{uploadId}`) says which."""
+
+    code, title = "content_pending", "The file's content is not scanned yet"
+
+
+class UploadIncomplete(Conflict):
+    """A direct upload was completed before its bytes were at the presigned URL: upload them
+    first (the URL is valid until the upload's `expires`)."""
+
+    code, title = "upload_incomplete", "Nothing was uploaded to the URL yet"
+
+
 class PreconditionFailed(FileshareError):
     """`If-Match` or `If-None-Match: *` on a PUT did not hold: the file's current ETag is
     another, or the file exists."""
@@ -235,6 +249,13 @@ class ValidationFailed(FileshareError):
     bad tag in a body; `detail` says which."""
 
     status, code, title = 422, "validation_failed", "Request validation failed"
+
+
+class DirectUploadsUnavailable(FileshareError):
+    """This deployment's storage cannot sign URLs (the local directory backend; GCS not yet):
+    upload through `POST /v1/files`, and download through fileshare."""
+
+    status, code, title = 501, "direct_uploads_unavailable", "Direct uploads are not available"
 
 
 # --- dependency faults: fail closed ----------------------------------------------------

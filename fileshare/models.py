@@ -21,6 +21,21 @@ class ScanState(enum.StrEnum):
     FAILED = "failed"
 
 
+class UploadState(enum.StrEnum):
+    """Where an upload that went straight to the store stands (``POST /v1/uploads``): the
+    scan states, and two of its own. ``rejected``: the object is not what the intent
+    declared (size, type or checksum); ``expired``: no bytes came before the URL expired.
+    Only ``clean`` made a file."""
+
+    PENDING = "pending"
+    CLEAN = "clean"
+    INFECTED = "infected"
+    UNSCANNABLE = "unscannable"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
 def legacy_key(sha256_hex: str) -> str:
     """Where releases before the index owned the content put a blob: purely by hash."""
     return f"sha256/{sha256_hex[:2]}/{sha256_hex[2:4]}/{sha256_hex}"

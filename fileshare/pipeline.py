@@ -36,7 +36,7 @@ from fileshare.budget import MemoryBudget
 from fileshare.metrics import Metrics
 from fileshare.models import Content, ScanRecord, ScanState, new_object_key
 from fileshare.scan.base import ScanError, Scanner, ScannerBusy, ScanSession, ScanSizeExceeded
-from fileshare.storage.base import STAGING_PREFIX, Storage, StorageError, Writer
+from fileshare.storage.base import STAGING_PREFIX, ObjectInfo, Storage, StorageError, Writer
 from fileshare.storage.promotion import Location, Promotion
 
 log = structlog.get_logger(__name__)
@@ -164,11 +164,33 @@ class Pipeline:
         """
         if declared_size is not None and declared_size > self.max_size:
             raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
+        upload = _Upload(self, content_type, audit)
+        return await self._run(upload, lambda: upload.run(chunks, declared_size, expected_sha256))
+
+    async def ingest_staged(
+        self,
+        staged: ObjectInfo,
+        *,
+        content_type: str,
+        expected_sha256: str | None = None,
+        audit: AuditEvent | None = None,
+    ) -> IngestResult:
+        """Ingest an object that was uploaded straight into the unscanned bucket: read it
+        back once (pinned to ``staged.version``) through the hashers and clamd, then
+        dedup and promote exactly as ``ingest`` does. The staging object is the caller's
+        to delete once the outcome is recorded. Raises what ``ingest`` raises."""
+        if staged.size > self.max_size:
+            raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
+        upload = _Upload(self, content_type, audit, staging_key=staged.key)
+        return await self._run(upload, lambda: upload.run_staged(staged, expected_sha256))
+
+    async def _run(
+        self, upload: _Upload, work: Callable[[], Awaitable[IngestResult]]
+    ) -> IngestResult:
         async with self.budget.reserve(self.per_upload_memory, wait=self.budget_wait):
-            upload = _Upload(self, content_type, audit)
             self.metrics.inflight.inc()
             try:
-                result = await upload.run(chunks, declared_size, expected_sha256)
+                result = await work()
             except errors.FileshareError as exc:
                 self._count_failure(exc)
                 raise
@@ -209,11 +231,18 @@ class Pipeline:
 class _Upload:
     """The state of one upload, so that cleanup knows what exists."""
 
-    def __init__(self, pipeline: Pipeline, content_type: str, audit: AuditEvent | None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        content_type: str,
+        audit: AuditEvent | None,
+        *,
+        staging_key: str | None = None,
+    ) -> None:
         self.p = pipeline
         self.content_type = content_type
         self.audit = audit
-        self.staging_key = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        self.staging_key = staging_key or f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.writer: Writer | None = None
         self.scan: ScanSession | None = None
         self.promotion: Promotion | None = None
@@ -235,13 +264,7 @@ class _Upload:
                 _check_digest(digest, expected_sha256)
                 self.log.info("upload.duplicate", sha256=digest.sha256, verified_only=True)
                 return IngestResult(held, duplicate=True)
-        try:
-            self.scan = await p.scanner.open()
-        except ScannerBusy:
-            raise errors.Overloaded("the virus scanner is saturated; retry later") from None
-        except ScanError as exc:
-            self.log.warning("scan.unavailable", error=str(exc))
-            raise errors.ScannerUnavailable() from None
+        self.scan = await self._open_scan()
         self.writer = await storage_call(
             "open_writer",
             p.storage.open_writer(p.unscanned, self.staging_key, content_type=self.content_type),
@@ -249,6 +272,36 @@ class _Upload:
         digest = await self._receive(chunks, declared_size, (self.writer.write, self.scan.feed))
         if expected_sha256 is not None:
             _check_digest(digest, expected_sha256)
+        return await self._settle(digest, None)
+
+    async def run_staged(self, staged: ObjectInfo, expected_sha256: str | None) -> IngestResult:
+        """The bytes are in the unscanned bucket already: read them once, scan, settle."""
+        p = self.p
+        self.scan = await self._open_scan()
+        chunks = p.storage.read(p.unscanned, staged.key, version=staged.version)
+        try:
+            digest = await self._receive(chunks, staged.size, (self.scan.feed,))
+        except StorageError as exc:
+            self.log.warning("storage.failed", operation="read_staged", error=str(exc))
+            raise errors.StorageUnavailable(operation="read_staged") from None
+        if expected_sha256 is not None:
+            _check_digest(digest, expected_sha256)
+        return await self._settle(digest, staged.version)
+
+    async def _open_scan(self) -> ScanSession:
+        try:
+            return await self.p.scanner.open()
+        except ScannerBusy:
+            raise errors.Overloaded("the virus scanner is saturated; retry later") from None
+        except ScanError as exc:
+            self.log.warning("scan.unavailable", error=str(exc))
+            raise errors.ScannerUnavailable() from None
+
+    async def _settle(self, digest: Content, staged_version: str | None) -> IngestResult:
+        """After the last byte: dedup, or promote (a copy prepared inside the scan
+        window) once the verdict is clean. ``staged_version``: the bytes were not written
+        by this upload but found staged under that version (the copy is pinned to it)."""
+        p = self.p
         self.log = self.log.bind(sha256=digest.sha256, size=digest.size)
         # One index call: held already (a dedup hit), or the key to promote under is listed
         # before the object exists, so that no crash or failed commit between promotion
@@ -266,6 +319,7 @@ class _Upload:
             self.promotion = Promotion(
                 p.storage,
                 self.writer,
+                staged_version=staged_version,
                 staging=Location(p.unscanned, self.staging_key),
                 target=Location(p.permanent, key),
                 size=digest.size,

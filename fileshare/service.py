@@ -19,7 +19,7 @@ import structlog
 
 from fileshare import errors
 from fileshare.audit import Action, Actor, AuditEvent, Result
-from fileshare.boundary import index_call
+from fileshare.boundary import index_call, storage_call
 from fileshare.index.audit import AuditStore
 from fileshare.index.base import (
     ContentGone,
@@ -32,9 +32,10 @@ from fileshare.index.base import (
     Tag,
     TooLarge,
 )
-from fileshare.models import FileRecord
-from fileshare.pipeline import Pipeline
-from fileshare.storage.base import ObjectNotFound, Storage, StorageError
+from fileshare.index.uploads import UploadStore
+from fileshare.models import FileRecord, UploadState
+from fileshare.pipeline import IngestResult, Pipeline
+from fileshare.storage.base import ObjectNotFound, Presigned, Presigner, Storage, StorageError
 
 log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
@@ -81,9 +82,15 @@ class FileService:
         storage: Storage,
         permanent_bucket: str,
         audit: AuditStore,
+        uploads: UploadStore | None = None,
+        redirect_ttl: int = 300,
         clock: Clock = utc_now,
     ) -> None:
         self.pipeline = pipeline
+        #: Direct uploads, so that a file still on its way is "pending", not "not found".
+        self.uploads = uploads
+        self.presigner = storage if isinstance(storage, Presigner) else None
+        self.redirect_ttl = redirect_ttl
         self.index = index
         self.audit = audit
         self.storage = storage
@@ -101,7 +108,7 @@ class FileService:
         try:
             _check_conditions(current, target)
         except errors.FileshareError as exc:
-            await self._refused(actor.event(Action.FILE_REPLACE, file_id=target.file_id), exc)
+            await self.audit_refusal(actor.event(Action.FILE_REPLACE, file_id=target.file_id), exc)
             raise
 
     async def upload(
@@ -122,7 +129,7 @@ class FileService:
                 actor, event, chunks, name, content_type, declared_size, sha256, target
             )
         except errors.FileshareError as exc:
-            await self._refused(event, exc)
+            await self.audit_refusal(event, exc)
             raise
 
     async def _upload(
@@ -150,6 +157,24 @@ class FileService:
             if_match=() if target is None else target.if_match,
             if_none_match=target is not None and target.if_none_match,
         )
+        created_by = actor.principal.subject if actor.principal else None
+        return await self.record_ingested(
+            owner, result, event, name, content_type, placement, created_by=created_by
+        )
+
+    async def record_ingested(
+        self,
+        owner: str,
+        result: IngestResult,
+        event: AuditEvent,
+        name: str | None,
+        content_type: str,
+        placement: Placement,
+        *,
+        created_by: str | None,
+    ) -> Uploaded:
+        """Record ingested bytes as the owner's file (after a streamed upload, or the
+        ingestion of a presigned one); what the commit leaves unused is removed."""
         promoted = None if result.duplicate else result.content.key
         try:
             committed = await index_call(
@@ -161,7 +186,7 @@ class FileService:
                     placement=placement,
                     held=result.duplicate,
                     now=self.clock(),
-                    created_by=actor.principal.subject if actor.principal else None,
+                    created_by=created_by,
                     audit=event,
                 )
             )
@@ -207,23 +232,54 @@ class FileService:
         record = await index_call(self.index.get(_owner(actor), file_id))
         exc: errors.FileshareError | None = None
         if record is None:
-            exc = errors.NotFound("no such file")
+            exc = await self._not_recorded(_owner(actor), file_id)
         elif present and not record.content.present:
             exc = errors.ContentNotAvailable(f"the file's content is {record.content.state.value}")
         refused = action or refused_as
         if exc is not None:
             if refused is not None:
-                await self._refused(actor.event(refused, file_id=file_id), exc)
+                await self.audit_refusal(actor.event(refused, file_id=file_id), exc)
             raise exc
         assert record is not None
         if action is not None:
-            await self._record(actor.event(action, file_id=record.id, sha256=record.content.sha256))
+            await self.audit_read(
+                actor.event(action, file_id=record.id, sha256=record.content.sha256)
+            )
         return record
+
+    async def _not_recorded(self, owner: str, file_id: str) -> errors.FileshareError:
+        """Why there is no record: none (404), or the owner's direct upload that is to
+        become it is still pending (409 ``content_pending``) or ended without a file."""
+        upload = None
+        if self.uploads is not None:
+            upload = await index_call(self.uploads.for_file(owner, file_id))
+        if upload is None or upload.state is UploadState.CLEAN:
+            return errors.NotFound("no such file")
+        if upload.state is UploadState.PENDING:
+            return errors.ContentPending("the upload is not ingested yet; see its status")
+        return errors.ContentNotAvailable(f"the upload ended {upload.state.value}")
+
+    async def redirect(self, record: FileRecord, disposition: str) -> Presigned | None:
+        """A short-lived presigned GET of the record's object whose answer carries the
+        record's type and ``disposition``, where the store can sign one (None elsewhere:
+        the download is streamed)."""
+        if self.presigner is None or record.content.key is None:
+            return None
+        return await storage_call(
+            "presign",
+            self.presigner.presign_download(
+                self.permanent,
+                record.content.key,
+                content_type=record.content_type,
+                disposition=disposition,
+                expires=self.redirect_ttl,
+            ),
+        )
 
     async def list_files(self, actor: Actor, query: FileQuery, *, search: bool = False) -> Page:
         page = await index_call(self.index.list_files(_owner(actor), query))
         action = Action.FILE_SEARCH if search else Action.FILE_LIST
-        await self._record(actor.event(action, detail={"count": len(page.items)}))
+        await self.audit_read(actor.event(action, detail={"count": len(page.items)}))
         return page
 
     async def patch(self, actor: Actor, file_id: str, patch: FilePatch) -> FileRecord:
@@ -236,7 +292,7 @@ class FileService:
             exc: errors.FileshareError = errors.NotFound("no such file")
         except TooLarge as too_large:
             exc = errors.ValidationFailed(str(too_large))
-        await self._refused(event, exc)
+        await self.audit_refusal(event, exc)
         raise exc
 
     async def delete(self, actor: Actor, file_id: str) -> None:
@@ -248,7 +304,7 @@ class FileService:
         )
         if removed is None:
             exc = errors.NotFound("no such file")
-            await self._refused(event, exc)
+            await self.audit_refusal(event, exc)
             raise exc
         log.info("file.deleted", file_id=file_id, objects_removed=len(removed.doomed))
         await self._remove_objects(removed.doomed)
@@ -263,7 +319,7 @@ class FileService:
 
     async def list_tags(self, actor: Actor, after: str | None, limit: int) -> list[Tag]:
         found = await index_call(self.index.list_tags(_owner(actor), after, limit))
-        await self._record(actor.event(Action.TAG_LIST, detail={"count": len(found)}))
+        await self.audit_read(actor.event(Action.TAG_LIST, detail={"count": len(found)}))
         return found
 
     async def delete_tag(self, actor: Actor, tag: str) -> None:
@@ -272,7 +328,7 @@ class FileService:
             self.index.delete_tag(_owner(actor), tag, self.clock(), audit=event)
         ):
             exc = errors.NotFound("no such tag")
-            await self._refused(event, exc)
+            await self.audit_refusal(event, exc)
             raise exc
 
     async def tag_file(self, actor: Actor, file_id: str, tag: str, *, add: bool) -> FileRecord:
@@ -291,22 +347,22 @@ class FileService:
             )
         except TooLarge as exc:
             refused = errors.ValidationFailed(str(exc))
-            await self._refused(event, refused)
+            await self.audit_refusal(event, refused)
             raise refused from None
         if record is None:
             missing = errors.NotFound("no such file")
-            await self._refused(event, missing)
+            await self.audit_refusal(event, missing)
             raise missing
         return record
 
     # ---------------------------------------------------------------- audit
 
-    async def _record(self, event: AuditEvent) -> None:
+    async def audit_read(self, event: AuditEvent) -> None:
         """The audit row of a read, written before the answer: if it cannot be written,
         the read is refused (503), never served unrecorded."""
         await index_call(self.audit.record(event, now=self.clock()))
 
-    async def _refused(self, event: AuditEvent, exc: errors.FileshareError) -> None:
+    async def audit_refusal(self, event: AuditEvent, exc: errors.FileshareError) -> None:
         """The audit row of a refused or failed operation. Best effort: the answer stays
         the refusal, whether or not the row could be written."""
         result = Result.DENIED if exc.status < 500 else Result.FAILED

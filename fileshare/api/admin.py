@@ -9,7 +9,7 @@ from aiohttp import hdrs, web
 
 from fileshare import errors
 from fileshare.api import params
-from fileshare.api.body import read_json
+from fileshare.api.body import json_members
 from fileshare.api.context import PRINCIPAL, REQUEST_ID
 from fileshare.api.files import timestamp
 from fileshare.api.keys import REGISTRY, SETTINGS
@@ -18,7 +18,6 @@ from fileshare.auth.principal import scope_text
 from fileshare.index.identity import ApiKey, Client, Grant
 
 routes = web.RouteTableDef()
-JSON = ("application/json",)
 #: No-store: answers may hold a secret shown once.
 _NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
 
@@ -67,26 +66,6 @@ def render_grant(g: Grant) -> dict[str, object]:
     }
 
 
-async def _body(request: web.Request, allowed: set[str]) -> dict[str, object]:
-    body = dict(params.json_object(await read_json(request, media_types=JSON), "the body"))
-    if set(body) - allowed:
-        raise errors.ValidationFailed(
-            f"an unknown member; the body takes {', '.join(sorted(allowed))}"
-        )
-    return body
-
-
-def _string(body: dict[str, object], name: str, *, required: bool = False) -> str | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise errors.ValidationFailed(f"{name} is required")
-        return None
-    if not isinstance(value, str):
-        raise errors.ValidationFailed(f"{name} must be a string")
-    return value
-
-
 @routes.get("/v1/admin/clients")
 async def list_clients(request: web.Request) -> web.Response:
     found = await request.app[REGISTRY].clients()
@@ -95,16 +74,16 @@ async def list_clients(request: web.Request) -> web.Response:
 
 @routes.post("/v1/admin/clients")
 async def create_client(request: web.Request) -> web.Response:
-    body = await _body(request, {"id", "role", "scopes", "owner", "secret", "jwks"})
+    body = await json_members(request, {"id", "role", "scopes", "owner", "secret", "jwks"})
     with_secret = body.get("secret", False)
     if not isinstance(with_secret, bool):
         raise errors.ValidationFailed("secret must be true or false")
     made = await request.app[REGISTRY].create_client(
         _actor(request),
-        _string(body, "id", required=True) or "",
-        role=_string(body, "role", required=True) or "",
-        scopes=_string(body, "scopes"),
-        owner=_string(body, "owner"),
+        params.string_member(body, "id", required=True) or "",
+        role=params.string_member(body, "role", required=True) or "",
+        scopes=params.string_member(body, "scopes"),
+        owner=params.string_member(body, "owner"),
         with_secret=with_secret,
         jwks=body.get("jwks"),
     )
@@ -136,7 +115,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 @routes.post("/v1/admin/clients/{client_id}/keys")
 async def create_key(request: web.Request) -> web.Response:
-    body = await _body(request, {"expiresIn"})
+    body = await json_members(request, {"expiresIn"})
     expires_in = body.get("expiresIn")
     lifetime = None
     if isinstance(expires_in, float) and expires_in.is_integer():
@@ -144,7 +123,10 @@ async def create_key(request: web.Request) -> web.Response:
     if expires_in is not None:
         if isinstance(expires_in, bool) or not isinstance(expires_in, int):
             raise errors.ValidationFailed("expiresIn is a whole number of seconds")
-        lifetime = timedelta(seconds=expires_in)
+        try:
+            lifetime = timedelta(seconds=expires_in)
+        except OverflowError:  # past timedelta's range: past any lifetime allowed too
+            raise errors.ValidationFailed("expiresIn is longer than a key may live") from None
     made = await request.app[REGISTRY].create_key(
         _actor(request), request.match_info["client_id"], lifetime=lifetime
     )
@@ -170,8 +152,8 @@ async def list_grants(request: web.Request) -> web.Response:
 
 @routes.put("/v1/admin/grants/{grantee}/{owner}")
 async def put_grant(request: web.Request) -> web.Response:
-    body = await _body(request, {"access"})
-    access = _string(body, "access", required=True) or ""
+    body = await json_members(request, {"access"})
+    access = params.string_member(body, "access", required=True) or ""
     grant = await request.app[REGISTRY].put_grant(
         _actor(request), request.match_info["grantee"], request.match_info["owner"], access
     )

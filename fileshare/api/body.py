@@ -20,6 +20,7 @@ from aiohttp import BodyPartReader, ClientError, MultipartReader, web
 from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError, HttpProcessingError
 
 from fileshare import errors
+from fileshare.api import params
 from fileshare.api.edge import continue_if_expected
 from fileshare.api.names import name_from_content_disposition, validate_media_type, validate_name
 
@@ -28,6 +29,7 @@ MAX_FIELD_BYTES = 64 * 1024
 READ_CHUNK = 256 * 1024
 #: The largest JSON body a route takes (PATCH, POST /v1/tags).
 MAX_JSON_BODY = 64 * 1024
+JSON = ("application/json",)
 _TRANSPORT_ERRORS = (ClientError, HttpProcessingError, OSError, asyncio.IncompleteReadError)
 
 
@@ -200,3 +202,13 @@ async def read_json(request: web.Request, *, media_types: tuple[str, ...]) -> ob
         return json.loads(b"".join(parts).decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise errors.InvalidJson("the body is not valid UTF-8 JSON") from None
+
+
+async def json_members(request: web.Request, allowed: set[str]) -> dict[str, object]:
+    """A JSON object body with no members but ``allowed`` (none named in the answer)."""
+    body = dict(params.json_object(await read_json(request, media_types=JSON), "the body"))
+    if set(body) - allowed:
+        raise errors.ValidationFailed(
+            f"an unknown member; the body takes {', '.join(sorted(allowed))}"
+        )
+    return body

@@ -266,6 +266,16 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
 
 
+def _redirect_asked(request: web.Request) -> bool:
+    """``?redirect=true`` or ``false``; without it, the deployment's default."""
+    values = request.query.getall("redirect", [])
+    if len(values) > 1 or (values and values[0] not in ("true", "false")):
+        raise errors.InvalidParameter("redirect must be true or false, once")
+    if values:
+        return bool(values[0] == "true")
+    return request.app[SETTINGS].download_redirect
+
+
 @routes.route("GET", "/v1/files/{file_id}")
 async def download(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
@@ -281,6 +291,15 @@ async def download(request: web.Request) -> web.StreamResponse:
         # User content never runs as a page of this origin.
         "Content-Security-Policy": "default-src 'none'; sandbox",
     }
+    if _redirect_asked(request):
+        presigned = await service.redirect(record, headers[hdrs.CONTENT_DISPOSITION])
+        if presigned is not None:
+            # The store serves the bytes (ranges included); the URL is a bearer credential
+            # for a few minutes, so the answer is never cached.
+            return web.Response(
+                status=302,
+                headers={hdrs.LOCATION: presigned.url, hdrs.CACHE_CONTROL: "no-store"},
+            )
     if (inm := request.headers.get(hdrs.IF_NONE_MATCH)) and _etag_matches(inm, record.etag):
         return web.Response(status=304, headers=headers)
     byte_range = None

@@ -12,6 +12,7 @@ from fileshare.auth.policy import Policy
 from fileshare.auth.registry import Registry
 from fileshare.auth.signing import PublishedKeys
 from fileshare.config import Settings
+from fileshare.direct import DirectUploads
 from fileshare.health import InFlight
 from fileshare.index.audit import AuditStore
 from fileshare.index.identity import IdentityStore
@@ -20,6 +21,8 @@ from fileshare.service import FileService
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", FileService)
+#: Direct-to-bucket uploads (presigned URLs) and their ingestion.
+DIRECT = web.AppKey("direct", DirectUploads)
 AUTHENTICATION = web.AppKey("authentication", Authentication)
 POLICY = web.AppKey("policy", Policy)
 AUDIT = web.AppKey("audit", AuditStore)

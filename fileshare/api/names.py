@@ -16,6 +16,8 @@ from fileshare import errors
 MAX_NAME_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+#: ``type/subtype``, optionally with parameters (which are dropped).
+MEDIA_TYPE_PATTERN = rf"^\s*{_TCHARS}/{_TCHARS}\s*(;.*)?$"
 _MEDIA_TYPE = re.compile(rf"^{_TCHARS}/{_TCHARS}$")
 
 

@@ -70,7 +70,10 @@ def _errors(*statuses: str) -> dict[str, Schema]:
     base = {k: _ERRORS[k] for k in ("400", "401", "403", "503")}
     extra = {
         "404": _ERRORS["404"],
-        "409": _problem("The file's content is not available (or a concurrent change)"),
+        "409": _problem(
+            "The file's content is not available, or not scanned yet (a direct upload's), or "
+            "a concurrent change"
+        ),
         "412": _problem("If-Match / If-None-Match did not hold"),
         "413": _problem("Over the size limit"),
         "415": _problem("Unsupported media type or content encoding"),
@@ -227,6 +230,13 @@ _PUT_PARAMETERS = [
     _header_parameter("If-None-Match", "Create only, never replace", {"const": "*"}),
 ]
 _DOWNLOAD_PARAMETERS = [
+    _query(
+        "redirect",
+        "`true`: answer 302 to a short-lived presigned GET of the object (where the store "
+        "can sign one), `false`: stream it through fileshare; default: the deployment's "
+        "FILESHARE_DOWNLOAD_REDIRECT",
+        {"type": "string", "enum": ["true", "false"]},
+    ),
     _header_parameter("Range", "One byte range, `bytes=first-last` (others: the whole file)"),
     _header_parameter("If-Range", "Honour Range only if the ETag still is this one"),
     _header_parameter("If-None-Match", "`304` if the ETag is one of these"),
@@ -246,6 +256,10 @@ def _download(head: bool) -> Schema:
     return {
         "200": {"description": "The bytes", "headers": _DOWNLOAD_HEADERS, **content},
         "206": {"description": "A byte range", "headers": _DOWNLOAD_HEADERS | _RANGE, **content},
+        "302": {
+            "description": "The bytes are at Location, a presigned GET valid for a few minutes",
+            "headers": {"Location": _header("The presigned URL", {"type": "string"})},
+        },
         "304": {"description": "Not modified", "headers": _ETAG},
         **_errors("404", "409", "416"),
     }
@@ -736,7 +750,7 @@ def _paths() -> dict[str, Schema]:
                         JSON: {"schema": _ref("FilePatch")},
                     },
                 },
-                "responses": {"200": file, **_errors("404", "413", "415", "422")},
+                "responses": {"200": file, **_errors("404", "409", "413", "415", "422")},
             },
             "delete": {
                 "summary": "Delete physically (the bytes once no record uses them)",
@@ -745,17 +759,17 @@ def _paths() -> dict[str, Schema]:
         },
         "/v1/files/{fileId}/metadata": {
             "parameters": [_FILE_ID, _OWNER],
-            "get": {"summary": "The record", "responses": {"200": file, **_errors("404")}},
+            "get": {"summary": "The record", "responses": {"200": file, **_errors("404", "409")}},
         },
         "/v1/files/{fileId}/tags/{tag}": {
             "parameters": [_FILE_ID, _TAG, _OWNER],
             "put": {
                 "summary": "Put a tag on the file",
-                "responses": {"200": file, **_errors("404", "422")},
+                "responses": {"200": file, **_errors("404", "409", "422")},
             },
             "delete": {
                 "summary": "Take a tag off the file",
-                "responses": {"200": file, **_errors("404")},
+                "responses": {"200": file, **_errors("404", "409")},
             },
         },
         "/v1/tags": {
@@ -1145,6 +1159,9 @@ def _audit_paths() -> dict[str, Schema]:
 
 
 def document(base_url: str) -> dict[str, Any]:
+    # Here, not at the top: that module builds on this one's helpers.
+    from fileshare.api.openapi_uploads import upload_paths, upload_schemas
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1169,7 +1186,11 @@ def document(base_url: str) -> dict[str, Any]:
                     "§2.3.1): id and secret, each form-urlencoded first",
                 },
             },
-            "schemas": _schemas() | _oauth_schemas() | _admin_schemas() | _audit_schemas(),
+            "schemas": _schemas()
+            | upload_schemas()
+            | _oauth_schemas()
+            | _admin_schemas()
+            | _audit_schemas(),
         },
-        "paths": _paths() | _oauth_paths() | _admin_paths() | _audit_paths(),
+        "paths": _paths() | upload_paths() | _oauth_paths() | _admin_paths() | _audit_paths(),
     }

@@ -200,3 +200,14 @@ def json_object(value: object, what: str) -> Mapping[str, object]:
     if not isinstance(value, dict):
         raise errors.InvalidJson(f"{what} must be a JSON object")
     return value
+
+
+def string_member(body: Mapping[str, object], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise errors.ValidationFailed(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise errors.ValidationFailed(f"{name} must be a string")
+    return value

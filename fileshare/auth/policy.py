@@ -47,6 +47,10 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("GET", "/v1/files/{file_id}/metadata"): Scope.FILES_READ,
     ("PUT", "/v1/files/{file_id}/tags/{tag}"): Scope.TAGS_WRITE,
     ("DELETE", "/v1/files/{file_id}/tags/{tag}"): Scope.TAGS_WRITE,
+    # direct-to-bucket uploads
+    ("POST", "/v1/uploads"): Scope.FILES_WRITE,
+    ("GET", "/v1/uploads/{upload_id}"): Scope.FILES_READ,
+    ("POST", "/v1/uploads/{upload_id}/complete"): Scope.FILES_WRITE,
     # tags
     ("POST", "/v1/tags"): Scope.TAGS_WRITE,
     ("GET", "/v1/tags"): Scope.FILES_READ,

@@ -273,7 +273,9 @@ LOGGED_DETAIL = frozenset(
         "since",
         "state",
         "status",
+        "trigger",
         "until",
+        "upload_id",
         "write",
     }
 )

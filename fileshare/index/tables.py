@@ -168,6 +168,7 @@ uploads = Table(
     Column("id", String(64), primary_key=True),
     Column("owner", String(OWNER_MAX), nullable=False),
     Column("file_id", String(FILE_ID_MAX), nullable=False),
+    #: ``models.UploadState``
     Column("state", String(16), nullable=False),
     Column("name", Text),
     Column("content_type", String(CONTENT_TYPE_MAX), nullable=False),
@@ -175,12 +176,23 @@ uploads = Table(
     Column("sha256", String(64)),
     Column("staging_key", Text, nullable=False),
     Column("created", UtcDateTime, nullable=False),
+    #: When the presigned URL stops working; an upload still awaiting its bytes a while
+    #: after that is expired.
     Column("expires", UtcDateTime, nullable=False),
     Column("lease_holder", String(64)),
     Column("lease_until", UtcDateTime),
+    #: Why it was refused or failed, in words (never the store's or scanner's text).
     Column("detail", Text),
+    Column("created_by", String(OWNER_MAX)),
+    #: Ingestions begun: a scanner or store failure is retried a bounded number of times.
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    #: The error code it ended with (``errors``), and the signature when infected.
+    Column("code", String(64)),
+    Column("signature", Text),
+    Column("finished", UtcDateTime),
     Index("uploads_owner", "owner", "created"),
     Index("uploads_state", "state", "expires"),
+    Index("uploads_file", "owner", "file_id"),
 )
 
 # ------------------------------------------------------------------ identity and audit

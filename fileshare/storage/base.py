@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 #: Where uploads stage in the unscanned bucket (keys ``staging/<uuid>``).
 STAGING_PREFIX = "staging/"
+#: Where objects uploaded straight to the store (presigned URLs) stage: keys
+#: ``staging/direct/<upload id>``, so that the reconciler can tell which upload an object is.
+DIRECT_PREFIX = f"{STAGING_PREFIX}direct/"
 #: Where ``Storage.verify_encryption`` writes its (empty, at once deleted) probe objects:
 #: under the staging prefix, which the IAM policy and the lifecycle rule already cover.
 PROBE_PREFIX = f"{STAGING_PREFIX}probe-"
@@ -77,6 +80,43 @@ class PendingCopy(Protocol):
         """Discard the prepared target. Idempotent, never raises."""
 
 
+@dataclass(frozen=True)
+class Presigned:
+    """A request anyone holding it may make to the store, without fileshare, until it
+    expires: the method, the URL and the headers that must be sent as they are (the
+    signature covers them)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    expires: datetime
+
+
+@runtime_checkable
+class Presigner(Protocol):
+    """A store that can hand out presigned requests (S3); the others cannot, and
+    fileshare then refuses the direct-to-bucket flows rather than proxy them."""
+
+    async def presign_upload(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str,
+        size: int,
+        sha256: str | None,
+        expires: int,
+    ) -> Presigned:
+        """A write-only PUT of exactly this object: the signature binds the type, the
+        length, the encryption headers and, when given, the sha256 checksum (hex), so
+        that an upload with any other is refused by the store."""
+
+    async def presign_download(
+        self, bucket: str, key: str, *, content_type: str, disposition: str, expires: int
+    ) -> Presigned:
+        """A GET of the object whose answer carries this type and Content-Disposition."""
+
+
 class Storage(Protocol):
     """Object storage, as fileshare needs it."""
 
@@ -107,11 +147,19 @@ class Storage(Protocol):
         """Return the object's info or raise ``ObjectNotFound``."""
 
     def read(
-        self, bucket: str, key: str, *, start: int = 0, end: int | None = None
+        self,
+        bucket: str,
+        key: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        version: str | None = None,
     ) -> AsyncIterator[bytes]:
         """Stream bytes ``start`` to ``end`` inclusive (``None``: to the end). Raises
         ``ObjectNotFound`` on first iteration if the object is missing. Chunks are
-        bounded (no whole-object buffers)."""
+        bounded (no whole-object buffers). ``version`` (an ``ObjectInfo.version``) pins
+        the object: if it is another version by now, the read fails with
+        ``StorageError`` rather than stream bytes other than those the caller saw."""
 
     async def begin_copy(
         self,

@@ -572,7 +572,13 @@ class GcsStorage:
             return _object_info(key, await self._read_json(resp, what))
 
     async def read(
-        self, bucket: str, key: str, *, start: int = 0, end: int | None = None
+        self,
+        bucket: str,
+        key: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        version: str | None = None,
     ) -> AsyncIterator[bytes]:
         what = f"GCS read {bucket}/{key}"
         if start < 0 or (end is not None and end < start):
@@ -581,9 +587,14 @@ class GcsStorage:
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
         url = self._object_url(bucket, key)
+        params = {"alt": "media"}
+        if version is not None:
+            params["ifGenerationMatch"] = version
         async with self._request(
-            "GET", url, what, params={"alt": "media"}, headers=headers, stream=True
+            "GET", url, what, params=params, headers=headers, stream=True
         ) as resp:
+            if version is not None and resp.headers.get("x-goog-generation", version) != version:
+                raise StorageError(f"{what}: the object is not the generation asked for")
             if resp.status == 416:
                 if start == 0:
                     return  # an empty object: nothing to send

@@ -123,12 +123,23 @@ class LocalStorage:
         return await _run(target.head, what=f"head {bucket}/{key}")
 
     async def read(
-        self, bucket: str, key: str, *, start: int = 0, end: int | None = None
+        self,
+        bucket: str,
+        key: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        version: str | None = None,
     ) -> AsyncIterator[bytes]:
         if start < 0 or (end is not None and end < start):
             raise StorageError(f"invalid range {start}-{end}")
         target = self._target(bucket, key)
         what = f"read {bucket}/{key}"
+        if version is not None and (await _run(target.head, what=what)).version != version:
+            # Every version is a directory of its own, never rewritten: the one found now
+            # is the one read below, unless a replace lands in between (fileshare's own
+            # keys are never replaced).
+            raise StorageError(f"{what}: the object is not the version asked for")
         f = await _run(target.open_data, what=what)
         try:
             size = os.fstat(f.fileno()).st_size

@@ -29,8 +29,9 @@ class Promotion:
     def __init__(
         self,
         storage: Storage,
-        writer: Writer,
+        writer: Writer | None,
         *,
+        staged_version: str | None = None,
         staging: Location,
         target: Location,
         size: int,
@@ -38,7 +39,11 @@ class Promotion:
         metadata: dict[str, str],
     ) -> None:
         self._storage = storage
+        #: None: the bytes were staged by someone else (a presigned upload) under
+        #: ``staged_version``; they are copied from there, and the staging object stays
+        #: the caller's to delete.
         self._writer = writer
+        self._staged_version = staged_version
         self.staging = staging
         self.target = target
         self._size = size
@@ -53,11 +58,14 @@ class Promotion:
 
     async def prepare(self) -> None:
         """Everything that can happen before the verdict. Raises ``StorageError``."""
-        self._buffered = self._writer.buffered()
-        if self._buffered is not None:
-            return
-        self.staged = True
-        staged = await self._writer.commit()
+        if self._writer is None:
+            version = self._staged_version
+        else:
+            self._buffered = self._writer.buffered()
+            if self._buffered is not None:
+                return
+            self.staged = True
+            version = (await self._writer.commit()).version
         self._copy = await self._storage.begin_copy(
             self.staging.bucket,
             self.staging.key,
@@ -67,7 +75,7 @@ class Promotion:
             content_type=self._content_type,
             metadata=self._metadata,
             # Only the bytes written (and scanned) may be promoted.
-            src_version=staged.version,
+            src_version=version,
         )
 
     async def commit(self) -> ObjectInfo:

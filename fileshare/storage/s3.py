@@ -27,6 +27,7 @@ already there?" check would fail as a StorageError instead of ObjectNotFound.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import math
@@ -34,7 +35,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
@@ -48,6 +49,7 @@ from fileshare.storage.base import (
     ObjectExists,
     ObjectInfo,
     ObjectNotFound,
+    Presigned,
     StorageError,
 )
 from fileshare.storage.encryption import Encryption
@@ -300,19 +302,29 @@ class S3Storage:
         )
 
     async def read(
-        self, bucket: str, key: str, *, start: int = 0, end: int | None = None
+        self,
+        bucket: str,
+        key: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        version: str | None = None,
     ) -> AsyncIterator[bytes]:
         if start < 0 or (end is not None and end < start):
             raise StorageError(f"invalid range {start}-{end}")
         what = f"read {bucket}/{key}"
+        args: dict[str, str] = {"Bucket": bucket, "Key": key}
+        if not (start == 0 and end is None):
+            # No Range header otherwise: "bytes=0-" is unsatisfiable on an empty object.
+            args["Range"] = f"bytes={start}-{'' if end is None else end}"
+        if version is not None:
+            args["IfMatch"] = version
         with _translate(what):
-            if start == 0 and end is None:
-                # No Range header: "bytes=0-" is unsatisfiable on an empty object.
-                resp = await self._client.get_object(Bucket=bucket, Key=key)
-            else:
-                resp = await self._client.get_object(
-                    Bucket=bucket, Key=key, Range=f"bytes={start}-{'' if end is None else end}"
-                )
+            resp = await self._client.get_object(**args)  # type: ignore[arg-type]
+            if version is not None and resp.get("ETag") != version:
+                # A store that ignores If-Match: refuse rather than stream another version.
+                resp["Body"].close()
+                raise StorageError(f"{what}: the object is not the version asked for")
         # ``async with`` closes the body (and releases or drops the connection) at the
         # end, on error and when the consumer stops early (aclose, cancellation).
         async with resp["Body"] as body:
@@ -374,13 +386,19 @@ class S3Storage:
                     return
             yield page
 
-    async def presign_put(
-        self, bucket: str, key: str, *, content_type: str, size: int, expires: int = 900
-    ) -> tuple[str, dict[str, str]]:
-        """A presigned PUT of exactly this object, and the headers its uploader must send.
-        The encryption headers are signed: an upload that leaves them out (or changes them,
-        the type or the length) fails the store's signature check. (The first piece of the
-        direct-to-bucket flow of issue 10; nothing hands such URLs out yet.)"""
+    async def presign_upload(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str,
+        size: int,
+        sha256: str | None,
+        expires: int,
+    ) -> Presigned:
+        """SigV4 query signing: Content-Type, Content-Length, the encryption headers and
+        the checksum are signed headers, so the store refuses an upload that leaves one
+        out or changes it."""
         params: dict[str, object] = {
             "Bucket": bucket,
             "Key": key,
@@ -388,12 +406,31 @@ class S3Storage:
             "ContentLength": size,
             **self._sse,
         }
+        headers = {"Content-Type": content_type, **self.encryption.s3_headers()}
+        if sha256 is not None:
+            checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+            params["ChecksumSHA256"] = checksum
+            headers["x-amz-checksum-sha256"] = checksum
         with _translate(f"presign {bucket}/{key}"):
             url = await self._client.generate_presigned_url(
                 "put_object", Params=params, ExpiresIn=expires
             )
-        headers = {"Content-Type": content_type, **self.encryption.s3_headers()}
-        return url, headers
+        return Presigned("PUT", url, headers, _expiry(expires))
+
+    async def presign_download(
+        self, bucket: str, key: str, *, content_type: str, disposition: str, expires: int
+    ) -> Presigned:
+        params = {
+            "Bucket": bucket,
+            "Key": key,
+            "ResponseContentType": content_type,
+            "ResponseContentDisposition": disposition,
+        }
+        with _translate(f"presign {bucket}/{key}"):
+            url = await self._client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=expires
+            )
+        return Presigned("GET", url, {}, _expiry(expires))
 
     async def list_stale(self, bucket: str, prefix: str, before: datetime) -> AsyncIterator[str]:
         async for page in self._pages("list_objects_v2", bucket, prefix):
@@ -921,6 +958,10 @@ def _describe(exc: BaseException) -> str:
         # botocore's messages name the endpoint or parameter, never credentials.
         return f"{type(exc).__name__}: {exc}"
     return type(exc).__name__
+
+
+def _expiry(seconds: int) -> datetime:
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=seconds)
 
 
 @contextlib.contextmanager

@@ -355,9 +355,15 @@ async def test_a_presigned_put_must_carry_the_encryption_it_was_signed_with(
     storage = await _s3(seaweed, buckets, Encryption("sse-s3"))
     body = b"uploaded around fileshare"
     try:
-        url, headers = await storage.presign_put(
-            buckets[0], "staging/presigned", content_type="application/pdf", size=len(body)
+        presigned = await storage.presign_upload(
+            buckets[0],
+            "staging/presigned",
+            content_type="application/pdf",
+            size=len(body),
+            sha256=None,
+            expires=900,
         )
+        url, headers = presigned.url, presigned.headers
     finally:
         await storage.close()
     assert headers["x-amz-server-side-encryption"] == "AES256"

@@ -1,0 +1,154 @@
+"""The OpenAPI description of ``/v1/uploads`` (direct-to-bucket uploads), kept beside the
+rest of the document (``openapi``) but in a module of its own."""
+
+from __future__ import annotations
+
+from fileshare.api.names import MEDIA_TYPE_PATTERN
+from fileshare.api.openapi import (
+    _LOCATION,
+    _OWNER,
+    JSON,
+    Schema,
+    _errors,
+    _json,
+    _problem,
+    _ref,
+    name_schema,
+)
+from fileshare.models import UploadState
+
+_UPLOAD_ID: Schema = {
+    "name": "uploadId",
+    "in": "path",
+    "required": True,
+    "description": "The upload's id (`POST /v1/uploads` answers it)",
+    "schema": {"type": "string"},
+}
+_SHA256: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+
+
+def upload_schemas() -> dict[str, Schema]:
+    stamp = {"type": "string", "format": "date-time"}
+    uri = {"type": "string", "format": "uri"}
+    schemas = _schemas(stamp, uri)
+    upload = schemas["Upload"]
+    # Spelled out, not an allOf: the answers are checked with no member left undescribed.
+    schemas["IssuedUpload"] = {
+        "type": "object",
+        "required": [*upload["required"], "upload", "complete"],
+        "properties": {
+            **upload["properties"],
+            "upload": {
+                "type": "object",
+                "description": "Send the bytes with exactly this request",
+                "required": ["method", "url", "headers", "expires"],
+                "properties": {
+                    "method": {"const": "PUT"},
+                    "url": uri,
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "expires": stamp,
+                },
+            },
+            "complete": uri | {"description": "POST here once the PUT succeeded"},
+        },
+    }
+    return schemas
+
+
+def _schemas(stamp: Schema, uri: Schema) -> dict[str, Schema]:
+    return {
+        "UploadIntent": {
+            "type": "object",
+            "required": ["contentType", "size"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"anyOf": [name_schema(), {"type": "null"}]},
+                "contentType": {
+                    "type": "string",
+                    "pattern": MEDIA_TYPE_PATTERN,
+                    "description": "`type/subtype`",
+                },
+                "size": {"type": "integer", "minimum": 0, "description": "Exactly, in bytes"},
+                "sha256": {
+                    "anyOf": [_SHA256, {"type": "null"}],
+                    "description": "Hex; signed into the URL when given, checked on ingestion",
+                },
+            },
+        },
+        "Upload": {
+            "type": "object",
+            "required": [
+                "id",
+                "status",
+                "fileId",
+                "name",
+                "contentType",
+                "size",
+                "state",
+                "created",
+                "expires",
+            ],
+            "properties": {
+                "id": {"type": "string"},
+                "status": uri | {"description": "This document's URL"},
+                "fileId": {"type": "string", "description": "The id the file will have"},
+                "name": {"type": ["string", "null"]},
+                "contentType": {"type": "string"},
+                "size": {"type": "integer"},
+                "sha256": _SHA256,
+                "state": {
+                    "type": "string",
+                    "enum": [s.value for s in UploadState],
+                    "description": "`pending` until ingested; `clean` made the file; "
+                    "`rejected`: size, type or checksum not the intent's; `expired`: "
+                    "nothing was uploaded in time",
+                },
+                "code": {"type": "string", "description": "Why it was not clean"},
+                "detail": {"type": "string"},
+                "signature": {"type": "string", "description": "When infected"},
+                "file": uri | {"description": "The file, once clean"},
+                "created": stamp,
+                "expires": stamp | {"description": "When the upload URL stops working"},
+                "finished": stamp,
+            },
+        },
+    }
+
+
+def upload_paths() -> dict[str, Schema]:
+    upload = _json("The upload", _ref("Upload"))
+    return {
+        "/v1/uploads": {
+            "parameters": [_OWNER],
+            "post": {
+                "summary": "Start a direct upload: a presigned PUT into the unscanned bucket",
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("UploadIntent")}},
+                },
+                "responses": {
+                    "201": _json("Issued", _ref("IssuedUpload"), headers=_LOCATION),
+                    **_errors("404", "413", "415", "422"),
+                    "501": _problem("This deployment's storage cannot sign URLs"),
+                },
+            },
+        },
+        "/v1/uploads/{uploadId}": {
+            "parameters": [_UPLOAD_ID, _OWNER],
+            "get": {
+                "summary": "Where a direct upload stands",
+                "responses": {"200": upload, **_errors("404")},
+            },
+        },
+        "/v1/uploads/{uploadId}/complete": {
+            "parameters": [_UPLOAD_ID, _OWNER],
+            "post": {
+                "summary": "The bytes are uploaded: ingest (scan, promote) them now",
+                "responses": {
+                    "200": _json("The outcome (see `state`)", _ref("Upload")),
+                    "202": _json("Another worker is ingesting it", _ref("Upload")),
+                    **_errors("404", "409"),
+                },
+            },
+        },
+    }

@@ -1,0 +1,124 @@
+"""``/v1/uploads``: direct-to-bucket uploads. Create an intent (and get the presigned PUT
+its bytes go to), read its status, complete it. Thin: parse, authorize, call, render."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import hdrs, web
+
+from fileshare import errors
+from fileshare.api import params
+from fileshare.api.acting import actor
+from fileshare.api.body import json_members
+from fileshare.api.files import timestamp
+from fileshare.api.keys import DIRECT, SETTINGS
+from fileshare.api.names import validate_media_type, validate_name
+from fileshare.direct import Intent, Issued
+from fileshare.index.uploads import Upload
+from fileshare.models import UploadState
+
+routes = web.RouteTableDef()
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+#: The answer holds a bearer credential (the URL): never kept by a cache.
+_NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
+
+
+def _upload_id(request: web.Request) -> str:
+    value = request.match_info["upload_id"]
+    if not _UPLOAD_ID.fullmatch(value):
+        raise errors.NotFound("no such upload")
+    return value
+
+
+def render(request: web.Request, upload: Upload) -> dict[str, object]:
+    base = request.app[SETTINGS].base_url
+    body: dict[str, object] = {
+        "id": upload.id,
+        "status": f"{base}/v1/uploads/{upload.id}",
+        "fileId": upload.file_id,
+        "name": upload.name,
+        "contentType": upload.content_type,
+        "size": upload.size,
+        "state": upload.state.value,
+        "created": timestamp(upload.created),
+        "expires": timestamp(upload.expires),
+    }
+    if upload.sha256 is not None:
+        body["sha256"] = upload.sha256
+    if upload.state is UploadState.CLEAN:
+        body["file"] = f"{base}/v1/files/{upload.file_id}"
+    if upload.code is not None:
+        body["code"] = upload.code
+    if upload.detail is not None:
+        body["detail"] = upload.detail
+    if upload.signature is not None:
+        body["signature"] = upload.signature
+    if upload.finished is not None:
+        body["finished"] = timestamp(upload.finished)
+    return body
+
+
+def _intent(body: dict[str, object]) -> Intent:
+    name = params.string_member(body, "name")
+    content_type = params.string_member(body, "contentType", required=True) or ""
+    if not content_type:
+        raise errors.ValidationFailed("contentType must be a media type (type/subtype)")
+    try:
+        media = validate_media_type(content_type)
+    except errors.UnsupportedMediaType as exc:
+        raise errors.ValidationFailed(f"contentType: {exc.detail}") from None
+    size = body.get("size")
+    if isinstance(size, float) and size.is_integer():
+        size = int(size)  # 157.0 is an integer to JSON Schema
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise errors.ValidationFailed("size must be a whole number of bytes")
+    sha256 = params.string_member(body, "sha256")
+    if sha256 is not None and not _SHA256.fullmatch(sha256):
+        raise errors.ValidationFailed("sha256 must be 64 lower-case hex digits")
+    try:
+        checked_name = None if name is None else validate_name(name)
+    except errors.InvalidFileName as exc:
+        raise errors.ValidationFailed(f"name: {exc.detail}") from None
+    return Intent(name=checked_name, content_type=media, size=size, sha256=sha256)
+
+
+@routes.post("/v1/uploads")
+async def create_upload(request: web.Request) -> web.Response:
+    """An intent, and the presigned PUT its bytes go to (straight into the unscanned
+    bucket). The file exists once the upload is ingested and clean."""
+    acting = await actor(request, write=True)
+    body = await json_members(request, {"name", "contentType", "size", "sha256"})
+    intent = _intent(body)
+    issued: Issued = await request.app[DIRECT].create(acting, intent)
+    answer = render(request, issued.upload)
+    answer["upload"] = {
+        "method": issued.request.method,
+        "url": issued.request.url,
+        "headers": issued.request.headers,
+        "expires": timestamp(issued.request.expires),
+    }
+    answer["complete"] = f"{answer['status']}/complete"
+    headers = {hdrs.LOCATION: str(answer["status"]), **_NO_STORE}
+    return web.json_response(answer, status=201, headers=headers)
+
+
+@routes.get("/v1/uploads/{upload_id}")
+async def upload_status(request: web.Request) -> web.Response:
+    upload_id = _upload_id(request)
+    acting = await actor(request, write=False)
+    upload = await request.app[DIRECT].status(acting, upload_id)
+    return web.json_response(render(request, upload), headers=_NO_STORE)
+
+
+@routes.post("/v1/uploads/{upload_id}/complete")
+async def complete_upload(request: web.Request) -> web.Response:
+    """The bytes are at the URL: ingest them now and answer the outcome (``clean``, a
+    refusal, ...). 202 while another worker is still ingesting them."""
+    upload_id = _upload_id(request)
+    acting = await actor(request, write=True)
+    upload = await request.app[DIRECT].complete(acting, upload_id)
+    status = 202 if upload.state is UploadState.PENDING else 200
+    return web.json_response(render(request, upload), status=status, headers=_NO_STORE)

@@ -1,0 +1,410 @@
+"""Direct-to-bucket uploads: an intent, a presigned PUT into the unscanned bucket, and the
+ingestion of what arrived there, whatever tells fileshare that it did.
+
+    POST /v1/uploads -> intent row (pending) + a presigned PUT of staging/direct/<upload id>
+    the client PUTs the bytes to the store, not to fileshare
+    a trigger -> lease the row -> HEAD the object: the intent's size and type? -> read it
+      once through the hashers and clamd (``Pipeline.ingest_staged``) -> dedup or promote
+      -> the file record -> the outcome on the row -> the staging object deleted
+
+Triggers: the completion call, the reconciler (which sweeps the staging prefix, so that a
+lost event never loses an upload) and, later, storage events; every one goes through
+``ingest``, which only the lease holder gets past, so an upload is ingested once however
+many of them fire, on however many replicas. Until then nothing of it is readable through
+fileshare, and nothing of it is in the permanent bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from fileshare import errors
+from fileshare.audit import Action, Actor, AuditEvent, Result
+from fileshare.boundary import index_call, storage_call
+from fileshare.index.base import Placement
+from fileshare.index.uploads import Outcome, Upload, UploadStore
+from fileshare.models import UploadState
+from fileshare.pipeline import Pipeline
+from fileshare.service import FileService
+from fileshare.storage.base import (
+    DIRECT_PREFIX,
+    ObjectInfo,
+    ObjectNotFound,
+    Presigned,
+    Presigner,
+    Storage,
+    StorageError,
+)
+
+log = structlog.get_logger(__name__)
+Clock = Callable[[], datetime]
+
+#: How long one ingestion may hold an upload before another worker may take it over:
+#: far longer than reading the largest upload back through clamd takes.
+LEASE = timedelta(minutes=30)
+#: Scanner and store failures are retried this many times in all, then the upload fails.
+MAX_ATTEMPTS = 3
+#: A pending upload is expired this long after its URL expired (a PUT begun just before
+#: the expiry may still be arriving).
+EXPIRY_GRACE = timedelta(minutes=5)
+#: Uploads the reconciler ingests at once, and staging keys it looks at per round.
+RECONCILE_CONCURRENCY = 4
+RECONCILE_BATCH = 200
+
+
+@dataclass(frozen=True)
+class Intent:
+    name: str | None
+    content_type: str
+    size: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Issued:
+    upload: Upload
+    request: Presigned
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+class DirectUploads:
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        files: FileService,
+        uploads: UploadStore,
+        storage: Storage,
+        unscanned_bucket: str,
+        url_ttl: int,
+        put_max: int,
+        max_size: int,
+        clock: Clock,
+    ) -> None:
+        self.pipeline = pipeline
+        self.files = files
+        self.uploads = uploads
+        self.storage = storage
+        self.presigner = storage if isinstance(storage, Presigner) else None
+        self.unscanned = unscanned_bucket
+        self.url_ttl = url_ttl
+        self.put_max = put_max
+        self.max_size = max_size
+        self.clock = clock
+        #: This process's name on the leases it takes.
+        self.holder = uuid.uuid4().hex
+
+    @property
+    def available(self) -> bool:
+        return self.presigner is not None
+
+    # ---------------------------------------------------------------- the API
+
+    async def create(self, actor: Actor, intent: Intent) -> Issued:
+        """Record an intent and sign the PUT its bytes go to."""
+        owner = _owner(actor)
+        event = actor.event(Action.URL_ISSUE, detail={"action": "upload"})
+        try:
+            if self.presigner is None:
+                raise errors.DirectUploadsUnavailable(
+                    "this deployment's storage cannot sign upload URLs"
+                )
+            if intent.size > self.max_size:
+                raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
+            if intent.size > self.put_max:
+                raise errors.PayloadTooLarge(
+                    f"a direct upload takes at most {self.put_max} bytes in one PUT"
+                )
+            upload_id = uuid.uuid4().hex
+            now = self.clock()
+            upload = Upload(
+                id=upload_id,
+                owner=owner,
+                file_id=uuid.uuid4().hex,
+                state=UploadState.PENDING,
+                name=intent.name,
+                content_type=intent.content_type,
+                size=intent.size,
+                sha256=intent.sha256,
+                staging_key=f"{DIRECT_PREFIX}{upload_id}",
+                created=now,
+                expires=now + timedelta(seconds=self.url_ttl),
+                created_by=actor.principal.subject if actor.principal else None,
+            )
+            request = await storage_call(
+                "presign",
+                self.presigner.presign_upload(
+                    self.unscanned,
+                    upload.staging_key,
+                    content_type=intent.content_type,
+                    size=intent.size,
+                    sha256=intent.sha256,
+                    expires=self.url_ttl,
+                ),
+            )
+            # The row before the URL leaves: an object under the prefix without one was
+            # never handed out, and the reconciler removes it.
+            event = event.but(
+                file_id=upload.file_id, detail={**event.detail, "upload_id": upload_id}
+            )
+            await index_call(self.uploads.create(upload, event))
+        except errors.FileshareError as exc:
+            await self.files.audit_refusal(event, exc)
+            raise
+        log.info("upload.intent", upload_id=upload_id, file_id=upload.file_id, size=intent.size)
+        return Issued(upload, request)
+
+    async def status(self, actor: Actor, upload_id: str) -> Upload:
+        upload = await self._owned(actor, upload_id, Action.UPLOAD_READ)
+        await self.files.audit_read(
+            actor.event(Action.UPLOAD_READ, file_id=upload.file_id, detail={"upload_id": upload_id})
+        )
+        return upload
+
+    async def complete(self, actor: Actor, upload_id: str) -> Upload:
+        """Ingest the upload now (or wait for the worker that is ingesting it) and return
+        where it stands. ``UploadIncomplete`` when nothing is at its URL yet."""
+        upload = await self._owned(actor, upload_id, Action.UPLOAD_COMPLETE)
+        event = actor.event(
+            Action.UPLOAD_COMPLETE, file_id=upload.file_id, detail={"upload_id": upload_id}
+        )
+        if upload.state is UploadState.PENDING:
+            try:
+                found = await self.ingest(upload_id, trigger="complete")
+            except errors.FileshareError as exc:
+                await self.files.audit_refusal(event, exc)
+                raise
+            if found is False:
+                incomplete = errors.UploadIncomplete("no object has been uploaded to the URL yet")
+                await self.files.audit_refusal(event, incomplete)
+                raise incomplete
+        await self.files.audit_read(event)
+        current = await index_call(self.uploads.get(upload_id))
+        assert current is not None
+        return current
+
+    async def pending_file(self, owner: str, file_id: str) -> Upload | None:
+        """The direct upload that is to become this (not yet recorded) file, if any."""
+        return await index_call(self.uploads.for_file(owner, file_id))
+
+    async def _owned(self, actor: Actor, upload_id: str, action: Action) -> Upload:
+        upload = await index_call(self.uploads.get(upload_id, _owner(actor)))
+        if upload is None:
+            # Another owner's upload is not found either: ids cannot be probed.
+            exc = errors.NotFound("no such upload")
+            await self.files.audit_refusal(
+                actor.event(action, detail={"upload_id": upload_id}), exc
+            )
+            raise exc
+        return upload
+
+    # ---------------------------------------------------------------- ingestion
+
+    async def ingest(self, upload_id: str, *, trigger: str) -> bool | None:
+        """Ingest the upload if it is pending and nobody else is at it.
+
+        True: it has an outcome now (or had one); None: another worker holds it; False:
+        nothing is staged yet. Raises the transient failure (scanner, store, index) that
+        left it pending, to be tried again."""
+        now = self.clock()
+        upload = await index_call(self.uploads.lease(upload_id, self.holder, now, now + LEASE))
+        if upload is None:
+            current = await index_call(self.uploads.get(upload_id))
+            return None if current is not None and current.state is UploadState.PENDING else True
+        bound = log.bind(upload_id=upload_id, trigger=trigger)
+        try:
+            outcome = await self._ingest(upload, trigger)
+        except errors.ServiceUnavailable as exc:
+            if upload.attempts < MAX_ATTEMPTS:
+                await self._release(upload)
+                bound.warning("upload.retry_later", code=exc.code, attempt=upload.attempts)
+                raise
+            outcome = Outcome(
+                UploadState.FAILED, exc.code, f"gave up after {upload.attempts} attempts"
+            )
+        except BaseException:
+            await asyncio.shield(self._release(upload))
+            raise
+        if outcome is None:
+            await self._release(upload)
+            return False
+        await self._finish(upload, outcome, self.holder, trigger)
+        bound.info("upload.ingested", state=outcome.state.value, code=outcome.code)
+        return True
+
+    async def _ingest(self, upload: Upload, trigger: str) -> Outcome | None:
+        try:
+            staged = await self.storage.head(self.unscanned, upload.staging_key)
+        except ObjectNotFound:
+            return None
+        except StorageError as exc:
+            log.warning("storage.failed", operation="head_staged", error=str(exc))
+            raise errors.StorageUnavailable(operation="head_staged") from None
+        if (refused := self._refusal(upload, staged)) is not None:
+            return refused
+        event = AuditEvent(
+            action=Action.FILE_UPLOAD,
+            subject=upload.created_by,
+            source=trigger,
+            owner=upload.owner,
+            file_id=upload.file_id,
+            detail={"upload_id": upload.id, "trigger": trigger},
+        )
+        try:
+            result = await self.pipeline.ingest_staged(
+                staged,
+                content_type=upload.content_type,
+                expected_sha256=upload.sha256,
+                audit=event,
+            )
+        except errors.DigestMismatch:
+            return Outcome(
+                UploadState.REJECTED, "digest_mismatch", "the object's sha-256 is not the intent's"
+            )
+        except errors.Infected as exc:
+            return Outcome(UploadState.INFECTED, "infected", exc.detail, signature=exc.signature)
+        except errors.PayloadTooLarge as exc:
+            # The size was checked against the limit before: this is the scanner's limit.
+            return Outcome(UploadState.UNSCANNABLE, "unscannable", exc.detail)
+        placement = Placement(file_id=upload.file_id, if_none_match=True)
+        # PreconditionFailed: recorded already, by a worker whose lease ran out meanwhile.
+        with contextlib.suppress(errors.PreconditionFailed):
+            await self.files.record_ingested(
+                upload.owner,
+                result,
+                event,
+                upload.name,
+                upload.content_type,
+                placement,
+                created_by=upload.created_by,
+            )
+        return Outcome(UploadState.CLEAN)
+
+    def _refusal(self, upload: Upload, staged: ObjectInfo) -> Outcome | None:
+        if staged.size != upload.size:
+            return Outcome(
+                UploadState.REJECTED,
+                "size_mismatch",
+                f"the intent declared {upload.size} bytes; {staged.size} were uploaded",
+            )
+        if _media_type(staged.content_type) != _media_type(upload.content_type):
+            return Outcome(
+                UploadState.REJECTED,
+                "type_mismatch",
+                "the object's Content-Type is not the intent's",
+            )
+        return None
+
+    async def _finish(
+        self, upload: Upload, outcome: Outcome, holder: str | None, trigger: str
+    ) -> bool:
+        """Record the outcome, then remove the staging object (whatever the outcome: the
+        bytes are promoted, or refused and never to be served). False when the upload was
+        not ``holder``'s to finish (None: nobody's; it was leased meanwhile)."""
+        event = None
+        if outcome.state not in (UploadState.CLEAN, UploadState.INFECTED):
+            # Clean and infected have their rows (file.upload, scan.verdict) already.
+            event = AuditEvent(
+                action=Action.UPLOAD_FINISH,
+                result=Result.FAILED if outcome.state is UploadState.FAILED else Result.DENIED,
+                subject=upload.created_by,
+                source=trigger,
+                owner=upload.owner,
+                file_id=upload.file_id,
+                detail={"upload_id": upload.id, "state": outcome.state.value, "code": outcome.code},
+            )
+        finished = await index_call(
+            self.uploads.finish(upload.id, holder, outcome, self.clock(), event)
+        )
+        if finished:
+            await self._remove_staged(upload.staging_key)
+        return finished
+
+    async def _release(self, upload: Upload) -> None:
+        try:
+            await self.uploads.release(upload.id, self.holder)
+        except Exception as exc:  # the lease runs out by itself
+            log.warning("upload.release_failed", upload_id=upload.id, error=str(exc))
+
+    async def _remove_staged(self, key: str) -> None:
+        try:
+            await self.storage.delete(self.unscanned, key)
+        except StorageError as exc:
+            # The reconciler (or the staging lifecycle rule) removes it later.
+            log.warning("staging.delete_failed", key=key, error=str(exc))
+
+    # ---------------------------------------------------------------- the reconciler
+
+    async def reconcile(self) -> int:
+        """Ingest what is staged but was never completed (a lost event, a client that
+        never called back), remove staged objects no pending upload owns, expire
+        uploads whose URL expired with nothing uploaded. Returns how many uploads got an
+        outcome. Safe on several replicas at once (the leases decide)."""
+        if self.presigner is None:
+            return 0
+        pending: list[str] = []
+        async for key in self.storage.list_keys(self.unscanned, DIRECT_PREFIX):
+            upload_id = key[len(DIRECT_PREFIX) :]
+            upload = await index_call(self.uploads.get(upload_id))
+            if upload is None or upload.state is not UploadState.PENDING:
+                # Never handed out, or finished (a second PUT to a URL still valid).
+                await self._remove_staged(key)
+            else:
+                pending.append(upload_id)
+            if len(pending) >= RECONCILE_BATCH:
+                break
+        done = 0
+        gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+
+        async def one(upload_id: str) -> None:
+            nonlocal done
+            async with gate:
+                try:
+                    if await self.ingest(upload_id, trigger="reconcile"):
+                        done += 1
+                except errors.FileshareError as exc:
+                    log.warning("reconcile.retry_later", upload_id=upload_id, code=exc.code)
+
+        await asyncio.gather(*(one(u) for u in pending))
+        done += await self._expire()
+        return done
+
+    async def _expire(self) -> int:
+        overdue = await index_call(
+            self.uploads.overdue(self.clock() - EXPIRY_GRACE, RECONCILE_BATCH)
+        )
+        expired = 0
+        outcome = Outcome(
+            UploadState.EXPIRED, "expired", "nothing was uploaded before the URL expired"
+        )
+        for upload in overdue:
+            try:
+                await self.storage.head(self.unscanned, upload.staging_key)
+                continue  # it did arrive: ingested by a later round, not expired
+            except ObjectNotFound:
+                pass
+            except StorageError:
+                continue  # cannot tell now
+            if await self._finish(upload, outcome, None, "reconcile"):
+                expired += 1
+        return expired
+
+
+def _owner(actor: Actor) -> str:
+    if actor.owner is None:
+        raise AssertionError("an actor without an owner reached the upload service")
+    return actor.owner
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

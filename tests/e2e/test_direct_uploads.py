@@ -1,0 +1,384 @@
+"""Direct-to-bucket uploads on SeaweedFS (which checks SigV4 signatures) and real clamd:
+an intent, a presigned PUT made with curl, ingestion by completion or by the reconciler,
+refusals by the store and by fileshare, replicas racing, and downloads by redirect."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import time
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fileshare.api.keys import AUDIT, DIRECT
+from fileshare.audit import Action
+from fileshare.index.audit import AuditQuery
+from fileshare.storage.base import DIRECT_PREFIX
+from tests.e2e.conftest import ALICE, BOB, Env
+from tests.e2e.test_upload import EICAR
+
+PDF = "application/pdf"
+
+
+@pytest.fixture
+def backend() -> str:
+    return "s3"
+
+
+async def intent(env: Env, data: bytes, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "scan report.pdf",
+        "contentType": PDF,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    body.update(overrides)
+    body = {k: v for k, v in body.items() if v is not None}
+    resp = await env.client.post("/v1/uploads", json=body, headers=ALICE)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
+    answer: dict[str, Any] = await resp.json()
+    assert resp.headers["Location"] == answer["status"]
+    return answer
+
+
+def curl_put(issued: dict[str, Any], data: bytes, **headers: str) -> int:
+    """The PUT as any HTTP client would make it: curl, the URL and headers as issued."""
+    upload = issued["upload"]
+    sent = {**upload["headers"], **headers}
+    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", upload["method"]]
+    for name, value in sent.items():
+        args += ["-H", f"{name}: {value}"]
+    args += ["--data-binary", "@-", upload["url"]]
+    done = subprocess.run(args, input=data, capture_output=True, check=True, timeout=60)
+    return int(done.stdout)
+
+
+async def complete(env: Env, issued: dict[str, Any], headers: dict[str, str] = ALICE) -> Any:
+    return await env.client.post(f"/v1/uploads/{issued['id']}/complete", headers=headers)
+
+
+async def status(env: Env, issued: dict[str, Any]) -> dict[str, Any]:
+    resp = await env.client.get(f"/v1/uploads/{issued['id']}", headers=ALICE)
+    assert resp.status == 200, await resp.text()
+    answer: dict[str, Any] = await resp.json()
+    return answer
+
+
+async def settled(env: Env, issued: dict[str, Any]) -> dict[str, Any]:
+    """The upload's status once it has an outcome (another worker may still be at it)."""
+    deadline = time.monotonic() + 60
+    while (answer := await status(env, issued))["state"] == "pending":
+        assert time.monotonic() < deadline, "the upload was never ingested"
+        await asyncio.sleep(0.05)  # polling the index, for a worker this test does not own
+    return answer
+
+
+async def file_uploads(env: Env, file_id: str) -> int:
+    rows = await env.client.app[AUDIT].query(AuditQuery(action=str(Action.FILE_UPLOAD)))
+    return sum(1 for r in rows if r.event.file_id == file_id and r.event.result == "success")
+
+
+# ------------------------------------------------------------------ the flow
+
+
+async def test_a_curl_put_to_the_presigned_url_is_ingested_clean_and_downloadable(
+    env: Env,
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    issued = await intent(env, data)
+    assert issued["state"] == "pending"
+    assert issued["upload"]["method"] == "PUT"
+    # Write-only into the unscanned bucket, under a key fileshare chose.
+    assert (
+        f"/{env.settings.unscanned_bucket}/{DIRECT_PREFIX}{issued['id']}?"
+        in (issued["upload"]["url"])
+    )
+    file_id = issued["fileId"]
+
+    # Before the bytes are in, the owner is told the file is pending; anybody else: 404.
+    early = await env.client.get(f"/v1/files/{file_id}", headers=ALICE)
+    assert early.status == 409
+    assert (await early.json())["code"] == "content_pending"
+    other = await env.client.get(f"/v1/files/{file_id}", headers=BOB)
+    assert other.status == 404
+    assert (await env.client.get(f"/v1/uploads/{issued['id']}", headers=BOB)).status == 404
+
+    assert curl_put(issued, data) == 200
+    # Staged but not scanned: still not readable through fileshare.
+    assert (await env.client.get(f"/v1/files/{file_id}", headers=ALICE)).status == 409
+
+    resp = await complete(env, issued)
+    assert resp.status == 200, await resp.text()
+    done = await resp.json()
+    assert done["state"] == "clean"
+    assert done["file"] == f"https://files.example.test/v1/files/{file_id}"
+
+    got = await env.client.get(f"/v1/files/{file_id}", headers=ALICE)
+    assert got.status == 200
+    assert await got.read() == data
+    meta = await (await env.client.get(f"/v1/files/{file_id}/metadata", headers=ALICE)).json()
+    assert (meta["name"], meta["state"], meta["present"]) == ("scan report.pdf", "clean", True)
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+    # The staging object is gone; completing again changes nothing.
+    assert await env.unscanned_keys() == []
+    again = await complete(env, issued)
+    assert again.status == 200
+    assert (await again.json())["state"] == "clean"
+    assert await file_uploads(env, file_id) == 1
+    issued_rows = await env.client.app[AUDIT].query(AuditQuery(action=str(Action.URL_ISSUE)))
+    assert [r.event.file_id for r in issued_rows] == [file_id]
+
+
+async def test_eicar_through_a_presigned_put_is_infected_and_nothing_is_promoted(
+    env: Env,
+) -> None:
+    data = b"%PDF-1.4 padding " * 1000 + EICAR
+    issued = await intent(env, data)
+    assert curl_put(issued, data) == 200
+    resp = await complete(env, issued)
+    assert resp.status == 200
+    done = await resp.json()
+    assert done["state"] == "infected"
+    assert done["code"] == "infected"
+    assert "EICAR" in done["signature"]
+    refused = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
+    assert refused.status == 409
+    assert (await refused.json())["code"] == "content_not_available"
+    await env.assert_nothing_left()
+    verdicts = await env.client.app[AUDIT].query(AuditQuery(action=str(Action.SCAN_VERDICT)))
+    assert [r.event.detail["state"] for r in verdicts] == ["infected"]
+
+
+async def test_completing_before_the_bytes_are_there_is_a_409_and_loses_nothing(
+    env: Env,
+) -> None:
+    data = b"not yet"
+    issued = await intent(env, data)
+    resp = await complete(env, issued)
+    assert resp.status == 409
+    assert (await resp.json())["code"] == "upload_incomplete"
+    assert (await status(env, issued))["state"] == "pending"
+    assert curl_put(issued, data) == 200
+    assert (await (await complete(env, issued)).json())["state"] == "clean"
+
+
+# ------------------------------------------------------------------ what the store refuses
+
+
+async def test_the_store_refuses_a_tampered_wrong_or_oversized_request(env: Env) -> None:
+    data = b"exactly these bytes"
+    issued = await intent(env, data)
+    url = issued["upload"]["url"]
+    signature_at = url.index("X-Amz-Signature=") + len("X-Amz-Signature=")
+    flipped = "0" if url[signature_at] != "0" else "1"
+    tampered = {
+        **issued,
+        "upload": {
+            **issued["upload"],
+            "url": url[:signature_at] + flipped + url[signature_at + 1 :],
+        },
+    }
+    assert curl_put(tampered, data) == 403
+    assert curl_put(issued, data, **{"Content-Type": "text/html"}) == 403
+    assert curl_put(issued, data + b"!") == 403  # Content-Length is signed
+    wrong_method = {**issued, "upload": {**issued["upload"], "method": "GET"}}
+    assert curl_put(wrong_method, b"") == 403  # write-only: the URL does not read
+    assert await env.unscanned_keys() == []
+    assert curl_put(issued, data) == 200
+
+
+async def test_the_url_expires(make_env: Any) -> None:
+    env: Env = await make_env(direct_url_ttl=1)
+    data = b"too late"
+    issued = await intent(env, data)
+    deadline = time.monotonic() + 30
+    while (code := curl_put(issued, data)) == 200:
+        await env.storage.delete(env.settings.unscanned_bucket, DIRECT_PREFIX + issued["id"])
+        assert time.monotonic() < deadline, "the URL did not expire"
+        await asyncio.sleep(0.2)  # polling the store's clock, not synchronising
+    assert code == 403
+
+
+# ------------------------------------------------------------------ what fileshare refuses
+
+
+@pytest.mark.parametrize(
+    ("stored", "content_type", "code"),
+    [
+        (b"one byte more!", PDF, "size_mismatch"),
+        (b"other content", PDF, "digest_mismatch"),
+        (b"exact content", "text/html", "type_mismatch"),
+    ],
+)
+async def test_an_object_that_is_not_the_intents_is_rejected_and_deleted(
+    env: Env, stored: bytes, content_type: str, code: str
+) -> None:
+    """Written around the URL (with the store's own credentials), as a misbehaving store
+    or a leaked key could: the ingestion checks size, type and checksum itself."""
+    issued = await intent(env, b"exact content")
+    env.s3.put_object(
+        Bucket=env.settings.unscanned_bucket,
+        Key=DIRECT_PREFIX + issued["id"],
+        Body=stored,
+        ContentType=content_type,
+    )
+    resp = await complete(env, issued)
+    assert resp.status == 200
+    done = await resp.json()
+    assert (done["state"], done["code"]) == ("rejected", code)
+    await env.assert_nothing_left()
+    assert (await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)).status == 409
+
+
+async def test_a_bad_intent_is_a_422_and_records_nothing(env: Env) -> None:
+    for body in (
+        {"contentType": PDF},
+        {"contentType": PDF, "size": -1},
+        {"contentType": PDF, "size": "12"},
+        {"contentType": "not a type", "size": 1},
+        {"contentType": PDF, "size": 1, "sha256": "ABC"},
+        {"contentType": PDF, "size": 1, "name": "../x"},
+        {"contentType": PDF, "size": 1, "extra": True},
+    ):
+        resp = await env.client.post("/v1/uploads", json=body, headers=ALICE)
+        assert resp.status == 422, (body, await resp.text())
+    big = {"contentType": PDF, "size": env.settings.max_upload_size + 1}
+    resp = await env.client.post("/v1/uploads", json=big, headers=ALICE)
+    assert resp.status == 413
+    issued = await env.client.app[AUDIT].query(AuditQuery(action=str(Action.URL_ISSUE)))
+    assert all(r.event.result != "success" for r in issued)
+
+
+# ------------------------------------------------------------------ triggers and races
+
+
+async def test_the_reconciler_ingests_an_upload_nobody_completed(env: Env) -> None:
+    data = os.urandom(70_000)
+    issued = await intent(env, data)
+    assert curl_put(issued, data) == 200
+    # An object under the prefix that no intent handed out is removed, not ingested.
+    env.s3.put_object(
+        Bucket=env.settings.unscanned_bucket, Key=f"{DIRECT_PREFIX}{'f' * 32}", Body=b"stray"
+    )
+    # (The app's own reconciler may be at it too, from its first round at start-up.)
+    await env.client.app[DIRECT].reconcile()
+    assert (await settled(env, issued))["state"] == "clean"
+    assert await file_uploads(env, issued["fileId"]) == 1
+    got = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
+    assert await got.read() == data
+    assert await env.unscanned_keys() == []
+
+
+async def test_an_upload_whose_url_expired_unused_is_expired(env: Env) -> None:
+    issued = await intent(env, b"never sent")
+    direct = env.client.app[DIRECT]
+    assert await direct.reconcile() == 0  # not yet expired: left alone
+    real = direct.clock
+    direct.clock = lambda: real() + timedelta(seconds=env.settings.direct_url_ttl, hours=1)
+    await direct.reconcile()
+    done = await status(env, issued)
+    assert (done["state"], done["code"]) == ("expired", "expired")
+    # A PUT that still arrives is no upload any more: the next round removes it.
+    assert curl_put(issued, b"never sent") == 200
+    await direct.reconcile()
+    assert await env.unscanned_keys() == []
+
+
+async def test_two_replicas_completing_one_upload_ingest_it_once(make_env: Any) -> None:
+    first: Env = await make_env()
+    second: Env = await make_env()  # same index, same buckets: another replica
+    data = os.urandom(9 * 1024 * 1024)
+    issued = await intent(first, data)
+    assert curl_put(issued, data) == 200
+    answers = await asyncio.gather(
+        complete(first, issued),
+        complete(second, issued),
+        first.client.app[DIRECT].reconcile(),
+        second.client.app[DIRECT].reconcile(),
+    )
+    for resp in answers[:2]:
+        assert resp.status in (200, 202), await resp.text()
+    assert (await settled(first, issued))["state"] == "clean"
+    assert await file_uploads(first, issued["fileId"]) == 1
+    verdict_rows = await first.client.app[AUDIT].query(AuditQuery(action=str(Action.FILE_UPLOAD)))
+    assert len([r for r in verdict_rows if r.event.file_id == issued["fileId"]]) == 1
+    assert len(await first.permanent_keys()) == 1
+    assert await first.unscanned_keys() == []
+
+
+# ------------------------------------------------------------------ downloads by redirect
+
+
+async def test_a_download_redirects_to_a_presigned_get_that_works_and_expires(
+    make_env: Any,
+) -> None:
+    env: Env = await make_env(redirect_ttl=2)
+    data = os.urandom(200_000)
+    resp = await env.client.post(
+        "/v1/files",
+        data=data,
+        params={"name": "Röntgen 1.pdf"},
+        headers={**ALICE, "Content-Type": PDF},
+    )
+    file_id = (await resp.json())["id"]
+    streamed = await env.client.get(f"/v1/files/{file_id}", headers=ALICE)
+    assert streamed.status == 200  # streaming stays the default
+    moved = await env.client.get(
+        f"/v1/files/{file_id}", params={"redirect": "true"}, headers=ALICE, allow_redirects=False
+    )
+    assert moved.status == 302
+    assert moved.headers["Cache-Control"] == "no-store"
+    target = moved.headers["Location"]
+    assert target.startswith(env.settings.s3_endpoint or "")
+    async with aiohttp.ClientSession() as plain:
+        async with plain.get(target) as got:
+            assert got.status == 200
+            assert await got.read() == data
+            assert got.headers["Content-Type"] == PDF
+            assert "filename*=UTF-8''R%C3%B6ntgen%201.pdf" in got.headers["Content-Disposition"]
+        deadline = time.monotonic() + 30
+        while True:
+            async with plain.get(target) as late:
+                if late.status == 403:
+                    break
+            assert time.monotonic() < deadline, "the presigned GET did not expire"
+            await asyncio.sleep(0.25)  # polling the store's clock
+    # Somebody else's file is still not found, redirect or not.
+    other = await env.client.get(
+        f"/v1/files/{file_id}", params={"redirect": "true"}, headers=BOB, allow_redirects=False
+    )
+    assert other.status == 404
+    bad = await env.client.get(f"/v1/files/{file_id}", params={"redirect": "yes"}, headers=ALICE)
+    assert bad.status == 400
+
+
+async def test_the_deployment_can_make_redirects_the_default(make_env: Any) -> None:
+    env: Env = await make_env(download_redirect=True)
+    resp = await env.client.post("/v1/files", data=b"hello", headers=ALICE)
+    file_id = (await resp.json())["id"]
+    moved = await env.client.get(f"/v1/files/{file_id}", headers=ALICE, allow_redirects=False)
+    assert moved.status == 302
+    streamed = await env.client.get(
+        f"/v1/files/{file_id}", params={"redirect": "false"}, headers=ALICE
+    )
+    assert await streamed.read() == b"hello"
+
+
+async def test_storage_that_cannot_sign_refuses_direct_uploads(make_env: Any) -> None:
+    env: Env = await make_env(storage="local", s3_endpoint=None)
+    resp = await env.client.post("/v1/uploads", json={"contentType": PDF, "size": 3}, headers=ALICE)
+    assert resp.status == 501
+    assert (await resp.json())["code"] == "direct_uploads_unavailable"
+    up = await env.client.post("/v1/files", data=b"abc", headers=ALICE)
+    file_id = (await up.json())["id"]
+    streamed = await env.client.get(
+        f"/v1/files/{file_id}", params={"redirect": "true"}, headers=ALICE, allow_redirects=False
+    )
+    assert streamed.status == 200  # nothing to sign with: streamed
+    assert await streamed.read() == b"abc"
