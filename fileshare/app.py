@@ -305,6 +305,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         unscanned_bucket=settings.unscanned_bucket,
         url_ttl=settings.direct_url_ttl,
         put_max=settings.direct_put_max,
+        part_size=settings.direct_part_size,
         max_size=settings.max_upload_size,
         clock=service.clock,
     )

@@ -175,8 +175,11 @@ class Settings:
     # direct-to-bucket uploads and downloads (S3)
     #: How long a presigned upload URL works (seconds).
     direct_url_ttl: int = 900
-    #: The largest direct upload in one presigned PUT.
+    #: The largest direct upload in one presigned PUT; a larger one gets a multipart plan.
     direct_put_max: int = 5 * GiB
+    #: The part size of a multipart plan (raised for uploads that would need more than
+    #: 10,000 parts).
+    direct_part_size: int = 64 * MiB
     #: How often staged direct uploads nobody completed are ingested, and those whose
     #: URL expired unused are expired (seconds).
     reconcile_interval: float = 60.0
@@ -290,6 +293,8 @@ class Settings:
             raise ConfigError("FILESHARE_REDIRECT_TTL must be between 1 s and 7 days")
         if not 0 < self.direct_put_max <= 5 * GiB:
             raise ConfigError("FILESHARE_DIRECT_PUT_MAX must be between 1 byte and 5 GiB")
+        if not 5 * MiB <= self.direct_part_size <= 5 * GiB:
+            raise ConfigError("FILESHARE_DIRECT_PART_SIZE must be between 5MiB and 5GiB")
         if not self.reconcile_interval > 0:
             raise ConfigError("FILESHARE_RECONCILE_INTERVAL must be a positive number of seconds")
         if not self.sweep_interval > 0:
@@ -632,6 +637,7 @@ _SIZES = {
     "MAX_UPLOAD_SIZE": "max_upload_size",
     "MEMORY_BUDGET": "memory_budget",
     "DIRECT_PUT_MAX": "direct_put_max",
+    "DIRECT_PART_SIZE": "direct_part_size",
 }
 _INTS = {
     "PORT": "port",

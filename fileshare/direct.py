@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -35,8 +35,11 @@ from fileshare.pipeline import Pipeline
 from fileshare.service import FileService
 from fileshare.storage.base import (
     DIRECT_PREFIX,
+    MultipartPresigner,
+    NotAsPlanned,
     ObjectInfo,
     ObjectNotFound,
+    PartPlan,
     Presigned,
     Presigner,
     Storage,
@@ -70,7 +73,13 @@ class Intent:
 @dataclass(frozen=True)
 class Issued:
     upload: Upload
-    request: Presigned
+    #: One PUT, or (larger than ``put_max``) a PUT per part.
+    request: Presigned | None = None
+    parts: tuple[PartPlan, ...] = ()
+
+
+#: The most parts an S3 multipart upload may have.
+MAX_PARTS = 10_000
 
 
 def _media_type(value: str) -> str:
@@ -88,6 +97,7 @@ class DirectUploads:
         unscanned_bucket: str,
         url_ttl: int,
         put_max: int,
+        part_size: int,
         max_size: int,
         clock: Clock,
     ) -> None:
@@ -96,6 +106,8 @@ class DirectUploads:
         self.uploads = uploads
         self.storage = storage
         self.presigner = storage if isinstance(storage, Presigner) else None
+        self.multipart = storage if isinstance(storage, MultipartPresigner) else None
+        self.part_size = part_size
         self.unscanned = unscanned_bucket
         self.url_ttl = url_ttl
         self.put_max = put_max
@@ -121,9 +133,10 @@ class DirectUploads:
                 )
             if intent.size > self.max_size:
                 raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
-            if intent.size > self.put_max:
+            multipart = intent.size > self.put_max
+            if multipart and self.multipart is None:
                 raise errors.PayloadTooLarge(
-                    f"a direct upload takes at most {self.put_max} bytes in one PUT"
+                    f"a direct upload takes at most {self.put_max} bytes in one PUT here"
                 )
             upload_id = uuid.uuid4().hex
             now = self.clock()
@@ -141,28 +154,67 @@ class DirectUploads:
                 expires=now + timedelta(seconds=self.url_ttl),
                 created_by=actor.principal.subject if actor.principal else None,
             )
-            request = await storage_call(
-                "presign",
-                self.presigner.presign_upload(
-                    self.unscanned,
-                    upload.staging_key,
-                    content_type=intent.content_type,
-                    size=intent.size,
-                    sha256=intent.sha256,
-                    expires=self.url_ttl,
-                ),
-            )
+            if multipart:
+                issued = await self._plan(upload)
+                upload = issued.upload
+            else:
+                request = await storage_call(
+                    "presign",
+                    self.presigner.presign_upload(
+                        self.unscanned,
+                        upload.staging_key,
+                        content_type=intent.content_type,
+                        size=intent.size,
+                        sha256=intent.sha256,
+                        expires=self.url_ttl,
+                    ),
+                )
+                issued = Issued(upload, request)
             # The row before the URL leaves: an object under the prefix without one was
             # never handed out, and the reconciler removes it.
             event = event.but(
                 file_id=upload.file_id, detail={**event.detail, "upload_id": upload_id}
             )
-            await index_call(self.uploads.create(upload, event))
+            try:
+                await index_call(self.uploads.create(upload, event))
+            except BaseException:
+                if upload.multipart_id is not None:
+                    await self._abort_parts(upload)
+                raise
         except errors.FileshareError as exc:
             await self.files.audit_refusal(event, exc)
             raise
-        log.info("upload.intent", upload_id=upload_id, file_id=upload.file_id, size=intent.size)
-        return Issued(upload, request)
+        log.info(
+            "upload.intent",
+            upload_id=upload_id,
+            file_id=upload.file_id,
+            size=intent.size,
+            parts=len(issued.parts),
+        )
+        return issued
+
+    async def _plan(self, upload: Upload) -> Issued:
+        """A multipart upload under the staging key, and a presigned PUT per part."""
+        assert self.multipart is not None
+        part_size = max(self.part_size, -(-upload.size // MAX_PARTS))
+        planned = replace(upload, part_size=part_size)
+        upload_id, parts = await storage_call(
+            "presign",
+            self.multipart.presign_multipart(
+                self.unscanned,
+                upload.staging_key,
+                content_type=upload.content_type,
+                part_sizes=planned.part_sizes,
+                expires=self.url_ttl,
+            ),
+        )
+        return Issued(replace(planned, multipart_id=upload_id), parts=tuple(parts))
+
+    async def _abort_parts(self, upload: Upload) -> None:
+        if self.multipart is not None and upload.multipart_id is not None:
+            await self.multipart.abort_multipart(
+                self.unscanned, upload.staging_key, upload.multipart_id
+            )
 
     async def status(self, actor: Actor, upload_id: str) -> Upload:
         upload = await self._owned(actor, upload_id, Action.UPLOAD_READ)
@@ -242,7 +294,34 @@ class DirectUploads:
         bound.info("upload.ingested", state=outcome.state.value, code=outcome.code)
         return True
 
+    async def _assemble(self, upload: Upload) -> Outcome | bool:
+        """A multipart plan's upload completed by fileshare: True when it is (or was
+        already) assembled, False while parts are missing, a rejection when the parts are
+        not the plan's."""
+        assert self.multipart is not None
+        assert upload.multipart_id is not None
+        try:
+            return await self.multipart.complete_multipart(
+                self.unscanned, upload.staging_key, upload.multipart_id, upload.part_sizes
+            )
+        except ObjectNotFound:
+            return True  # completed by an earlier attempt (or aborted: the HEAD tells)
+        except NotAsPlanned as exc:
+            log.warning("upload.parts_not_as_planned", upload_id=upload.id, error=str(exc))
+            return Outcome(
+                UploadState.REJECTED, "parts_mismatch", "the parts uploaded are not the plan's"
+            )
+        except StorageError as exc:
+            log.warning("storage.failed", operation="complete_parts", error=str(exc))
+            raise errors.StorageUnavailable(operation="complete_parts") from None
+
     async def _ingest(self, upload: Upload, trigger: str) -> Outcome | None:
+        if upload.multipart_id is not None and self.multipart is not None:
+            assembled = await self._assemble(upload)
+            if assembled is False:
+                return None
+            if isinstance(assembled, Outcome):
+                return assembled
         try:
             staged = await self.storage.head(self.unscanned, upload.staging_key)
         except ObjectNotFound:
@@ -327,6 +406,7 @@ class DirectUploads:
             self.uploads.finish(upload.id, holder, outcome, self.clock(), event)
         )
         if finished:
+            await self._abort_parts(upload)  # a no-op once completed
             await self._remove_staged(upload.staging_key)
         return finished
 
@@ -388,6 +468,16 @@ class DirectUploads:
             UploadState.EXPIRED, "expired", "nothing was uploaded before the URL expired"
         )
         for upload in overdue:
+            if upload.multipart_id is not None:
+                # Its object exists only once fileshare completes it: every part may be
+                # there without anybody having called for the completion.
+                try:
+                    found = await self.ingest(upload.id, trigger="reconcile")
+                except errors.FileshareError:
+                    continue  # transient: a later round
+                if found is not False:
+                    expired += 0 if found is None else 1
+                    continue
             try:
                 await self.storage.head(self.unscanned, upload.staging_key)
                 continue  # it did arrive: ingested by a later round, not expired

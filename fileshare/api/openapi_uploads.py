@@ -33,23 +33,39 @@ def upload_schemas() -> dict[str, Schema]:
     schemas = _schemas(stamp, uri)
     upload = schemas["Upload"]
     # Spelled out, not an allOf: the answers are checked with no member left undescribed.
+    request = {
+        "method": {"const": "PUT"},
+        "url": uri,
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "expires": stamp,
+    }
     schemas["IssuedUpload"] = {
         "type": "object",
-        "required": [*upload["required"], "upload", "complete"],
+        "description": "`upload` (one PUT) or, for an upload larger than one PUT takes, "
+        "`parts` (a PUT per part, in any order, each with exactly its `size` bytes)",
+        "required": [*upload["required"], "complete"],
         "properties": {
             **upload["properties"],
             "upload": {
                 "type": "object",
                 "description": "Send the bytes with exactly this request",
-                "required": ["method", "url", "headers", "expires"],
-                "properties": {
-                    "method": {"const": "PUT"},
-                    "url": uri,
-                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "expires": stamp,
+                "required": list(request),
+                "properties": request,
+            },
+            "parts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["number", "size", *request],
+                    "properties": {
+                        "number": {"type": "integer", "minimum": 1},
+                        "size": {"type": "integer", "minimum": 0},
+                        **request,
+                    },
                 },
             },
-            "complete": uri | {"description": "POST here once the PUT succeeded"},
+            "partSize": {"type": "integer", "description": "Every part's size but the last's"},
+            "complete": uri | {"description": "POST here once the PUT (every part) succeeded"},
         },
     }
     return schemas

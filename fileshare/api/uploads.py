@@ -17,6 +17,7 @@ from fileshare.api.names import validate_media_type, validate_name
 from fileshare.direct import Intent, Issued
 from fileshare.index.uploads import Upload
 from fileshare.models import UploadState
+from fileshare.storage.base import Presigned
 
 routes = web.RouteTableDef()
 
@@ -61,6 +62,15 @@ def render(request: web.Request, upload: Upload) -> dict[str, object]:
     return body
 
 
+def _request(presigned: Presigned) -> dict[str, object]:
+    return {
+        "method": presigned.method,
+        "url": presigned.url,
+        "headers": presigned.headers,
+        "expires": timestamp(presigned.expires),
+    }
+
+
 def _intent(body: dict[str, object]) -> Intent:
     name = params.string_member(body, "name")
     content_type = params.string_member(body, "contentType", required=True) or ""
@@ -94,12 +104,13 @@ async def create_upload(request: web.Request) -> web.Response:
     intent = _intent(body)
     issued: Issued = await request.app[DIRECT].create(acting, intent)
     answer = render(request, issued.upload)
-    answer["upload"] = {
-        "method": issued.request.method,
-        "url": issued.request.url,
-        "headers": issued.request.headers,
-        "expires": timestamp(issued.request.expires),
-    }
+    if issued.request is not None:
+        answer["upload"] = _request(issued.request)
+    else:
+        answer["parts"] = [
+            {"number": p.number, "size": p.size, **_request(p.request)} for p in issued.parts
+        ]
+        answer["partSize"] = issued.upload.part_size
     answer["complete"] = f"{answer['status']}/complete"
     headers = {hdrs.LOCATION: str(answer["status"]), **_NO_STORE}
     return web.json_response(answer, status=201, headers=headers)

@@ -190,6 +190,9 @@ uploads = Table(
     Column("code", String(64)),
     Column("signature", Text),
     Column("finished", UtcDateTime),
+    #: A multipart plan's: the store's upload id, and the size of every part but the last.
+    Column("multipart_id", Text),
+    Column("part_size", BigInteger),
     Index("uploads_owner", "owner", "created"),
     Index("uploads_state", "state", "expires"),
     Index("uploads_file", "owner", "file_id"),

@@ -43,6 +43,17 @@ class Upload:
     detail: str | None = None
     signature: str | None = None
     finished: datetime | None = None
+    #: A multipart plan's: the store's upload id and the size of every part but the last.
+    multipart_id: str | None = None
+    part_size: int | None = None
+
+    @property
+    def part_sizes(self) -> list[int]:
+        """The planned parts' sizes (empty for a single PUT)."""
+        if self.part_size is None:
+            return []
+        full, rest = divmod(self.size, self.part_size)
+        return [self.part_size] * full + ([rest] if rest else [])
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ def _upload(m: RowMapping) -> Upload:
         detail=m["detail"],
         signature=m["signature"],
         finished=m["finished"],
+        multipart_id=m["multipart_id"],
+        part_size=m["part_size"],
     )
 
 
@@ -123,6 +136,8 @@ class UploadStore:
                     expires=upload.expires,
                     created_by=upload.created_by,
                     attempts=0,
+                    multipart_id=upload.multipart_id,
+                    part_size=upload.part_size,
                 )
             )
             return True

@@ -30,6 +30,10 @@ class ObjectNotFound(StorageError):
     """The object (or bucket) does not exist."""
 
 
+class NotAsPlanned(StorageError):
+    """A multipart upload's parts are not those of its plan (a size, a number)."""
+
+
 class ObjectExists(StorageError):
     """A conditional create found the key already present."""
 
@@ -115,6 +119,46 @@ class Presigner(Protocol):
         self, bucket: str, key: str, *, content_type: str, disposition: str, expires: int
     ) -> Presigned:
         """A GET of the object whose answer carries this type and Content-Disposition."""
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """One part of a presigned multipart upload: its number (from 1), exact size and
+    request."""
+
+    number: int
+    size: int
+    request: Presigned
+
+
+@runtime_checkable
+class MultipartPresigner(Protocol):
+    """A store that can also hand out a multipart upload part by part (S3), for uploads
+    larger than one PUT takes. The upload stays invisible (no object under its key) until
+    fileshare completes it."""
+
+    async def presign_multipart(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str,
+        part_sizes: list[int],
+        expires: int,
+    ) -> tuple[str, list[PartPlan]]:
+        """Begin a multipart upload of ``key`` and presign a PUT of each part (its length
+        signed); the store's upload id and the plan."""
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, part_sizes: list[int]
+    ) -> bool:
+        """Complete the upload if every part is there with its planned size; False (and
+        nothing changed) when parts are missing. Raises ``ObjectNotFound`` when there is no
+        such upload (completed or aborted already), ``NotAsPlanned`` when a part has another
+        size than planned, ``StorageError`` when the store fails."""
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        """Discard the upload and its parts. Idempotent, never raises."""
 
 
 class Storage(Protocol):

@@ -46,9 +46,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fileshare.storage.base import (
     PROBE_PREFIX,
+    NotAsPlanned,
     ObjectExists,
     ObjectInfo,
     ObjectNotFound,
+    PartPlan,
     Presigned,
     StorageError,
 )
@@ -431,6 +433,85 @@ class S3Storage:
                 "get_object", Params=params, ExpiresIn=expires
             )
         return Presigned("GET", url, {}, _expiry(expires))
+
+    async def presign_multipart(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str,
+        part_sizes: list[int],
+        expires: int,
+    ) -> tuple[str, list[PartPlan]]:
+        what = f"presign multipart {bucket}/{key}"
+        with _translate(what):
+            resp = await self._client.create_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                ContentType=content_type,
+                **self._sse,  # type: ignore[arg-type]
+            )
+        upload_id = resp["UploadId"]
+        plan: list[PartPlan] = []
+        try:
+            for number, size in enumerate(part_sizes, start=1):
+                with _translate(what):
+                    url = await self._client.generate_presigned_url(
+                        "upload_part",
+                        Params={
+                            "Bucket": bucket,
+                            "Key": key,
+                            "UploadId": upload_id,
+                            "PartNumber": number,
+                            "ContentLength": size,
+                        },
+                        ExpiresIn=expires,
+                    )
+                plan.append(PartPlan(number, size, Presigned("PUT", url, {}, _expiry(expires))))
+        except BaseException:
+            await self._abort_upload(bucket, key, upload_id)
+            raise
+        return upload_id, plan
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, part_sizes: list[int]
+    ) -> bool:
+        what = f"complete multipart {bucket}/{key}"
+        found: dict[int, tuple[int, str]] = {}
+        marker = 0
+        while True:
+            with _translate(what):
+                try:
+                    page = await self._client.list_parts(
+                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
+                    )
+                except ClientError as exc:
+                    if _error_code(exc) == "NoSuchUpload":
+                        raise ObjectNotFound(f"{what}: no such upload") from None
+                    raise
+            for part in page.get("Parts", []):
+                found[part["PartNumber"]] = (part["Size"], part["ETag"])
+            if not page.get("IsTruncated"):
+                break
+            marker = page["NextPartNumberMarker"]
+        if len(found) < len(part_sizes):
+            return False
+        for number, size in enumerate(part_sizes, start=1):
+            if number not in found or found[number][0] != size:
+                raise NotAsPlanned(f"{what}: part {number} is not as planned")
+        if len(found) != len(part_sizes):
+            raise NotAsPlanned(f"{what}: more parts than planned")
+        parts: list[CompletedPartTypeDef] = [
+            {"PartNumber": n, "ETag": found[n][1]} for n in range(1, len(part_sizes) + 1)
+        ]
+        with _translate(what):
+            await self._client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        return True
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        await self._abort_upload(bucket, key, upload_id)
 
     async def list_stale(self, bucket: str, prefix: str, before: datetime) -> AsyncIterator[str]:
         async for page in self._pages("list_objects_v2", bucket, prefix):

@@ -382,3 +382,93 @@ async def test_storage_that_cannot_sign_refuses_direct_uploads(make_env: Any) ->
     )
     assert streamed.status == 200  # nothing to sign with: streamed
     assert await streamed.read() == b"abc"
+
+
+# ------------------------------------------------------------------ multipart plans
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def multipart_env(make_env: Any) -> Env:
+    env: Env = await make_env(direct_put_max=MiB, direct_part_size=5 * MiB)
+    return env
+
+
+async def put_part(part: dict[str, Any], data: bytes) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(part["url"], data=data, headers=part["headers"]) as resp,
+    ):
+        return resp.status
+
+
+def slices(issued: dict[str, Any], data: bytes) -> list[tuple[dict[str, Any], bytes]]:
+    found, start = [], 0
+    for part in issued["parts"]:
+        found.append((part, data[start : start + part["size"]]))
+        start += part["size"]
+    assert start == len(data)
+    return found
+
+
+async def test_a_large_upload_gets_a_part_plan_fileshare_completes(multipart_env: Env) -> None:
+    env = multipart_env
+    data = os.urandom(11 * MiB + 3)
+    issued = await intent(env, data)
+    assert "upload" not in issued
+    assert [p["size"] for p in issued["parts"]] == [5 * MiB, 5 * MiB, MiB + 3]
+    assert issued["partSize"] == 5 * MiB
+    parts = slices(issued, data)
+    first, first_bytes = parts[0]
+    assert await put_part(first, first_bytes[:-1]) == 403  # each part's length is signed
+    for part, chunk in reversed(parts[1:]):  # any order
+        assert await put_part(part, chunk) == 200
+    early = await complete(env, issued)
+    assert early.status == 409
+    assert (await early.json())["code"] == "upload_incomplete"
+    assert await put_part(first, first_bytes) == 200
+    resp = await complete(env, issued)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["state"] == "clean"
+    got = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
+    assert await got.read() == data
+    assert await env.unscanned_keys() == []
+    assert env.open_multipart_uploads() == []
+
+
+async def test_eicar_buried_in_a_part_is_infected_and_nothing_is_left(multipart_env: Env) -> None:
+    env = multipart_env
+    data = bytearray(os.urandom(10 * MiB + 100))
+    data[5 * MiB + 1000 : 5 * MiB + 1000 + len(EICAR)] = EICAR  # inside part 2
+    issued = await intent(env, bytes(data))
+    for part, chunk in slices(issued, bytes(data)):
+        assert await put_part(part, chunk) == 200
+    done = await (await complete(env, issued)).json()
+    assert done["state"] == "infected"
+    assert "EICAR" in done["signature"]
+    await env.assert_nothing_left()
+
+
+async def test_the_reconciler_completes_or_expires_a_part_plan(multipart_env: Env) -> None:
+    env = multipart_env
+    whole = os.urandom(6 * MiB)
+    finished = await intent(env, whole)
+    for part, chunk in slices(finished, whole):
+        assert await put_part(part, chunk) == 200
+    partial_data = os.urandom(6 * MiB)
+    partial = await intent(env, partial_data)
+    part, chunk = slices(partial, partial_data)[0]
+    assert await put_part(part, chunk) == 200
+    direct = env.client.app[DIRECT]
+    real = direct.clock
+    direct.clock = lambda: real() + timedelta(seconds=env.settings.direct_url_ttl, hours=1)
+    await direct.reconcile()
+    # Every part was there: completed and ingested, though nobody called for it.
+    assert (await settled(env, finished))["state"] == "clean"
+    got = await env.client.get(f"/v1/files/{finished['fileId']}", headers=ALICE)
+    assert await got.read() == whole
+    # Parts missing: expired, and its parts are gone with it.
+    assert (await settled(env, partial))["state"] == "expired"
+    assert env.open_multipart_uploads() == []
+    assert await env.unscanned_keys() == []
