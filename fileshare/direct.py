@@ -35,12 +35,14 @@ from fileshare.pipeline import Pipeline
 from fileshare.service import FileService
 from fileshare.storage.base import (
     DIRECT_PREFIX,
+    FormPresigner,
     MultipartPresigner,
     NotAsPlanned,
     ObjectInfo,
     ObjectNotFound,
     PartPlan,
     Presigned,
+    PresignedForm,
     Presigner,
     Storage,
     StorageError,
@@ -68,6 +70,8 @@ class Intent:
     content_type: str
     size: int
     sha256: str | None = None
+    #: A browser form's POST policy instead of a PUT (one request, so ``put_max`` at most).
+    form: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class Issued:
     #: One PUT, or (larger than ``put_max``) a PUT per part.
     request: Presigned | None = None
     parts: tuple[PartPlan, ...] = ()
+    form: PresignedForm | None = None
 
 
 #: The most parts an S3 multipart upload may have.
@@ -107,6 +112,7 @@ class DirectUploads:
         self.storage = storage
         self.presigner = storage if isinstance(storage, Presigner) else None
         self.multipart = storage if isinstance(storage, MultipartPresigner) else None
+        self.forms = storage if isinstance(storage, FormPresigner) else None
         self.part_size = part_size
         self.unscanned = unscanned_bucket
         self.url_ttl = url_ttl
@@ -134,6 +140,10 @@ class DirectUploads:
             if intent.size > self.max_size:
                 raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
             multipart = intent.size > self.put_max
+            if intent.form and (multipart or self.forms is None):
+                raise errors.ValidationFailed(
+                    f"a form upload takes at most {self.put_max} bytes, on S3"
+                )
             if multipart and self.multipart is None:
                 raise errors.PayloadTooLarge(
                     f"a direct upload takes at most {self.put_max} bytes in one PUT here"
@@ -157,6 +167,18 @@ class DirectUploads:
             if multipart:
                 issued = await self._plan(upload)
                 upload = issued.upload
+            elif intent.form and self.forms is not None:
+                form = await storage_call(
+                    "presign",
+                    self.forms.presign_form(
+                        self.unscanned,
+                        upload.staging_key,
+                        content_type=intent.content_type,
+                        size=intent.size,
+                        expires=self.url_ttl,
+                    ),
+                )
+                issued = Issued(upload, form=form)
             else:
                 request = await storage_call(
                     "presign",

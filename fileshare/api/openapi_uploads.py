@@ -41,8 +41,9 @@ def upload_schemas() -> dict[str, Schema]:
     }
     schemas["IssuedUpload"] = {
         "type": "object",
-        "description": "`upload` (one PUT) or, for an upload larger than one PUT takes, "
-        "`parts` (a PUT per part, in any order, each with exactly its `size` bytes)",
+        "description": "`upload` (one PUT), `form` (a browser form's POST, when asked for) "
+        "or, for an upload larger than one PUT takes, `parts` (a PUT per part, in any order, "
+        "each with exactly its `size` bytes)",
         "required": [*upload["required"], "complete"],
         "properties": {
             **upload["properties"],
@@ -65,6 +66,18 @@ def upload_schemas() -> dict[str, Schema]:
                 },
             },
             "partSize": {"type": "integer", "description": "Every part's size but the last's"},
+            "form": {
+                "type": "object",
+                "description": "POST `url` as multipart/form-data: `fields` first, as they "
+                "are, then the file (exactly `size` bytes) as the last field, `file`",
+                "required": ["method", "url", "fields", "expires"],
+                "properties": {
+                    "method": {"const": "POST"},
+                    "url": uri,
+                    "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "expires": stamp,
+                },
+            },
             "complete": uri | {"description": "POST here once the PUT (every part) succeeded"},
         },
     }
@@ -88,6 +101,11 @@ def _schemas(stamp: Schema, uri: Schema) -> dict[str, Schema]:
                 "sha256": {
                     "anyOf": [_SHA256, {"type": "null"}],
                     "description": "Hex; signed into the URL when given, checked on ingestion",
+                },
+                "form": {
+                    "type": "boolean",
+                    "description": "`true`: a POST policy for a browser's HTML form "
+                    "(`form` in the answer) instead of a PUT",
                 },
             },
         },

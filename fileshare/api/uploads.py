@@ -92,7 +92,10 @@ def _intent(body: dict[str, object]) -> Intent:
         checked_name = None if name is None else validate_name(name)
     except errors.InvalidFileName as exc:
         raise errors.ValidationFailed(f"name: {exc.detail}") from None
-    return Intent(name=checked_name, content_type=media, size=size, sha256=sha256)
+    form = body.get("form", False)
+    if not isinstance(form, bool):
+        raise errors.ValidationFailed("form must be true or false")
+    return Intent(name=checked_name, content_type=media, size=size, sha256=sha256, form=form)
 
 
 @routes.post("/v1/uploads")
@@ -100,12 +103,19 @@ async def create_upload(request: web.Request) -> web.Response:
     """An intent, and the presigned PUT its bytes go to (straight into the unscanned
     bucket). The file exists once the upload is ingested and clean."""
     acting = await actor(request, write=True)
-    body = await json_members(request, {"name", "contentType", "size", "sha256"})
+    body = await json_members(request, {"name", "contentType", "size", "sha256", "form"})
     intent = _intent(body)
     issued: Issued = await request.app[DIRECT].create(acting, intent)
     answer = render(request, issued.upload)
     if issued.request is not None:
         answer["upload"] = _request(issued.request)
+    elif issued.form is not None:
+        answer["form"] = {
+            "method": "POST",
+            "url": issued.form.url,
+            "fields": issued.form.fields,
+            "expires": timestamp(issued.form.expires),
+        }
     else:
         answer["parts"] = [
             {"number": p.number, "size": p.size, **_request(p.request)} for p in issued.parts

@@ -122,6 +122,27 @@ class Presigner(Protocol):
 
 
 @dataclass(frozen=True)
+class PresignedForm:
+    """An HTML form upload (S3 POST policy): POST ``url`` as multipart/form-data with
+    ``fields`` first, as they are, and the file last."""
+
+    url: str
+    fields: dict[str, str]
+    expires: datetime
+
+
+@runtime_checkable
+class FormPresigner(Protocol):
+    """A store that can sign a POST policy, for uploads from a browser's form."""
+
+    async def presign_form(
+        self, bucket: str, key: str, *, content_type: str, size: int, expires: int
+    ) -> PresignedForm:
+        """A policy for exactly this key and type, with ``content-length-range`` holding
+        the size: the store refuses any other file."""
+
+
+@dataclass(frozen=True)
 class PartPlan:
     """One part of a presigned multipart upload: its number (from 1), exact size and
     request."""

@@ -52,6 +52,7 @@ from fileshare.storage.base import (
     ObjectNotFound,
     PartPlan,
     Presigned,
+    PresignedForm,
     StorageError,
 )
 from fileshare.storage.encryption import Encryption
@@ -433,6 +434,24 @@ class S3Storage:
                 "get_object", Params=params, ExpiresIn=expires
             )
         return Presigned("GET", url, {}, _expiry(expires))
+
+    async def presign_form(
+        self, bucket: str, key: str, *, content_type: str, size: int, expires: int
+    ) -> PresignedForm:
+        fields = {"Content-Type": content_type, **self.encryption.s3_headers()}
+        conditions: list[Any] = [
+            {"bucket": bucket},
+            ["eq", "$key", key],
+            ["content-length-range", size, size],
+            *({name: value} for name, value in fields.items()),
+        ]
+        with _translate(f"presign form {bucket}/{key}"):
+            signed = await self._client.generate_presigned_post(
+                bucket, key, Fields=fields, Conditions=conditions, ExpiresIn=expires
+            )
+        return PresignedForm(
+            signed["url"], {k: str(v) for k, v in signed["fields"].items()}, _expiry(expires)
+        )
 
     async def presign_multipart(
         self,

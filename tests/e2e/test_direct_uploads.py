@@ -472,3 +472,34 @@ async def test_the_reconciler_completes_or_expires_a_part_plan(multipart_env: En
     assert (await settled(env, partial))["state"] == "expired"
     assert env.open_multipart_uploads() == []
     assert await env.unscanned_keys() == []
+
+
+# ------------------------------------------------------------------ browser forms
+
+
+async def post_form(issued: dict[str, Any], data: bytes, **changed: str) -> int:
+    form = aiohttp.FormData()
+    for name, value in {**issued["form"]["fields"], **changed}.items():
+        form.add_field(name, value)
+    form.add_field("file", data, filename="scan.pdf", content_type=PDF)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(issued["form"]["url"], data=form) as resp,
+    ):
+        return resp.status
+
+
+async def test_a_browser_form_posts_under_the_policy_and_is_ingested(env: Env) -> None:
+    data = os.urandom(40_000)
+    issued = await intent(env, data, form=True)
+    assert "upload" not in issued
+    assert issued["form"]["method"] == "POST"
+    assert await post_form(issued, data + b"x") in (400, 403)  # content-length-range
+    assert await post_form(issued, data[:-1]) in (400, 403)
+    assert await post_form(issued, data, key=f"{DIRECT_PREFIX}{'e' * 32}") == 403
+    assert await env.unscanned_keys() == []
+    assert await post_form(issued, data) in (200, 201, 204)
+    done = await (await complete(env, issued)).json()
+    assert done["state"] == "clean"
+    got = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
+    assert await got.read() == data
