@@ -11,7 +11,7 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
-from fileshare.api import admin, docs, edge, files, oauth, openapi, problems, tags, uploads
+from fileshare.api import admin, docs, edge, files, links, oauth, openapi, problems, tags, uploads
 from fileshare.api import audit as audit_api
 from fileshare.api.keys import (
     AUDIT,
@@ -20,6 +20,7 @@ from fileshare.api.keys import (
     DRAINING,
     IDENTITY,
     IN_FLIGHT,
+    LINKS,
     METRICS,
     POLICY,
     REGISTRY,
@@ -40,6 +41,7 @@ from fileshare.auth.jwks import RemoteJwks, client_session
 from fileshare.auth.jwt import JwtAuthenticator
 from fileshare.auth.keys import BootstrapKeys, RegisteredKeys, bootstrap_principal
 from fileshare.auth.policy import Policy
+from fileshare.auth.principal import Scope
 from fileshare.auth.registry import Registry
 from fileshare.auth.signing import OVERLAP_MARGIN, PublishedKeys, Signer
 from fileshare.auth.trust import TrustedIssuer
@@ -51,8 +53,10 @@ from fileshare.index.audit import AuditStore
 from fileshare.index.base import FileIndex, Transactor
 from fileshare.index.factory import open_index
 from fileshare.index.identity import IdentityStore
+from fileshare.index.links import LinkStore
 from fileshare.index.signing import SigningKeyStore
 from fileshare.index.uploads import UploadStore
+from fileshare.links import LinkService
 from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
 from fileshare.recovery import StagingSweeper
@@ -60,6 +64,7 @@ from fileshare.scan.clamd import ClamdScanner
 from fileshare.service import FileService
 from fileshare.storage.base import Storage
 from fileshare.storage.factory import open_storage
+from fileshare.storage.s3 import S3Storage
 
 STORAGE = web.AppKey("storage", Storage)
 SCANNER = web.AppKey("scanner", ClamdScanner)
@@ -67,6 +72,7 @@ INDEX = web.AppKey("index", FileIndex)
 BUDGET = web.AppKey("budget", MemoryBudget)
 READINESS = web.AppKey("readiness", Readiness)
 UPLOADS = web.AppKey("uploads", UploadStore)
+LINK_STORE = web.AppKey("link_store", LinkStore)
 #: The external token issuers of ``FILESHARE_JWT_ISSUERS``, with their JWKS sources.
 TRUSTED_ISSUERS = web.AppKey("trusted_issuers", tuple[TrustedIssuer, ...])
 #: The OpenAPI document, rendered once.
@@ -154,6 +160,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(docs.routes)  # /docs and /problems/{code}, for people
     app.add_routes(files.routes)
     app.add_routes(uploads.routes)
+    app.add_routes(links.routes)
     app.add_routes(tags.routes)
     app.add_routes(admin.routes)
     app.add_routes(oauth.routes)
@@ -174,6 +181,7 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
         app[INDEX] = index
         app[AUDIT] = AuditStore(index)
         app[UPLOADS] = UploadStore(index)
+        app[LINK_STORE] = LinkStore(index)
         identity = app[IDENTITY] = IdentityStore(index)
         app[POLICY] = Policy(identity)
         app[REGISTRY] = Registry(identity, frozenset(settings.api_keys))
@@ -259,6 +267,7 @@ async def _issuers_ctx(app: web.Application) -> AsyncIterator[None]:
                 owner_claim=i.owner_claim,
                 default_role=i.default_role,
                 allowed_roles=i.allowed_roles,
+                scope_aliases={settings.links_scope: Scope.LINKS_WRITE.value},
             )
             for i, source in zip(settings.jwt_issuers, sources, strict=True)
         )
@@ -309,6 +318,18 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         max_size=settings.max_upload_size,
         clock=service.clock,
     )
+    storage = app[STORAGE]
+    if settings.links_bucket and isinstance(storage, S3Storage):
+        app[LINKS] = LinkService(
+            signer=storage,
+            storage=storage,
+            pipeline=pipeline,
+            links=app[LINK_STORE],
+            files=service,
+            bucket=settings.links_bucket,
+            ttl=settings.direct_url_ttl,
+            clock=service.clock,
+        )
     app[READINESS] = Readiness(
         checks={
             "clamd": functools.partial(_check_clamd, app),

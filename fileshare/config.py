@@ -159,6 +159,9 @@ class Settings:
     s3_secret_key: str | None = field(default=None, repr=False)
     gcs_endpoint: str | None = None
     gcs_project: str | None = None
+    #: A service-account JSON key that signs GCS URLs (direct uploads, download redirects);
+    #: None: Application Default Credentials, where they can sign (never on an emulator).
+    gcs_signing_credentials: Path | None = None
     #: Encryption at rest asked for on every write (``storage.encryption``); None: the
     #: backend's default (sse-s3 on S3, the store's own default elsewhere).
     storage_encryption: EncryptionMode | None = None
@@ -188,6 +191,10 @@ class Settings:
     download_redirect: bool = False
     #: How long such a presigned GET works (seconds).
     redirect_ttl: int = 300
+    #: The bucket of partner links (seed 003: ``POST /v1/links``); unset: no links.
+    links_bucket: str | None = None
+    #: The scope external tokens carry for partner links (taken as ``links:write``).
+    links_scope: str = "private_contracts:write"
     # scanner
     clamd: ClamdAddress = field(default_factory=lambda: ClamdAddress(host="127.0.0.1", port=3310))
     clamd_connect_timeout: float = 5.0
@@ -306,6 +313,12 @@ class Settings:
             raise ConfigError("FILESHARE_PUBLIC_BASE_URL must be an absolute http(s) URL")
         if (problem := self.encryption.problem(self.storage)) is not None:
             raise ConfigError(f"FILESHARE_STORAGE_ENCRYPTION ({self.encryption.mode}): {problem}")
+        signing_key = self.gcs_signing_credentials
+        if self.storage == "gcs" and signing_key is not None and not signing_key.is_file():
+            raise ConfigError(
+                f"FILESHARE_GCS_SIGNING_CREDENTIALS: {str(signing_key)[:120]!r} is not a file "
+                "(a service-account JSON key)"
+            )
         for variable, endpoint, used in (
             ("FILESHARE_S3_ENDPOINT", self.s3_endpoint, self.storage == "s3"),
             ("FILESHARE_GCS_ENDPOINT", self.gcs_endpoint, self.storage == "gcs"),
@@ -631,6 +644,8 @@ _STRINGS = {
     "TOKEN_AUDIENCE": "token_audience",
     "STORAGE_ENCRYPTION": "storage_encryption",
     "STORAGE_KMS_KEY": "storage_kms_key",
+    "LINKS_BUCKET": "links_bucket",
+    "LINKS_SCOPE": "links_scope",
 }
 _SIZES = {
     "PART_SIZE": "part_size",
@@ -667,6 +682,7 @@ _FLOATS = {
 _OTHERS = {
     "DATA_DIR": "data_dir",
     "INDEX_PATH": "index_path",
+    "GCS_SIGNING_CREDENTIALS": "gcs_signing_credentials",
     "CLAMD": "clamd",
     "API_KEYS": "api_keys",
     "ADMINS": "admins",
@@ -718,6 +734,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kwargs["data_dir"] = Path(v)
     if v := get("INDEX_PATH"):
         kwargs["index_path"] = Path(v)
+    if v := get("GCS_SIGNING_CREDENTIALS"):
+        kwargs["gcs_signing_credentials"] = Path(v)
     if v := get("CLAMD"):
         kwargs["clamd"] = ClamdAddress.parse(v)
     if v := get("ADMINS"):

@@ -195,6 +195,14 @@ class UploadIncomplete(Conflict):
     code, title = "upload_incomplete", "Nothing was uploaded to the URL yet"
 
 
+class LinkBusy(Conflict):
+    """A partner link for the file cannot be issued now: a download link while an upload link
+    for it is still valid (its bytes may still change), or an upload link while a download
+    link is. Retry once the other has expired (`detail` says when)."""
+
+    code, title = "link_busy", "Another link for the file is still valid"
+
+
 class PreconditionFailed(FileshareError):
     """`If-Match` or `If-None-Match: *` on a PUT did not hold: the file's current ETag is
     another, or the file exists."""

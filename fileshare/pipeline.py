@@ -184,6 +184,28 @@ class Pipeline:
         upload = _Upload(self, content_type, audit, staging_key=staged.key)
         return await self._run(upload, lambda: upload.run_staged(staged, expected_sha256))
 
+    async def scan_stored(self, bucket: str, stored: ObjectInfo) -> tuple[Content, ScanRecord]:
+        """Read an object where it is (pinned to ``stored.version``) through the hashers
+        and clamd, and say what they found: nothing is promoted or written. For stores
+        that are their objects' final place (partner links). Raises ``PayloadTooLarge``
+        (over the limit, or clamd's), ``ScannerUnavailable``, ``StorageUnavailable``,
+        ``Overloaded``."""
+        if stored.size > self.max_size:
+            raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
+        upload = _Upload(self, stored.content_type, None, staging_key=stored.key)
+        async with self.budget.reserve(self.per_upload_memory, wait=self.budget_wait):
+            try:
+                upload.scan = await upload._open_scan()
+                chunks = self.storage.read(bucket, stored.key, version=stored.version)
+                try:
+                    digest = await upload._receive(chunks, stored.size, (upload.scan.feed,))
+                except StorageError as exc:
+                    log.warning("storage.failed", operation="read_stored", error=str(exc))
+                    raise errors.StorageUnavailable(operation="read_stored") from None
+                return digest, await upload._verdict()
+            finally:
+                await asyncio.shield(upload.cleanup())
+
     async def _run(
         self, upload: _Upload, work: Callable[[], Awaitable[IngestResult]]
     ) -> IngestResult:

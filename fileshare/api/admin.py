@@ -4,6 +4,7 @@ registry, render. Secrets appear in an answer once, at creation."""
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
@@ -91,7 +92,9 @@ async def create_client(request: web.Request) -> web.Response:
     if made.secret is not None:
         answer["clientSecret"] = made.secret
     base = request.app[SETTINGS].base_url
-    headers = {hdrs.LOCATION: f"{base}/v1/admin/clients/{made.client.id}", **_NO_STORE}
+    # A client id may hold characters a URI may not (``|``): encoded in the Location.
+    location = f"{base}/v1/admin/clients/{quote(made.client.id, safe='')}"
+    headers = {hdrs.LOCATION: location, **_NO_STORE}
     return web.json_response(answer, status=201, headers=headers)
 
 

@@ -16,6 +16,7 @@ from fileshare.direct import DirectUploads
 from fileshare.health import InFlight
 from fileshare.index.audit import AuditStore
 from fileshare.index.identity import IdentityStore
+from fileshare.links import LinkService
 from fileshare.metrics import Metrics
 from fileshare.service import FileService
 
@@ -23,6 +24,8 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", FileService)
 #: Direct-to-bucket uploads (presigned URLs) and their ingestion.
 DIRECT = web.AppKey("direct", DirectUploads)
+#: Partner links; absent when no links bucket is configured (or the store cannot sign).
+LINKS = web.AppKey("links", LinkService)
 AUTHENTICATION = web.AppKey("authentication", Authentication)
 POLICY = web.AppKey("policy", Policy)
 AUDIT = web.AppKey("audit", AuditStore)

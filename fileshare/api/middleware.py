@@ -23,6 +23,7 @@ from fileshare.api.keys import AUDIT, AUTHENTICATION, DRAINING, IN_FLIGHT, METRI
 from fileshare.api.routing import route_template
 from fileshare.audit import Action, Actor, Result
 from fileshare.auth import policy
+from fileshare.auth.base import looks_like_jwt
 from fileshare.auth.principal import Principal
 from fileshare.metrics import METHODS
 from fileshare.tracecontext import parse_traceparent
@@ -119,9 +120,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if policy.is_public(request.method, route, request.path):
         return await handler(request)
     try:
-        principal = await request.app[AUTHENTICATION].authenticate(
-            request.headers.get("Authorization"), request.headers.get("X-API-Key")
-        )
+        principal = await _authenticate(request, route)
     except errors.Unauthenticated as exc:
         await _audit_refusal(request, None, exc)
         raise
@@ -135,6 +134,21 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         await _audit_refusal(request, principal, exc)
         raise
     return await handler(request)
+
+
+async def _authenticate(request: web.Request, route: str | None) -> Principal:
+    authentication = request.app[AUTHENTICATION]
+    authorization = request.headers.get("Authorization")
+    api_key = request.headers.get("X-API-Key")
+    if (request.method, route) not in policy.KEY_AND_TOKEN:
+        return await authentication.authenticate(authorization, api_key)
+    if not (api_key and api_key.strip()) or looks_like_jwt(api_key.strip()):
+        raise errors.Unauthenticated("this route takes the application's API key (X-API-Key)")
+    await authentication.authenticate(None, api_key)
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not looks_like_jwt(token.strip()):
+        raise errors.Unauthenticated("this route takes a user's token too (Authorization: Bearer)")
+    return await authentication.authenticate(authorization, None)
 
 
 def _loggable_client(request: web.Request, principal: Principal) -> str | None:

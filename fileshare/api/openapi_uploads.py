@@ -15,6 +15,7 @@ from fileshare.api.openapi import (
     _ref,
     name_schema,
 )
+from fileshare.links import RESOURCE_ID
 from fileshare.models import UploadState
 
 _UPLOAD_ID: Schema = {
@@ -86,6 +87,49 @@ def upload_schemas() -> dict[str, Schema]:
 
 def _schemas(stamp: Schema, uri: Schema) -> dict[str, Schema]:
     return {
+        "LinkRequest": {
+            "type": "object",
+            "required": ["action", "resource_id", "resource_name"],
+            "additionalProperties": False,
+            "properties": {
+                "action": {"type": "string", "enum": ["upload", "download"]},
+                "resource_id": {
+                    "type": "string",
+                    "pattern": f"^{RESOURCE_ID.pattern}$",
+                    "description": "The folder: a contractor legal entity's id",
+                },
+                "resource_name": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": "^(?=.*\\S)[^\\x00-\\x1f\\x7f-\\x9f]+$",
+                    "description": "The file's name as it is: fileshare percent-encodes it "
+                    "into the key (spaces, `/`, `%` and all)",
+                },
+            },
+        },
+        "Link": {
+            "type": "object",
+            "required": [
+                "action",
+                "resource_id",
+                "resource_name",
+                "key",
+                "method",
+                "url",
+                "headers",
+                "expires",
+            ],
+            "properties": {
+                "action": {"type": "string", "enum": ["upload", "download"]},
+                "resource_id": {"type": "string"},
+                "resource_name": {"type": "string"},
+                "key": {"type": "string", "description": "The object's key in the bucket"},
+                "method": {"type": "string", "enum": ["PUT", "GET"]},
+                "url": uri,
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "expires": stamp,
+            },
+        },
         "UploadIntent": {
             "type": "object",
             "required": ["contentType", "size"],
@@ -164,6 +208,29 @@ def upload_paths() -> dict[str, Schema]:
                     "201": _json("Issued", _ref("IssuedUpload"), headers=_LOCATION),
                     **_errors("404", "413", "415", "422"),
                     "501": _problem("This deployment's storage cannot sign URLs"),
+                },
+            },
+        },
+        "/v1/links": {
+            "post": {
+                "summary": "A partner link (seed 003): a presigned upload or download URL of "
+                "`<resource_id>/<percent-encoded resource_name>` in the links bucket",
+                "description": "Takes the application's API key (`X-API-Key`, 401) and a "
+                "user's token (`Authorization: Bearer`, a JWT, 401) with `links:write` (or "
+                "FILESHARE_LINKS_SCOPE, `private_contracts:write`; 403), checked in that "
+                "order before the body (422). A download link is issued only for bytes "
+                "scanned clean (on the first request, in it), and never while an upload "
+                "link for the file is valid, nor an upload link while a download link is "
+                "(409 `link_busy`).",
+                "security": [{"bearer": [], "apiKey": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("LinkRequest")}},
+                },
+                "responses": {
+                    "201": _json("Issued", _ref("Link")),
+                    **_errors("404", "409", "413", "415", "422"),
+                    "501": _problem("No links bucket is configured (or the store cannot sign)"),
                 },
             },
         },

@@ -294,6 +294,8 @@ class JwtAuthenticator:
         scopes = parse_scopes(claims.get(issuer.scope_claim))
         if issuer.scope_claim == "scope" and "scope" not in claims:
             scopes = parse_scopes(claims.get("scp"))  # Azure AD, Okta: a list in scp
+        if issuer.scope_aliases:
+            scopes = frozenset(issuer.scope_aliases.get(s, s) for s in scopes)
         if issuer.registered_clients:
             return await self._registered(issuer, subject, scopes)
         client = subject

@@ -51,6 +51,8 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("POST", "/v1/uploads"): Scope.FILES_WRITE,
     ("GET", "/v1/uploads/{upload_id}"): Scope.FILES_READ,
     ("POST", "/v1/uploads/{upload_id}/complete"): Scope.FILES_WRITE,
+    # partner links (seed 003)
+    ("POST", "/v1/links"): Scope.LINKS_WRITE,
     # tags
     ("POST", "/v1/tags"): Scope.TAGS_WRITE,
     ("GET", "/v1/tags"): Scope.FILES_READ,
@@ -69,6 +71,12 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("PUT", "/v1/admin/grants/{grantee}/{owner}"): Scope.ADMIN,
     ("DELETE", "/v1/admin/grants/{grantee}/{owner}"): Scope.ADMIN,
 }
+
+
+#: Routes that take two credentials, checked in this order (seed 003): the calling
+#: application's API key (``X-API-Key``), then the user's token (``Authorization: Bearer``,
+#: a JWT), whose principal the request acts as.
+KEY_AND_TOKEN: frozenset[tuple[str, str]] = frozenset({("POST", "/v1/links")})
 
 
 def requirement(method: str, route: str | None) -> Scope | Public | None:

@@ -7,8 +7,8 @@ authenticator (``auth.jwt``) treats them alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import jwt
@@ -59,6 +59,9 @@ class TrustedIssuer:
     registered_clients: bool = False
     #: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
     leeway: float = 30.0
+    #: The issuer's scope names for fileshare's (seed 003's ``private_contracts:write`` is
+    #: ``links:write``), mapped before the role caps the scopes.
+    scope_aliases: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bad = set(self.algorithms) - ASYMMETRIC

@@ -198,6 +198,25 @@ uploads = Table(
     Index("uploads_file", "owner", "file_id"),
 )
 
+#: Objects of the partner links bucket (seed 003): the version the scanner judged and its
+#: verdict, and until when an upload or a download link for the object is out. The two
+#: never overlap, so what a download link serves is the version that was scanned.
+links = Table(
+    "links",
+    metadata,
+    Column("object_key", Text, primary_key=True),
+    Column("resource_id", String(128), nullable=False),
+    #: pending | clean | infected | unscannable (``models.ScanState``)
+    Column("state", String(16), nullable=False),
+    Column("version", Text),
+    Column("signature", Text),
+    Column("scanner", Text),
+    Column("scanned_at", UtcDateTime),
+    Column("upload_until", UtcDateTime),
+    Column("download_until", UtcDateTime),
+    Column("created", UtcDateTime, nullable=False),
+)
+
 # ------------------------------------------------------------------ identity and audit
 
 #: Registered clients (services, workers, researchers' tools): who they are, what they may

@@ -32,9 +32,11 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
             encryption=settings.encryption,
         )
     else:
-        from fileshare.storage.gcs import GcsStorage
+        from fileshare.storage.gcs_signing import open_gcs_storage
 
-        storage = await GcsStorage.create(
+        # A Presigner (direct uploads, download redirects) only where something can sign.
+        storage = await open_gcs_storage(
+            signing_key=settings.gcs_signing_credentials,
             endpoint=settings.gcs_endpoint,
             project=settings.gcs_project,
             buckets=buckets,

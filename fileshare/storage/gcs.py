@@ -29,6 +29,9 @@ How the Protocol maps onto GCS:
   429 and 5xx (three attempts, short back-off); chunk PUTs are not (that would need a
   status query), a failed chunk fails the upload and cancels its session.
 
+Signed URLs (direct uploads, download redirects) are ``gcs_signing``'s: a subclass that
+the factory builds only where something can sign.
+
 The session URI of a resumable upload is a bearer credential for that upload: it never
 appears in an error message or a log line, and neither does an access token.
 """
@@ -282,6 +285,12 @@ def _persisted(resp: aiohttp.ClientResponse) -> int:
 # ---------------------------------------------------------------------- backend
 
 
+def emulator_endpoint(endpoint: str | None) -> str | None:
+    """The emulator a backend with this ``endpoint`` talks to (the endpoint, else
+    ``STORAGE_EMULATOR_HOST``), or None for Google itself."""
+    return endpoint or os.environ.get("STORAGE_EMULATOR_HOST") or None
+
+
 class GcsStorage:
     """Object storage on Google Cloud Storage (or a GCS emulator)."""
 
@@ -320,7 +329,7 @@ class GcsStorage:
             raise ValueError(f"part_size must be a positive multiple of {CHUNK_QUANTUM}")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        emulator = endpoint or os.environ.get("STORAGE_EMULATOR_HOST") or None
+        emulator = emulator_endpoint(endpoint)
         base = emulator or DEFAULT_ENDPOINT
         if "://" not in base:
             base = f"http://{base}"
@@ -366,7 +375,13 @@ class GcsStorage:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"GcsStorage(endpoint={self._base!r}, buckets={self._buckets!r})"
+        return f"{type(self).__name__}(endpoint={self._base!r}, buckets={self._buckets!r})"
+
+    @property
+    def base_url(self) -> str:
+        """Scheme and host of the API (Google's, or the emulator's): the XML API's too,
+        which signed URLs address."""
+        return self._base
 
     # ----------------------------------------------------------- plumbing
 

@@ -395,20 +395,22 @@ class S3Storage:
         key: str,
         *,
         content_type: str,
-        size: int,
+        size: int | None,
         sha256: str | None,
         expires: int,
     ) -> Presigned:
-        """SigV4 query signing: Content-Type, Content-Length, the encryption headers and
-        the checksum are signed headers, so the store refuses an upload that leaves one
-        out or changes it."""
+        """SigV4 query signing: Content-Type, Content-Length (unless ``size`` is None: a
+        partner link's PUT, whose size nobody knows), the encryption headers and the
+        checksum are signed headers, so the store refuses an upload that leaves one out
+        or changes it."""
         params: dict[str, object] = {
             "Bucket": bucket,
             "Key": key,
             "ContentType": content_type,
-            "ContentLength": size,
             **self._sse,
         }
+        if size is not None:
+            params["ContentLength"] = size
         headers = {"Content-Type": content_type, **self.encryption.s3_headers()}
         if sha256 is not None:
             checksum = base64.b64encode(bytes.fromhex(sha256)).decode()

@@ -105,13 +105,17 @@ async def test_every_route_refuses_a_token_without_its_scope(env: Env, idp: Idp)
             scopes = " ".join(sorted(ALL_SCOPES - {need}))
             token = idp.token(sub="root", role="admin", scope=scopes)
             path = resource.canonical.replace("{", "").replace("}", "-x")
-            resp = await env.client.request(route.method, path, headers=bearer(token))
+            headers = bearer(token)
+            if (route.method, resource.canonical) in policy.KEY_AND_TOKEN:
+                headers["X-API-Key"] = BOB_KEY  # the application's key, then the token
+            resp = await env.client.request(route.method, path, headers=headers)
             body = await problem(resp, 403, "forbidden")
             assert need.value in body["detail"]
             checked.append(f"{route.method} {resource.canonical}")
     assert "POST /v1/files" in checked
     assert "DELETE /v1/files/{file_id}" in checked
     assert "GET /v1/files" in checked
+    assert "POST /v1/links" in checked
 
 
 async def test_a_read_only_token_is_refused_an_upload_before_the_body_is_read(
