@@ -11,13 +11,28 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
-from fileshare.api import admin, docs, edge, files, links, oauth, openapi, problems, tags, uploads
+from fileshare.api import (
+    admin,
+    docs,
+    edge,
+    files,
+    links,
+    oauth,
+    openapi,
+    problems,
+    tags,
+    uploads,
+)
 from fileshare.api import audit as audit_api
+from fileshare.api import (
+    events as events_api,
+)
 from fileshare.api.keys import (
     AUDIT,
     AUTHENTICATION,
     DIRECT,
     DRAINING,
+    EVENTS,
     IDENTITY,
     IN_FLIGHT,
     LINKS,
@@ -48,6 +63,7 @@ from fileshare.auth.trust import TrustedIssuer
 from fileshare.budget import MemoryBudget
 from fileshare.config import Settings
 from fileshare.direct import DirectUploads
+from fileshare.events import EventDispatcher, EventSource, consume, open_sqs
 from fileshare.health import InFlight, Readiness
 from fileshare.index.audit import AuditStore
 from fileshare.index.base import FileIndex, Transactor
@@ -161,6 +177,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(files.routes)
     app.add_routes(uploads.routes)
     app.add_routes(links.routes)
+    app.add_routes(events_api.routes)  # POST /v1/events/seaweedfs
     app.add_routes(tags.routes)
     app.add_routes(admin.routes)
     app.add_routes(oauth.routes)
@@ -318,6 +335,21 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         max_size=settings.max_upload_size,
         clock=service.clock,
     )
+    events: list[asyncio.Task[None]] = []
+    source: EventSource | None = None
+    if direct.available:
+        dispatcher = app[EVENTS] = EventDispatcher(
+            functools.partial(direct.ingest, trigger="event"), settings.unscanned_bucket
+        )
+        if settings.sqs_queue_url:
+            source = await open_sqs(
+                settings.sqs_queue_url,
+                region=settings.s3_region,
+                endpoint=settings.sqs_endpoint,
+                access_key=settings.s3_access_key,
+                secret_key=settings.s3_secret_key,
+            )
+            events.append(asyncio.create_task(consume(source, dispatcher)))
     storage = app[STORAGE]
     if settings.links_bucket and isinstance(storage, S3Storage):
         app[LINKS] = LinkService(
@@ -355,7 +387,13 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     sweeper.cancel()
     reconciler.cancel()
-    await asyncio.wait([sweeper, reconciler])
+    for task in events:
+        task.cancel()
+    await asyncio.wait([sweeper, reconciler, *events])
+    if source is not None:
+        await source.close()
+    if EVENTS in app:
+        await app[EVENTS].close()
     # Runs before the storage and index contexts close (cleanup_ctx unwinds in reverse).
     await pipeline.wait_for_cleanups(CLEANUP_LIMIT)
 

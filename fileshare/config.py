@@ -195,6 +195,13 @@ class Settings:
     links_bucket: str | None = None
     #: The scope external tokens carry for partner links (taken as ``links:write``).
     links_scope: str = "private_contracts:write"
+    #: Storage events, a trigger of direct uploads' ingestion: an SQS queue of S3 event
+    #: notifications (its endpoint for a stand-in; the S3 credentials and region are used),
+    #: and the bearer token SeaweedFS's filer webhook presents at
+    #: ``POST /v1/events/seaweedfs`` (unset: that route is off). A secret: never in repr.
+    sqs_queue_url: str | None = None
+    sqs_endpoint: str | None = None
+    events_token: str | None = field(default=None, repr=False)
     # scanner
     clamd: ClamdAddress = field(default_factory=lambda: ClamdAddress(host="127.0.0.1", port=3310))
     clamd_connect_timeout: float = 5.0
@@ -319,9 +326,12 @@ class Settings:
                 f"FILESHARE_GCS_SIGNING_CREDENTIALS: {str(signing_key)[:120]!r} is not a file "
                 "(a service-account JSON key)"
             )
+        if self.events_token is not None and len(self.events_token) < 16:
+            raise ConfigError("FILESHARE_EVENTS_TOKEN must be at least 16 characters")
         for variable, endpoint, used in (
             ("FILESHARE_S3_ENDPOINT", self.s3_endpoint, self.storage == "s3"),
             ("FILESHARE_GCS_ENDPOINT", self.gcs_endpoint, self.storage == "gcs"),
+            ("FILESHARE_SQS_ENDPOINT", self.sqs_endpoint, self.sqs_queue_url is not None),
         ):
             if used and endpoint and (problem := self.endpoint_problem(endpoint)) is not None:
                 raise ConfigError(f"{variable} {problem}")
@@ -646,6 +656,9 @@ _STRINGS = {
     "STORAGE_KMS_KEY": "storage_kms_key",
     "LINKS_BUCKET": "links_bucket",
     "LINKS_SCOPE": "links_scope",
+    "SQS_QUEUE_URL": "sqs_queue_url",
+    "SQS_ENDPOINT": "sqs_endpoint",
+    "EVENTS_TOKEN": "events_token",
 }
 _SIZES = {
     "PART_SIZE": "part_size",

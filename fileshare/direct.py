@@ -17,7 +17,6 @@ fileshare, and nothing of it is in the permanent bucket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from fileshare.pipeline import Pipeline
 from fileshare.service import FileService
 from fileshare.storage.base import (
     DIRECT_PREFIX,
+    STAGING_PREFIX,
     FormPresigner,
     MultipartPresigner,
     NotAsPlanned,
@@ -54,11 +54,16 @@ Clock = Callable[[], datetime]
 #: How long one ingestion may hold an upload before another worker may take it over:
 #: far longer than reading the largest upload back through clamd takes.
 LEASE = timedelta(minutes=30)
-#: Scanner and store failures are retried this many times in all, then the upload fails.
-MAX_ATTEMPTS = 3
+#: Scanner, store and index failures are retried this many times in all, each after a
+#: backoff doubling from ``RETRY_BASE`` (30 s, 1, 2, 4 min: about 8 minutes of outage), then
+#: the upload fails. Saturation (``overloaded``) and a shutdown are not counted.
+MAX_ATTEMPTS = 5
+RETRY_BASE = timedelta(seconds=30)
 #: A pending upload is expired this long after its URL expired (a PUT begun just before
-#: the expiry may still be arriving).
+#: the expiry may still be arriving): at least 5 minutes, and its size at 1 MiB/s.
 EXPIRY_GRACE = timedelta(minutes=5)
+#: Where a form upload's object is copied before it is read (``_set_aside``).
+SET_ASIDE_PREFIX = f"{STAGING_PREFIX}ingest/"
 #: Uploads the reconciler ingests at once, and staging keys it looks at per round.
 RECONCILE_CONCURRENCY = 4
 RECONCILE_BATCH = 200
@@ -119,8 +124,6 @@ class DirectUploads:
         self.put_max = put_max
         self.max_size = max_size
         self.clock = clock
-        #: This process's name on the leases it takes.
-        self.holder = uuid.uuid4().hex
 
     @property
     def available(self) -> bool:
@@ -178,7 +181,8 @@ class DirectUploads:
                         expires=self.url_ttl,
                     ),
                 )
-                issued = Issued(upload, form=form)
+                issued = Issued(replace(upload, kind="form"), form=form)
+                upload = issued.upload
             else:
                 request = await storage_call(
                     "presign",
@@ -230,7 +234,8 @@ class DirectUploads:
                 expires=self.url_ttl,
             ),
         )
-        return Issued(replace(planned, multipart_id=upload_id), parts=tuple(parts))
+        planned = replace(planned, multipart_id=upload_id, kind="parts")
+        return Issued(planned, parts=tuple(parts))
 
     async def _abort_parts(self, upload: Upload) -> None:
         if self.multipart is not None and upload.multipart_id is not None:
@@ -285,13 +290,16 @@ class DirectUploads:
     # ---------------------------------------------------------------- ingestion
 
     async def ingest(self, upload_id: str, *, trigger: str) -> bool | None:
-        """Ingest the upload if it is pending and nobody else is at it.
+        """Ingest the upload if it is pending and nobody else is at it (nor is it waiting
+        out a backoff after a failure).
 
         True: it has an outcome now (or had one); None: another worker holds it; False:
         nothing is staged yet. Raises the transient failure (scanner, store, index) that
-        left it pending, to be tried again."""
+        left it pending, to be tried again after a backoff."""
         now = self.clock()
-        upload = await index_call(self.uploads.lease(upload_id, self.holder, now, now + LEASE))
+        # A token per lease, not per process: two workers of one replica fence each other.
+        holder = uuid.uuid4().hex
+        upload = await index_call(self.uploads.lease(upload_id, holder, now, now + LEASE))
         if upload is None:
             current = await index_call(self.uploads.get(upload_id))
             return None if current is not None and current.state is UploadState.PENDING else True
@@ -299,20 +307,28 @@ class DirectUploads:
         try:
             outcome = await self._ingest(upload, trigger)
         except errors.ServiceUnavailable as exc:
-            if upload.attempts < MAX_ATTEMPTS:
-                await self._release(upload)
-                bound.warning("upload.retry_later", code=exc.code, attempt=upload.attempts)
+            counted = not isinstance(exc, errors.Overloaded | errors.ShuttingDown)
+            attempts = upload.attempts + counted
+            if attempts < MAX_ATTEMPTS:
+                # Saturation and shutdown are no failures of this upload: not counted.
+                wait = RETRY_BASE * 2 ** max(attempts - 1, 0)
+                await self._release(upload, holder, attempts, wait)
+                bound.warning("upload.retry_later", code=exc.code, attempt=attempts)
                 raise
-            outcome = Outcome(
-                UploadState.FAILED, exc.code, f"gave up after {upload.attempts} attempts"
-            )
+            outcome = Outcome(UploadState.FAILED, exc.code, f"gave up after {attempts} attempts")
         except BaseException:
-            await asyncio.shield(self._release(upload))
+            await asyncio.shield(self._release(upload, holder, upload.attempts, timedelta()))
             raise
         if outcome is None:
-            await self._release(upload)
+            await self._release(upload, holder, upload.attempts, timedelta())
             return False
-        await self._finish(upload, outcome, self.holder, trigger)
+        try:
+            await self._finish(upload, outcome, holder, trigger)
+        except BaseException:
+            # The outcome is not recorded: let the next trigger find it again at once
+            # rather than wait out the lease (a clean file's record is kept; see _ingest).
+            await asyncio.shield(self._release(upload, holder, upload.attempts, timedelta()))
+            raise
         bound.info("upload.ingested", state=outcome.state.value, code=outcome.code)
         return True
 
@@ -353,6 +369,11 @@ class DirectUploads:
             raise errors.StorageUnavailable(operation="head_staged") from None
         if (refused := self._refusal(upload, staged)) is not None:
             return refused
+        if upload.kind == "form":
+            # A form's policy cannot say "create only": another POST could replace the
+            # object between its read and its promotion under an equal ETag (an MD5). Its
+            # bytes are read and promoted from a copy under a key no URL can write.
+            staged = await self._set_aside(upload, staged)
         event = AuditEvent(
             action=Action.FILE_UPLOAD,
             subject=upload.created_by,
@@ -378,8 +399,7 @@ class DirectUploads:
             # The size was checked against the limit before: this is the scanner's limit.
             return Outcome(UploadState.UNSCANNABLE, "unscannable", exc.detail)
         placement = Placement(file_id=upload.file_id, if_none_match=True)
-        # PreconditionFailed: recorded already, by a worker whose lease ran out meanwhile.
-        with contextlib.suppress(errors.PreconditionFailed):
+        try:
             await self.files.record_ingested(
                 upload.owner,
                 result,
@@ -389,7 +409,38 @@ class DirectUploads:
                 placement,
                 created_by=upload.created_by,
             )
+        except errors.PreconditionFailed:
+            # A record under the id exists: this ingestion's, recorded by an earlier attempt
+            # whose outcome was lost, if it holds these bytes; otherwise the owner put
+            # another file under the id meanwhile.
+            current = await index_call(self.files.index.get(upload.owner, upload.file_id))
+            if current is None or current.content.sha256 != result.content.sha256:
+                return Outcome(
+                    UploadState.REJECTED,
+                    "file_id_taken",
+                    "another file was put under the upload's file id meanwhile",
+                )
         return Outcome(UploadState.CLEAN)
+
+    async def _set_aside(self, upload: Upload, staged: ObjectInfo) -> ObjectInfo:
+        key = f"{SET_ASIDE_PREFIX}{upload.id}"
+        try:
+            copy = await self.storage.begin_copy(
+                self.unscanned,
+                staged.key,
+                self.unscanned,
+                key,
+                size=staged.size,
+                content_type=staged.content_type,
+            )
+            try:
+                return await copy.commit()
+            except BaseException:
+                await copy.abort()
+                raise
+        except StorageError as exc:
+            log.warning("storage.failed", operation="set_aside", error=str(exc))
+            raise errors.StorageUnavailable(operation="set_aside") from None
 
     def _refusal(self, upload: Upload, staged: ObjectInfo) -> Outcome | None:
         if staged.size != upload.size:
@@ -429,12 +480,19 @@ class DirectUploads:
         )
         if finished:
             await self._abort_parts(upload)  # a no-op once completed
-            await self._remove_staged(upload.staging_key)
+            if upload.kind == "form":
+                await self._remove_staged(f"{SET_ASIDE_PREFIX}{upload.id}")
+            if outcome.state is not UploadState.FAILED:
+                # Failed: the bytes stay for the staging lifecycle rule's time, so that
+                # nothing a client was told was uploaded is lost to a scanner outage.
+                await self._remove_staged(upload.staging_key)
         return finished
 
-    async def _release(self, upload: Upload) -> None:
+    async def _release(self, upload: Upload, holder: str, attempts: int, wait: timedelta) -> None:
         try:
-            await self.uploads.release(upload.id, self.holder)
+            await self.uploads.release(
+                upload.id, holder, attempts=attempts, until=self.clock() + wait
+            )
         except Exception as exc:  # the lease runs out by itself
             log.warning("upload.release_failed", upload_id=upload.id, error=str(exc))
 
@@ -490,6 +548,9 @@ class DirectUploads:
             UploadState.EXPIRED, "expired", "nothing was uploaded before the URL expired"
         )
         for upload in overdue:
+            grace = max(EXPIRY_GRACE, timedelta(seconds=upload.size / (1024 * 1024)))
+            if self.clock() < upload.expires + grace:
+                continue  # a large PUT begun before the expiry may still be arriving
             if upload.multipart_id is not None:
                 # Its object exists only once fileshare completes it: every part may be
                 # there without anybody having called for the completion.

@@ -55,6 +55,7 @@ class LinkSigner(Protocol):
         size: int | None,
         sha256: str | None,
         expires: int,
+        exclusive: bool = True,
     ) -> Presigned: ...
 
     async def presign_download(
@@ -144,7 +145,15 @@ class LinkService:
         return await storage_call(
             "presign",
             self.signer.presign_upload(
-                self.bucket, key, content_type=UPLOAD_TYPE, size=None, sha256=None, expires=self.ttl
+                self.bucket,
+                key,
+                content_type=UPLOAD_TYPE,
+                size=None,
+                sha256=None,
+                expires=self.ttl,
+                # A partner may upload again while the link is valid: no download link
+                # is issued before it has expired, and then the last version is scanned.
+                exclusive=False,
             ),
         )
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from fileshare.storage.base import STAGING_PREFIX, Storage, StorageError
+from fileshare.storage.base import DIRECT_PREFIX, STAGING_PREFIX, Storage, StorageError
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +56,8 @@ class StagingSweeper:
         before = self.clock() - self.max_age
         objects = 0
         async for key in self.storage.list_stale(self.unscanned, STAGING_PREFIX, before):
+            if key.startswith(DIRECT_PREFIX):
+                continue  # direct uploads: the reconciler's, whose URLs may still be valid
             try:
                 await self.storage.delete(self.unscanned, key)
             except StorageError as exc:

@@ -259,13 +259,15 @@ class FileService:
             return errors.ContentPending("the upload is not ingested yet; see its status")
         return errors.ContentNotAvailable(f"the upload ended {upload.state.value}")
 
-    async def redirect(self, record: FileRecord, disposition: str) -> Presigned | None:
+    async def redirect(
+        self, actor: Actor, record: FileRecord, disposition: str
+    ) -> Presigned | None:
         """A short-lived presigned GET of the record's object whose answer carries the
         record's type and ``disposition``, where the store can sign one (None elsewhere:
         the download is streamed)."""
         if self.presigner is None or record.content.key is None:
             return None
-        return await storage_call(
+        presigned = await storage_call(
             "presign",
             self.presigner.presign_download(
                 self.permanent,
@@ -275,6 +277,16 @@ class FileService:
                 expires=self.redirect_ttl,
             ),
         )
+        # The URL is a credential of its own: its issue is audited (never the URL itself).
+        await self.audit_read(
+            actor.event(
+                Action.URL_ISSUE,
+                file_id=record.id,
+                sha256=record.content.sha256,
+                detail={"action": "download", "until": presigned.expires.isoformat()},
+            )
+        )
+        return presigned
 
     async def list_files(self, actor: Actor, query: FileQuery, *, search: bool = False) -> Page:
         page = await index_call(self.index.list_files(_owner(actor), query))

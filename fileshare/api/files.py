@@ -292,7 +292,8 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Content-Security-Policy": "default-src 'none'; sandbox",
     }
     if _redirect_asked(request):
-        presigned = await service.redirect(record, headers[hdrs.CONTENT_DISPOSITION])
+        acting = await actor(request, write=False)
+        presigned = await service.redirect(acting, record, headers[hdrs.CONTENT_DISPOSITION])
         if presigned is not None:
             # The store serves the bytes (ranges included); the URL is a bearer credential
             # for a few minutes, so the answer is never cached.

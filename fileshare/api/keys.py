@@ -13,6 +13,7 @@ from fileshare.auth.registry import Registry
 from fileshare.auth.signing import PublishedKeys
 from fileshare.config import Settings
 from fileshare.direct import DirectUploads
+from fileshare.events import EventDispatcher
 from fileshare.health import InFlight
 from fileshare.index.audit import AuditStore
 from fileshare.index.identity import IdentityStore
@@ -24,6 +25,8 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", FileService)
 #: Direct-to-bucket uploads (presigned URLs) and their ingestion.
 DIRECT = web.AppKey("direct", DirectUploads)
+#: Storage events: what turns them into ingestions.
+EVENTS = web.AppKey("events", EventDispatcher)
 #: Partner links; absent when no links bucket is configured (or the store cannot sign).
 LINKS = web.AppKey("links", LinkService)
 AUTHENTICATION = web.AppKey("authentication", Authentication)

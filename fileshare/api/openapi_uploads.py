@@ -234,6 +234,37 @@ def upload_paths() -> dict[str, Schema]:
                 },
             },
         },
+        "/v1/events/seaweedfs": {
+            "post": {
+                "summary": "SeaweedFS's filer webhook: storage events that start ingestions",
+                "description": "For SeaweedFS's `notification.webhook` (the local stand-in for "
+                "S3 event notifications): the bearer token is FILESHARE_EVENTS_TOKEN, not a "
+                "client's credential; without one the route is off (404). An event only says "
+                "which upload to look at: its ingestion runs after the answer.",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "description": "A filer event, as SeaweedFS sends it",
+                                "properties": {
+                                    "event_type": {"type": "string"},
+                                    "key": {"type": "string"},
+                                    "message": {"type": "object", "additionalProperties": True},
+                                },
+                                "additionalProperties": True,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "204": {"description": "Taken"},
+                    **{k: v for k, v in _errors("404", "413", "415").items() if k != "403"},
+                },
+            },
+        },
         "/v1/uploads/{uploadId}": {
             "parameters": [_UPLOAD_ID, _OWNER],
             "get": {

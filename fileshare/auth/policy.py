@@ -36,6 +36,8 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("POST", "/oauth/token"): PUBLIC,
     ("GET", "/.well-known/jwks.json"): PUBLIC,
     ("GET", "/.well-known/oauth-authorization-server"): PUBLIC,
+    # SeaweedFS's filer webhook: its own bearer token, checked by the route
+    ("POST", "/v1/events/seaweedfs"): PUBLIC,
     # files
     ("POST", "/v1/files"): Scope.FILES_WRITE,
     ("GET", "/v1/files"): Scope.FILES_READ,

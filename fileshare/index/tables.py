@@ -193,6 +193,8 @@ uploads = Table(
     #: A multipart plan's: the store's upload id, and the size of every part but the last.
     Column("multipart_id", Text),
     Column("part_size", BigInteger),
+    #: put | parts | form: how the bytes come (``index.uploads.Upload.kind``).
+    Column("kind", String(8), nullable=False, server_default="put"),
     Index("uploads_owner", "owner", "created"),
     Index("uploads_state", "state", "expires"),
     Index("uploads_file", "owner", "file_id"),

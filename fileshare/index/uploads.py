@@ -2,10 +2,11 @@
 worker at a time ingest each.
 
 A lease is a conditional ``UPDATE``: it is taken only from a row that is ``pending`` and
-whose lease is free or has run out, so two replicas (or a completion call and a storage
-event) racing on one upload get it once. The reconciler's batch picks its rows with
-``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas sweeping at once take disjoint
-batches instead of queueing on each other's rows.
+whose lease is free or has run out, so two replicas (or a completion call, an event and the
+reconciler) racing on one upload get it once. Each lease has a token of its own
+(``holder``): ``finish`` and ``release`` are fenced on it, so a worker whose lease was taken
+over changes nothing. A failed attempt releases the lease with a ``lease_until`` in the
+future: the backoff before the next one.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Upload:
     #: A multipart plan's: the store's upload id and the size of every part but the last.
     multipart_id: str | None = None
     part_size: int | None = None
+    #: ``put``, ``parts`` or ``form`` (a POST policy: the one flow that can replace the
+    #: staged object, so its object is copied away before it is read).
+    kind: str = "put"
 
     @property
     def part_sizes(self) -> list[int]:
@@ -87,6 +91,7 @@ def _upload(m: RowMapping) -> Upload:
         finished=m["finished"],
         multipart_id=m["multipart_id"],
         part_size=m["part_size"],
+        kind=m["kind"],
     )
 
 
@@ -138,6 +143,7 @@ class UploadStore:
                     attempts=0,
                     multipart_id=upload.multipart_id,
                     part_size=upload.part_size,
+                    kind=upload.kind,
                 )
             )
             return True
@@ -179,14 +185,14 @@ class UploadStore:
         self, upload_id: str, holder: str, now: datetime, until: datetime
     ) -> Upload | None:
         """Take the ingestion of a pending upload until ``until``; None when it is not
-        pending or another worker holds it. Counts the attempt."""
+        pending, another worker holds it, or it is waiting out a backoff."""
 
         def run(conn: Connection) -> Upload | None:
             t = uploads.c
             taken = conn.execute(
                 update(uploads)
                 .where(t.id == upload_id, _free(now))
-                .values(lease_holder=holder, lease_until=until, attempts=t.attempts + 1)
+                .values(lease_holder=holder, lease_until=until)
             ).rowcount
             if taken != 1:
                 return None
@@ -195,44 +201,16 @@ class UploadStore:
 
         return await self._db.transact("lease upload", run, write=True)
 
-    async def lease_due(
-        self, holder: str, now: datetime, until: datetime, limit: int
-    ) -> list[Upload]:
-        """Take up to ``limit`` pending uploads nobody holds, oldest first (the
-        reconciler's batch); rows another replica is taking are skipped, not waited for."""
-
-        def run(conn: Connection) -> list[Upload]:
-            t = uploads.c
-            stmt = select(t.id).where(_free(now)).order_by(t.created).limit(limit)
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            ids = [r[0] for r in conn.execute(stmt)]
-            if not ids:
-                return []
-            conn.execute(
-                update(uploads)
-                .where(t.id.in_(ids), _free(now))
-                .values(lease_holder=holder, lease_until=until, attempts=t.attempts + 1)
-            )
-            rows = conn.execute(
-                select(uploads).where(
-                    t.id.in_(ids), t.lease_holder == holder, t.lease_until == until
-                )
-            ).mappings()
-            return [_upload(r) for r in rows]
-
-        return await self._db.transact("lease uploads", run, write=True)
-
-    async def release(self, upload_id: str, holder: str) -> None:
-        """Give the lease back without an outcome (no bytes yet; a transient failure):
-        the next completion, event or sweep tries again."""
+    async def release(self, upload_id: str, holder: str, *, attempts: int, until: datetime) -> None:
+        """Give the lease back without an outcome (no bytes yet; a transient failure),
+        with the attempts counted so far; no worker takes it again before ``until``."""
 
         def run(conn: Connection) -> None:
             t = uploads.c
             conn.execute(
                 update(uploads)
                 .where(t.id == upload_id, t.lease_holder == holder)
-                .values(lease_holder=None, lease_until=None)
+                .values(lease_holder=None, lease_until=until, attempts=attempts)
             )
 
         await self._db.transact("release upload", run, write=True)

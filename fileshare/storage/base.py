@@ -113,7 +113,10 @@ class Presigner(Protocol):
     ) -> Presigned:
         """A write-only PUT of exactly this object: the signature binds the type, the
         length, the encryption headers and, when given, the sha256 checksum (hex), so
-        that an upload with any other is refused by the store."""
+        that an upload with any other is refused by the store. It creates the object only
+        if there is none (``If-None-Match: *``, GCS ``x-goog-if-generation-match: 0``): a
+        second PUT cannot replace bytes an ingestion is reading — their version is an ETag,
+        an MD5 on most stores, and MD5 collisions are cheap."""
 
     async def presign_download(
         self, bucket: str, key: str, *, content_type: str, disposition: str, expires: int

@@ -101,6 +101,8 @@ class GcsSigner:
         headers = {
             "Content-Type": content_type,
             "x-goog-content-length-range": f"{size},{size}",
+            # Create only: a second PUT cannot replace what an ingestion is reading.
+            "x-goog-if-generation-match": "0",
             **self._encryption_headers(),
         }
         # A copy: the SDK adds Host to the dict it is given, and the client sends that itself.

@@ -398,6 +398,7 @@ class S3Storage:
         size: int | None,
         sha256: str | None,
         expires: int,
+        exclusive: bool = True,
     ) -> Presigned:
         """SigV4 query signing: Content-Type, Content-Length (unless ``size`` is None: a
         partner link's PUT, whose size nobody knows), the encryption headers and the
@@ -412,6 +413,9 @@ class S3Storage:
         if size is not None:
             params["ContentLength"] = size
         headers = {"Content-Type": content_type, **self.encryption.s3_headers()}
+        if exclusive:
+            params["IfNoneMatch"] = "*"
+            headers["If-None-Match"] = "*"
         if sha256 is not None:
             checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
             params["ChecksumSHA256"] = checksum

@@ -77,13 +77,22 @@ async def test_a_signed_put_binds_method_key_type_and_length(
     )
     assert issued.method == "PUT"
     # Exactly what the uploader must send; Host comes from the URL.
-    assert issued.headers == {"Content-Type": PDF, "x-goog-content-length-range": "1234,1234"}
+    assert issued.headers == {
+        "Content-Type": PDF,
+        "x-goog-content-length-range": "1234,1234",
+        "x-goog-if-generation-match": "0",  # create only: nobody replaces what is read
+    }
     parts = urlsplit(issued.url)
     assert f"{parts.scheme}://{parts.netloc}" == fake_gcs.endpoint  # the emulator's host
     assert parts.path == f"/{BUCKETS[0]}/{object_key}"  # the XML API's object path
 
     signed = verify(issued.url, "PUT", issued.headers, key.public)
-    assert signed.signed_headers == ["content-type", "host", "x-goog-content-length-range"]
+    assert signed.signed_headers == [
+        "content-type",
+        "host",
+        "x-goog-content-length-range",
+        "x-goog-if-generation-match",
+    ]
     assert signed.expires == timedelta(seconds=900)
     assert before - timedelta(seconds=5) <= signed.date <= datetime.now(UTC)
     assert signed.credential == f"{key.email}/{signed.date:%Y%m%d}/auto/storage/goog4_request"
@@ -94,6 +103,7 @@ async def test_a_signed_put_binds_method_key_type_and_length(
         ("GET", issued.url, issued.headers),
         ("POST", issued.url, issued.headers),
         ("PUT", issued.url, {**issued.headers, "Content-Type": "text/html"}),
+        ("PUT", issued.url, {**issued.headers, "x-goog-if-generation-match": "1"}),
         ("PUT", issued.url, {**issued.headers, "x-goog-content-length-range": "0,99999999"}),
         ("PUT", issued.url.replace(object_key, staging_key()), issued.headers),
         ("PUT", issued.url.replace(BUCKETS[0], BUCKETS[1]), issued.headers),

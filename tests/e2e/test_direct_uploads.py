@@ -17,10 +17,12 @@ import pytest
 
 from fileshare.api.keys import AUDIT, DIRECT
 from fileshare.audit import Action
+from fileshare.config import ClamdAddress
 from fileshare.index.audit import AuditQuery
 from fileshare.storage.base import DIRECT_PREFIX
 from tests.e2e.conftest import ALICE, BOB, Env
 from tests.e2e.test_upload import EICAR
+from tests.servers import free_port
 
 PDF = "application/pdf"
 
@@ -503,3 +505,120 @@ async def test_a_browser_form_posts_under_the_policy_and_is_ingested(env: Env) -
     assert done["state"] == "clean"
     got = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
     assert await got.read() == data
+
+
+# ------------------------------------------------------------------ what is read is what is promoted
+
+#: Two blocks with one MD5 (Wang and Yu's collision, 2004): an ETag cannot tell them apart.
+MD5_A = bytes.fromhex(
+    "d131dd02c5e6eec4693d9a0698aff95c2fcab58712467eab4004583eb8fb7f89"
+    "55ad340609f4b30283e488832571415a085125e8f7cdc99fd91dbdf280373c5b"
+    "d8823e3156348f5bae6dacd436c919c6dd53e2b487da03fd02396306d248cda0"
+    "e99f33420f577ee8ce54b67080a80d1ec69821bcb6a8839396f9652b6ff72a70"
+)
+MD5_B = bytes.fromhex(
+    "d131dd02c5e6eec4693d9a0698aff95c2fcab50712467eab4004583eb8fb7f89"
+    "55ad340609f4b30283e4888325f1415a085125e8f7cdc99fd91dbd7280373c5b"
+    "d8823e3156348f5bae6dacd436c919c6dd53e23487da03fd02396306d248cda0"
+    "e99f33420f577ee8ce54b67080280d1ec69821bcb6a8839396f965ab6ff72a70"
+)
+
+
+@pytest.mark.parametrize("form", [False, True])
+async def test_bytes_swapped_under_the_same_etag_are_never_promoted(env: Env, form: bool) -> None:
+    """The staged object's version is its ETag, an MD5. Another upload to the same URL with
+    other bytes of that MD5, after they were read and before they are copied, must not put
+    unscanned bytes in the permanent bucket: the PUT cannot replace an object (If-None-Match),
+    and a form's object is copied to a key nobody can write before it is read."""
+    suffix = b" padding " * 1000
+    scanned, swapped = MD5_A + suffix, MD5_B + suffix
+    assert hashlib.md5(scanned).digest() == hashlib.md5(swapped).digest()
+    issued = await intent(env, scanned, sha256=None, form=form)
+    send = post_form if form else (lambda i, d: asyncio.to_thread(curl_put, i, d))
+    assert await send(issued, scanned) in (200, 204)
+    storage = env.storage
+    real = storage.begin_copy
+    second: list[int] = []
+
+    async def swap_then_copy(*args: Any, **kwargs: Any) -> Any:
+        if args[2] == env.settings.permanent_bucket:  # the promotion, after the read
+            second.append(await send(issued, swapped))
+        return await real(*args, **kwargs)
+
+    storage.begin_copy = swap_then_copy  # type: ignore[method-assign]
+    done = await (await complete(env, issued)).json()
+    assert second, "the swap was never attempted"
+    if not form:
+        assert second == [412]  # the store refused to replace the object
+    assert done["state"] == "clean"
+    got = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
+    body = await got.read()
+    meta = await (
+        await env.client.get(f"/v1/files/{issued['fileId']}/metadata", headers=ALICE)
+    ).json()
+    assert meta["sha256"] == hashlib.sha256(body).hexdigest()  # what is served is what was hashed
+    assert body == scanned
+
+
+# ------------------------------------------------------------------ retries and their budget
+
+
+async def test_early_completions_cost_no_attempt_and_a_scanner_outage_backs_off(
+    make_env: Any,
+) -> None:
+    """Nothing listens where clamd should be: every ingestion fails closed. Completions
+    before the bytes were there are not attempts; each failure waits out a doubling backoff;
+    after the last attempt the upload is failed and its bytes are kept (the staging
+    lifecycle rule's), never promoted."""
+    env: Env = await make_env(clamd=ClamdAddress(host="127.0.0.1", port=free_port()))
+    data = os.urandom(20_000)
+    issued = await intent(env, data)
+    for _ in range(3):
+        assert (await complete(env, issued)).status == 409  # upload_incomplete: no attempt
+    assert curl_put(issued, data) == 200
+    first = await complete(env, issued)
+    assert first.status == 503
+    assert (await first.json())["code"] == "scanner_unavailable"
+    # Backing off: the next completion finds nobody may take it yet.
+    waiting = await complete(env, issued)
+    assert waiting.status == 202
+    direct = env.client.app[DIRECT]
+    real = direct.clock
+    for minutes in (1, 3, 7, 15):
+        direct.clock = lambda m=minutes: real() + timedelta(minutes=m)
+        await direct.reconcile()
+    done = await status(env, issued)
+    assert (done["state"], done["code"]) == ("failed", "scanner_unavailable")
+    assert "5 attempts" in done["detail"]
+    assert await env.permanent_keys() == []
+    assert await env.unscanned_keys() == [DIRECT_PREFIX + issued["id"]]  # kept, not lost
+
+
+async def test_a_file_put_under_the_future_id_meanwhile_makes_the_upload_rejected(
+    env: Env,
+) -> None:
+    data = os.urandom(10_000)
+    issued = await intent(env, data)
+    other = b"the owner's own bytes"
+    put = await env.client.put(f"/v1/files/{issued['fileId']}", data=other, headers=ALICE)
+    assert put.status == 201
+    assert curl_put(issued, data) == 200
+    done = await (await complete(env, issued)).json()
+    assert (done["state"], done["code"]) == ("rejected", "file_id_taken")
+    got = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
+    assert await got.read() == other
+    assert len(await env.permanent_keys()) == 1  # the ingestion's promoted copy is removed
+    assert await env.unscanned_keys() == []
+
+
+async def test_a_redirect_is_audited_as_a_url_issued(env: Env) -> None:
+    resp = await env.client.post("/v1/files", data=b"hello", headers=ALICE)
+    file_id = (await resp.json())["id"]
+    moved = await env.client.get(
+        f"/v1/files/{file_id}", params={"redirect": "true"}, headers=ALICE, allow_redirects=False
+    )
+    assert moved.status == 302
+    rows = await env.client.app[AUDIT].query(AuditQuery(action=str(Action.URL_ISSUE)))
+    [row] = [r for r in rows if r.event.file_id == file_id]
+    assert row.event.detail["action"] == "download"
+    assert moved.headers["Location"] not in str(row.event.detail)

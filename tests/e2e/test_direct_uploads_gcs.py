@@ -49,6 +49,7 @@ def verified_put(env: Env, key: ServiceAccountKey, issued: dict[str, Any]) -> No
     assert upload["headers"] == {
         "Content-Type": PDF,
         "x-goog-content-length-range": f"{issued['size']},{issued['size']}",
+        "x-goog-if-generation-match": "0",
     }
     signed = verify(upload["url"], "PUT", upload["headers"], key.public)
     assert "content-type" in signed.signed_headers

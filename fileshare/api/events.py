@@ -1,0 +1,34 @@
+"""``POST /v1/events/seaweedfs``: SeaweedFS's filer webhook, pushing storage events (the local
+stand-in for S3 event notifications). It authenticates with its own bearer token
+(``FILESHARE_EVENTS_TOKEN``), compared in constant time, not as a client: the route is off
+(404) without one. An event only hints which upload to look at (``events``), so the answer
+is given at once and the ingestion runs behind it."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from fileshare import errors
+from fileshare.api.body import read_json
+from fileshare.api.keys import EVENTS, SETTINGS
+from fileshare.events import seaweed_event
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/events/seaweedfs")
+async def seaweed_webhook(request: web.Request) -> web.Response:
+    expected = request.app[SETTINGS].events_token
+    dispatcher = request.app.get(EVENTS)
+    if expected is None or dispatcher is None:
+        raise errors.NotFound("no such route")
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        presented.strip().encode(), expected.encode()
+    ):
+        raise errors.Unauthenticated("the webhook's bearer token is not valid")
+    body = await read_json(request, media_types=("application/json",))
+    dispatcher.offer(seaweed_event(body))
+    return web.Response(status=204)
