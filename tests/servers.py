@@ -855,6 +855,21 @@ class SeaweedS3(ServerProcess):
         if "is not available" in log:  # weed silently moved a port somebody else took
             raise _PortCollision(f"SeaweedFS moved off a chosen port; log tail:\n{self.log_tail()}")
 
+    def fileshare_env(self, unscanned: str, permanent: str) -> dict[str, str]:
+        """The settings of a ``fileshare serve`` on this server, with these two buckets
+        (created here)."""
+        for bucket in (unscanned, permanent):
+            self.create_bucket(bucket)
+        return {
+            "FILESHARE_STORAGE": "s3",
+            "FILESHARE_S3_ENDPOINT": self.endpoint,
+            "FILESHARE_S3_REGION": self.region,
+            "FILESHARE_S3_ACCESS_KEY": self.access_key,
+            "FILESHARE_S3_SECRET_KEY": self.secret_key,
+            "FILESHARE_UNSCANNED_BUCKET": unscanned,
+            "FILESHARE_PERMANENT_BUCKET": permanent,
+        }
+
     def create_bucket(self, name: str) -> None:
         """Create ``name`` (no error if this identity already owns it)."""
         from botocore.exceptions import ClientError

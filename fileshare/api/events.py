@@ -1,8 +1,8 @@
 """``POST /v1/events/seaweedfs``: SeaweedFS's filer webhook, pushing storage events (the local
 stand-in for S3 event notifications). It authenticates with its own bearer token
-(``FILESHARE_EVENTS_TOKEN``), compared in constant time, not as a client: the route is off
-(404) without one. An event only hints which upload to look at (``events``), so the answer
-is given at once and the ingestion runs behind it."""
+(``FILESHARE_EVENTS_TOKEN``), compared in constant time, not as a client: without one the
+route is off (every request 401). An event only hints which upload to look at (``events``),
+so the answer is given at once and the ingestion runs behind it."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ routes = web.RouteTableDef()
 async def seaweed_webhook(request: web.Request) -> web.Response:
     expected = request.app[SETTINGS].events_token
     dispatcher = request.app.get(EVENTS)
-    if expected is None or dispatcher is None:
-        raise errors.NotFound("no such route")
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if expected is None or dispatcher is None:
+        # Off: no token is valid (the route's existence is in the OpenAPI document anyway).
+        raise errors.Unauthenticated("the webhook is off here (no FILESHARE_EVENTS_TOKEN)")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         presented.strip().encode(), expected.encode()
     ):

@@ -239,7 +239,7 @@ def upload_paths() -> dict[str, Schema]:
                 "summary": "SeaweedFS's filer webhook: storage events that start ingestions",
                 "description": "For SeaweedFS's `notification.webhook` (the local stand-in for "
                 "S3 event notifications): the bearer token is FILESHARE_EVENTS_TOKEN, not a "
-                "client's credential; without one the route is off (404). An event only says "
+                "client's credential; without one the route is off (401). An event only says "
                 "which upload to look at: its ingestion runs after the answer.",
                 "security": [{"bearer": []}],
                 "requestBody": {
@@ -261,7 +261,7 @@ def upload_paths() -> dict[str, Schema]:
                 },
                 "responses": {
                     "204": {"description": "Taken"},
-                    **{k: v for k, v in _errors("404", "413", "415").items() if k != "403"},
+                    **{k: v for k, v in _errors("413", "415").items() if k != "403"},
                 },
             },
         },

@@ -26,10 +26,10 @@ import hashlib
 import json
 import math
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import (
@@ -47,6 +47,8 @@ from sqlalchemy import (
 from fileshare.audit import Action, AuditEvent, AuditRecord, Result
 from fileshare.index.base import Transactor
 from fileshare.index.tables import audit_events, audit_head
+
+T = TypeVar("T")
 
 log = structlog.get_logger("fileshare.audit")
 
@@ -296,6 +298,30 @@ def logged(events: Sequence[AuditEvent]) -> None:
             sha256=e.sha256,
             **{f"detail_{k}": v for k, v in e.detail.items() if k in LOGGED_DETAIL},
         )
+
+
+async def audited(
+    db: Transactor,
+    action: str,
+    fn: Callable[[Connection], T],
+    event: AuditEvent | None,
+    now: datetime,
+) -> T:
+    """Run ``fn`` and append ``event`` in the same write transaction — unless ``fn`` answered
+    ``False`` (nothing was there to change): a no-op is no ``success`` row. The row is
+    logged once the transaction committed."""
+    wrote: list[AuditEvent] = []
+
+    def run(conn: Connection) -> T:
+        result = fn(conn)
+        if event is not None and result is not False:
+            wrote.append(event)
+            append(conn, wrote, now)
+        return result
+
+    result = await db.transact(action, run, write=True)
+    logged(wrote)
+    return result
 
 
 def _record(m: RowMapping) -> AuditRecord:

@@ -97,20 +97,7 @@ class IdentityStore:
         self._db = db
 
     async def _write(self, action: str, fn: Any, event: AuditEvent | None, now: datetime) -> Any:
-        """Run ``fn`` and append ``event`` in the same transaction — unless ``fn`` answered
-        ``False`` (nothing was there to change): a no-op is no ``success`` row."""
-        wrote: list[AuditEvent] = []
-
-        def run(conn: Connection) -> Any:
-            result = fn(conn)
-            if event is not None and result is not False:
-                wrote.append(event)
-                audit.append(conn, wrote, now)
-            return result
-
-        result = await self._db.transact(action, run, write=True)
-        audit.logged(wrote)
-        return result
+        return await audit.audited(self._db, action, fn, event, now)
 
     # ----------------------------------------------------------------- clients
 

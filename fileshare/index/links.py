@@ -53,14 +53,7 @@ class LinkStore:
                 "scanned_at": None,
                 "upload_until": until,
             }
-            if row is None:
-                conn.execute(
-                    links.insert().values(
-                        object_key=key, resource_id=resource_id, created=now, **values
-                    )
-                )
-            else:
-                conn.execute(links.update().where(links.c.object_key == key).values(**values))
+            _put(conn, row, key, resource_id, now, values)
             audit.append(conn, [event], now)
             return Opened.OK, None
 
@@ -126,14 +119,7 @@ class LinkStore:
                 "scanner": scan.scanner,
                 "scanned_at": scan.scanned_at,
             }
-            if row is None:
-                conn.execute(
-                    links.insert().values(
-                        object_key=key, resource_id=resource_id, created=now, **values
-                    )
-                )
-            else:
-                conn.execute(links.update().where(links.c.object_key == key).values(**values))
+            _put(conn, row, key, resource_id, now, values)
             audit.append(conn, [event], now)
             return True
 
@@ -149,3 +135,20 @@ def _locked(conn: Connection, key: str) -> dict[str, Any] | None:
         stmt = stmt.with_for_update()
     row = conn.execute(stmt).mappings().first()
     return None if row is None else dict(row)
+
+
+def _put(
+    conn: Connection,
+    row: dict[str, Any] | None,
+    key: str,
+    resource_id: str,
+    now: datetime,
+    values: dict[str, Any],
+) -> None:
+    """Insert the object's row with ``values``, or update the one ``_locked`` found."""
+    if row is None:
+        conn.execute(
+            links.insert().values(object_key=key, resource_id=resource_id, created=now, **values)
+        )
+    else:
+        conn.execute(links.update().where(links.c.object_key == key).values(**values))

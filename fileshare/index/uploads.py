@@ -109,18 +109,7 @@ class UploadStore:
         self._db = db
 
     async def _write(self, action: str, fn: Any, event: AuditEvent | None, now: datetime) -> Any:
-        wrote: list[AuditEvent] = []
-
-        def run(conn: Connection) -> Any:
-            result = fn(conn)
-            if event is not None and result is not None and result is not False:
-                wrote.append(event)
-                audit.append(conn, wrote, now)
-            return result
-
-        result = await self._db.transact(action, run, write=True)
-        audit.logged(wrote)
-        return result
+        return await audit.audited(self._db, action, fn, event, now)
 
     async def create(self, upload: Upload, event: AuditEvent | None) -> None:
         """Record a new intent (its URL is handed out only after this committed)."""

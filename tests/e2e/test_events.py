@@ -118,7 +118,7 @@ async def test_without_a_token_the_webhook_is_off(make_env: Any) -> None:
     resp = await env.client.post(
         "/v1/events/seaweedfs", json={}, headers={"Authorization": f"Bearer {TOKEN}"}
     )
-    assert resp.status == 404
+    assert resp.status == 401
 
 
 # ------------------------------------------------------------------ SQS

@@ -41,14 +41,18 @@ async def idp() -> AsyncIterator[Idp]:
 async def env(make_env: Any, idp: Idp, request: pytest.FixtureRequest) -> Env:
     bucket = f"contracts-{uuid.uuid4().hex[:10]}"
     request.getfixturevalue("seaweed").create_bucket(bucket)
-    issuer = JwtIssuer(
+    made: Env = await make_env(jwt_issuers=(issuer_of(idp),), links_bucket=bucket)
+    return made
+
+
+def issuer_of(idp: Idp) -> JwtIssuer:
+    """The identity provider as a trusted issuer whose tokens may name any role."""
+    return JwtIssuer(
         issuer=idp.issuer,
         jwks_url=idp.jwks_url,
         audiences=(AUDIENCE,),
         allowed_roles=frozenset(Role),
     )
-    made: Env = await make_env(jwt_issuers=(issuer,), links_bucket=bucket)
-    return made
 
 
 def partner(idp: Idp, scope: str = "private_contracts:write") -> dict[str, str]:
@@ -132,13 +136,7 @@ async def test_a_download_link_serves_only_bytes_scanned_clean(
 ) -> None:
     bucket = f"contracts-{uuid.uuid4().hex[:10]}"
     request.getfixturevalue("seaweed").create_bucket(bucket)
-    issuer = JwtIssuer(
-        issuer=idp.issuer,
-        jwks_url=idp.jwks_url,
-        audiences=(AUDIENCE,),
-        allowed_roles=frozenset(Role),
-    )
-    env: Env = await make_env(jwt_issuers=(issuer,), links_bucket=bucket, direct_url_ttl=1)
+    env: Env = await make_env(jwt_issuers=(issuer_of(idp),), links_bucket=bucket, direct_url_ttl=1)
     clean, infected = b"%PDF-1.4 clean " + os.urandom(3000), b"%PDF-1.4 " + EICAR
     for name, data in (("clean.pdf", clean), ("bad.pdf", infected)):
         up = await issued(env, idp, "upload", "le-7", name)
@@ -178,12 +176,6 @@ async def test_a_download_link_serves_only_bytes_scanned_clean(
 
 
 async def test_without_a_links_bucket_links_are_501(make_env: Any, idp: Idp) -> None:
-    issuer = JwtIssuer(
-        issuer=idp.issuer,
-        jwks_url=idp.jwks_url,
-        audiences=(AUDIENCE,),
-        allowed_roles=frozenset(Role),
-    )
-    env: Env = await make_env(jwt_issuers=(issuer,))
+    env: Env = await make_env(jwt_issuers=(issuer_of(idp),))
     resp = await link(env, partner(idp), action="upload", resource_id="x", resource_name="a")
     assert resp.status == 501

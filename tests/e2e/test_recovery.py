@@ -30,17 +30,9 @@ def test_sigkill_mid_upload_then_restart_leaves_nothing(
 ) -> None:
     tag = uuid.uuid4().hex[:10]
     unscanned, permanent = f"crash-u-{tag}", f"crash-p-{tag}"
-    for bucket in (unscanned, permanent):
-        seaweed.create_bucket(bucket)
     s3 = seaweed.client()
     settings = {
-        "FILESHARE_STORAGE": "s3",
-        "FILESHARE_S3_ENDPOINT": seaweed.endpoint,
-        "FILESHARE_S3_REGION": seaweed.region,
-        "FILESHARE_S3_ACCESS_KEY": seaweed.access_key,
-        "FILESHARE_S3_SECRET_KEY": seaweed.secret_key,
-        "FILESHARE_UNSCANNED_BUCKET": unscanned,
-        "FILESHARE_PERMANENT_BUCKET": permanent,
+        **seaweed.fileshare_env(unscanned, permanent),
         "FILESHARE_PART_SIZE": "5MiB",
         "FILESHARE_MAX_UPLOAD_SIZE": "64MiB",
         "FILESHARE_STAGING_MAX_AGE": "1",

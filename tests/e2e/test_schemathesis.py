@@ -137,17 +137,9 @@ def live_server(tmp_path: Path, clamd: Any, seaweed: SeaweedS3) -> Iterator[str]
     base = f"http://127.0.0.1:{port}"
     tag = uuid.uuid4().hex[:10]
     unscanned, permanent = f"fuzz-u-{tag}", f"fuzz-p-{tag}"
-    for bucket in (unscanned, permanent):
-        seaweed.create_bucket(bucket)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FILESHARE_")},
-        "FILESHARE_STORAGE": "s3",
-        "FILESHARE_S3_ENDPOINT": seaweed.endpoint,
-        "FILESHARE_S3_REGION": seaweed.region,
-        "FILESHARE_S3_ACCESS_KEY": seaweed.access_key,
-        "FILESHARE_S3_SECRET_KEY": seaweed.secret_key,
-        "FILESHARE_UNSCANNED_BUCKET": unscanned,
-        "FILESHARE_PERMANENT_BUCKET": permanent,
+        **seaweed.fileshare_env(unscanned, permanent),
         "FILESHARE_DATA_DIR": str(tmp_path / "data"),
         "FILESHARE_CLAMD": clamd.address,
         "FILESHARE_PORT": str(port),
