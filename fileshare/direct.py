@@ -44,6 +44,7 @@ from fileshare.storage.base import (
     Presigned,
     PresignedForm,
     Presigner,
+    SessionStarter,
     Storage,
     StorageError,
 )
@@ -118,6 +119,7 @@ class DirectUploads:
         self.presigner = storage if isinstance(storage, Presigner) else None
         self.multipart = storage if isinstance(storage, MultipartPresigner) else None
         self.forms = storage if isinstance(storage, FormPresigner) else None
+        self.sessions = storage if isinstance(storage, SessionStarter) else None
         self.part_size = part_size
         self.unscanned = unscanned_bucket
         self.url_ttl = url_ttl
@@ -147,7 +149,7 @@ class DirectUploads:
                 raise errors.ValidationFailed(
                     f"a form upload takes at most {self.put_max} bytes, on S3"
                 )
-            if multipart and self.multipart is None:
+            if multipart and self.multipart is None and self.sessions is None:
                 raise errors.PayloadTooLarge(
                     f"a direct upload takes at most {self.put_max} bytes in one PUT here"
                 )
@@ -167,7 +169,21 @@ class DirectUploads:
                 expires=now + timedelta(seconds=self.url_ttl),
                 created_by=actor.principal.subject if actor.principal else None,
             )
-            if multipart:
+            if multipart and self.multipart is None and self.sessions is not None:
+                session = await storage_call(
+                    "start_session",
+                    self.sessions.start_direct_session(
+                        self.unscanned,
+                        upload.staging_key,
+                        content_type=intent.content_type,
+                        size=intent.size,
+                    ),
+                )
+                # Kept to cancel it when the intent ends without it: a credential, like
+                # the other secrets of the index, never in an answer but its owner's.
+                upload = replace(upload, kind="session", multipart_id=session.url)
+                issued = Issued(upload, request=replace(session, expires=upload.expires))
+            elif multipart:
                 issued = await self._plan(upload)
                 upload = issued.upload
             elif intent.form and self.forms is not None:
@@ -238,7 +254,11 @@ class DirectUploads:
         return Issued(planned, parts=tuple(parts))
 
     async def _abort_parts(self, upload: Upload) -> None:
-        if self.multipart is not None and upload.multipart_id is not None:
+        if upload.multipart_id is None:
+            return
+        if upload.kind == "session" and self.sessions is not None:
+            await self.sessions.cancel_direct_session(upload.multipart_id)
+        elif self.multipart is not None:
             await self.multipart.abort_multipart(
                 self.unscanned, upload.staging_key, upload.multipart_id
             )
@@ -354,7 +374,7 @@ class DirectUploads:
             raise errors.StorageUnavailable(operation="complete_parts") from None
 
     async def _ingest(self, upload: Upload, trigger: str) -> Outcome | None:
-        if upload.multipart_id is not None and self.multipart is not None:
+        if upload.kind == "parts" and self.multipart is not None:
             assembled = await self._assemble(upload)
             if assembled is False:
                 return None
@@ -478,8 +498,10 @@ class DirectUploads:
         finished = await index_call(
             self.uploads.finish(upload.id, holder, outcome, self.clock(), event)
         )
+        if finished and (upload.kind != "session" or outcome.state is UploadState.EXPIRED):
+            await self._abort_parts(upload)  # a no-op once completed (a finalized session
+            # holds nothing to cancel: it is left alone)
         if finished:
-            await self._abort_parts(upload)  # a no-op once completed
             if upload.kind == "form":
                 await self._remove_staged(f"{SET_ASIDE_PREFIX}{upload.id}")
             if outcome.state is not UploadState.FAILED:

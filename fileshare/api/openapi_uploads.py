@@ -42,9 +42,10 @@ def upload_schemas() -> dict[str, Schema]:
     }
     schemas["IssuedUpload"] = {
         "type": "object",
-        "description": "`upload` (one PUT), `form` (a browser form's POST, when asked for) "
-        "or, for an upload larger than one PUT takes, `parts` (a PUT per part, in any order, "
-        "each with exactly its `size` bytes)",
+        "description": "`upload` (one PUT; on GCS, for an upload larger than one PUT "
+        "takes, a resumable session's URI, which takes chunks with Content-Range), `form` (a "
+        "browser form's POST, when asked for) or, on S3 for an upload larger than one PUT "
+        "takes, `parts` (a PUT per part, in any order, each with exactly its `size` bytes)",
         "required": [*upload["required"], "complete"],
         "properties": {
             **upload["properties"],

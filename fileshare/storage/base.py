@@ -145,6 +145,22 @@ class FormPresigner(Protocol):
         the size: the store refuses any other file."""
 
 
+@runtime_checkable
+class SessionStarter(Protocol):
+    """A store whose large uploads go through a session fileshare opens (a GCS resumable
+    upload): its URI is the uploader's one-time credential for exactly one object."""
+
+    async def start_direct_session(
+        self, bucket: str, key: str, *, content_type: str, size: int
+    ) -> Presigned:
+        """Open a resumable upload of exactly ``size`` bytes that creates ``key`` (never
+        replaces it); the request to send the bytes with (ranges as the store's resumable
+        protocol has them). The URI works until the store drops the session (a week)."""
+
+    async def cancel_direct_session(self, url: str) -> None:
+        """Drop the session and what was sent to it. Never raises."""
+
+
 @dataclass(frozen=True)
 class PartPlan:
     """One part of a presigned multipart upload: its number (from 1), exact size and

@@ -45,7 +45,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import quote
 
@@ -62,6 +62,7 @@ from fileshare.storage.base import (
     ObjectExists,
     ObjectInfo,
     ObjectNotFound,
+    Presigned,
     StorageError,
 )
 from fileshare.storage.encryption import Encryption
@@ -563,6 +564,39 @@ class GcsStorage:
         if not location:
             raise StorageError(f"{what}: no session URI in the reply")
         return URL(location, encoded=True)
+
+    async def start_direct_session(
+        self, bucket: str, key: str, *, content_type: str, size: int
+    ) -> Presigned:
+        what = f"GCS direct session {bucket}/{key}"
+        url = self._bucket_url(bucket, "/o", upload=True)
+        resource = json.dumps({"name": key, "contentType": content_type})
+        headers = {
+            "Content-Type": "application/json; charset=UTF-8",
+            "X-Upload-Content-Type": content_type,
+            # GCS refuses a session's bytes beyond this, and finalizes only at exactly this.
+            "X-Upload-Content-Length": str(size),
+        }
+        params = {
+            "uploadType": "resumable",
+            "ifGenerationMatch": "0",  # creates the object, never replaces one
+            **self.encryption.gcs_upload_params(),
+        }
+        async with self._request(
+            "POST", url, what, params=params, headers=headers, data=resource.encode()
+        ) as resp:
+            if resp.status != 200:
+                await self._fail(resp, what)
+            location = resp.headers.get("Location")
+        if not location:
+            raise StorageError(f"{what}: no session URI in the reply")
+        # GCS keeps a session a week; the intent's expiry is fileshare's (the reconciler
+        # cancels the session when it expires the intent).
+        expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)
+        return Presigned("PUT", location, {"Content-Type": content_type}, expires)
+
+    async def cancel_direct_session(self, url: str) -> None:
+        await self._cancel_session(URL(url, encoded=True), "GCS direct session")
 
     async def _cancel_session(self, session: URL, what: str) -> None:
         """DELETE the session URI: GCS drops the bytes and answers 499. Never raises."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from fileshare.api.keys import DIRECT
 from fileshare.config import Settings
 from fileshare.storage.base import DIRECT_PREFIX, Presigner
 from tests.e2e.conftest import ALICE, Env
@@ -152,14 +154,44 @@ async def test_a_download_redirects_to_a_signed_get(make_env: Any, key: ServiceA
         assert await got.read() == data
 
 
-async def test_an_upload_larger_than_one_put_is_refused_on_gcs(make_env: Any) -> None:
-    """GCS gets no part plans (S3 multipart): one signed PUT takes at most put_max."""
+async def test_an_upload_larger_than_one_put_goes_through_a_resumable_session(
+    make_env: Any,
+) -> None:
+    """Past put_max, GCS gets a resumable session fileshare opened for exactly this object
+    and size (S3 gets a part plan): the uploader sends the bytes in chunks to its URI."""
     env: Env = await make_env(direct_put_max=1024)
-    resp = await env.client.post(
-        "/v1/uploads", json={"contentType": PDF, "size": 1025}, headers=ALICE
-    )
-    assert resp.status == 413
-    assert (await status(env, await intent(env, b"x" * 1024)))["state"] == "pending"
+    data = os.urandom(3 * 256 * 1024 + 5)
+    issued = await intent(env, data)
+    upload = issued["upload"]
+    assert upload["method"] == "PUT"
+    assert "upload_id=" in upload["url"] or "uploadType=resumable" in upload["url"]
+    chunk = 512 * 1024  # a multiple of 256 KiB, as the resumable protocol wants
+    async with aiohttp.ClientSession() as http:
+        for start in range(0, len(data), chunk):
+            piece = data[start : start + chunk]
+            end = start + len(piece) - 1
+            headers = {
+                **upload["headers"],
+                "Content-Range": f"bytes {start}-{end}/{len(data)}",
+            }
+            async with http.put(upload["url"], data=piece, headers=headers) as resp:
+                assert resp.status in (200, 201, 308), await resp.text()
+    done = await (await complete(env, issued)).json()
+    assert done["state"] == "clean"
+    got = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
+    assert await got.read() == data
+    assert await env.unscanned_keys() == []
+
+
+async def test_a_session_nobody_used_is_expired_and_cancelled(make_env: Any) -> None:
+    env: Env = await make_env(direct_put_max=1024)
+    issued = await intent(env, os.urandom(4096))
+    direct = env.client.app[DIRECT]
+    real = direct.clock
+    direct.clock = lambda: real() + timedelta(seconds=env.settings.direct_url_ttl, hours=1)
+    await direct.reconcile()
+    assert (await status(env, issued))["state"] == "expired"
+    assert await env.unscanned_keys() == []
 
 
 async def test_gcs_with_nothing_that_signs_refuses_direct_uploads(make_env: Any) -> None:
