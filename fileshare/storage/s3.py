@@ -27,7 +27,6 @@ already there?" check would fail as a StorageError instead of ObjectNotFound.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import io
 import math
@@ -35,27 +34,24 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from fileshare.storage.base import (
     PROBE_PREFIX,
-    NotAsPlanned,
     ObjectExists,
     ObjectInfo,
     ObjectNotFound,
-    PartPlan,
-    Presigned,
-    PresignedForm,
     StorageError,
 )
 from fileshare.storage.encryption import Encryption
+from fileshare.storage.s3_errors import SDK_ERRORS, describe, error_code, translate
+from fileshare.storage.s3_presign import S3Presigning
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -74,15 +70,8 @@ MAX_PARTS = 10_000
 READ_CHUNK = 256 * 1024
 _DEFAULT_TYPE = "application/octet-stream"
 
-#: S3 error codes meaning "no such object or bucket". HEAD answers have no body, so
-#: botocore reports their bare status as the code.
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
 
-_SDK_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
-
-
-class S3Storage:
+class S3Storage(S3Presigning):
     """Objects in S3 buckets. Use ``await S3Storage.create(...)`` (or construct, then
     ``await start()``), and ``await close()`` at the end."""
 
@@ -210,7 +199,7 @@ class S3Storage:
                     config=config,
                 )
             )
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             await stack.aclose()
             raise StorageError(f"cannot create the S3 client: {type(exc).__name__}") from exc
         self._stack, self._client_ = stack, client
@@ -218,7 +207,7 @@ class S3Storage:
     async def close(self) -> None:
         stack, self._stack, self._client_ = self._stack, None, None
         if stack is not None:
-            with contextlib.suppress(*_SDK_ERRORS):
+            with contextlib.suppress(*SDK_ERRORS):
                 await stack.aclose()
 
     async def __aenter__(self) -> S3Storage:
@@ -258,7 +247,7 @@ class S3Storage:
     ) -> ObjectInfo:
         metadata = metadata or {}
         what = f"put {bucket}/{key}"
-        with _translate(what):
+        with translate(what):
             if if_absent and self.conditional_writes:
                 # A retry of a PUT whose answer was lost may find our own object and
                 # report ObjectExists: harmless for content-addressed keys.
@@ -269,7 +258,7 @@ class S3Storage:
                     ContentType=content_type,
                     Metadata=metadata,
                     IfNoneMatch="*",
-                    **self._sse,  # type: ignore[arg-type]
+                    **self._sse,
                 )
             else:
                 if if_absent:
@@ -283,7 +272,7 @@ class S3Storage:
                     Body=data,
                     ContentType=content_type,
                     Metadata=metadata,
-                    **self._sse,  # type: ignore[arg-type]
+                    **self._sse,
                 )
         return ObjectInfo(
             key=key,
@@ -294,7 +283,7 @@ class S3Storage:
         )
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
-        with _translate(f"head {bucket}/{key}"):
+        with translate(f"head {bucket}/{key}"):
             resp = await self._client.head_object(Bucket=bucket, Key=key)
         return ObjectInfo(
             key=key,
@@ -322,7 +311,7 @@ class S3Storage:
             args["Range"] = f"bytes={start}-{'' if end is None else end}"
         if version is not None:
             args["IfMatch"] = version
-        with _translate(what):
+        with translate(what):
             resp = await self._client.get_object(**args)  # type: ignore[arg-type]
             if version is not None and resp.get("ETag") != version:
                 # A store that ignores If-Match: refuse rather than stream another version.
@@ -332,7 +321,7 @@ class S3Storage:
         # end, on error and when the consumer stops early (aclose, cancellation).
         async with resp["Body"] as body:
             while True:
-                with _translate(what):
+                with translate(what):
                     chunk = await body.read(READ_CHUNK)
                 if not chunk:
                     return
@@ -369,7 +358,7 @@ class S3Storage:
 
     async def delete(self, bucket: str, key: str) -> None:
         # S3 answers 204 for a missing key; a missing bucket is an error (NoSuchBucket).
-        with _translate(f"delete {bucket}/{key}"):
+        with translate(f"delete {bucket}/{key}"):
             await self._client.delete_object(Bucket=bucket, Key=key)
 
     async def list_keys(self, bucket: str, prefix: str = "") -> AsyncIterator[str]:
@@ -382,161 +371,12 @@ class S3Storage:
         paginator = self._client.get_paginator(operation)  # type: ignore[call-overload]
         pages = paginator.paginate(Bucket=bucket, Prefix=prefix).__aiter__()
         while True:
-            with _translate(f"{operation} {bucket}/{prefix}"):
+            with translate(f"{operation} {bucket}/{prefix}"):
                 try:
                     page = await pages.__anext__()
                 except StopAsyncIteration:
                     return
             yield page
-
-    async def presign_upload(
-        self,
-        bucket: str,
-        key: str,
-        *,
-        content_type: str,
-        size: int | None,
-        sha256: str | None,
-        expires: int,
-        exclusive: bool = True,
-    ) -> Presigned:
-        """SigV4 query signing: Content-Type, Content-Length (unless ``size`` is None: a
-        partner link's PUT, whose size nobody knows), the encryption headers and the
-        checksum are signed headers, so the store refuses an upload that leaves one out
-        or changes it."""
-        params: dict[str, object] = {
-            "Bucket": bucket,
-            "Key": key,
-            "ContentType": content_type,
-            **self._sse,
-        }
-        if size is not None:
-            params["ContentLength"] = size
-        headers = {"Content-Type": content_type, **self.encryption.s3_headers()}
-        if exclusive:
-            params["IfNoneMatch"] = "*"
-            headers["If-None-Match"] = "*"
-        if sha256 is not None:
-            checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
-            params["ChecksumSHA256"] = checksum
-            headers["x-amz-checksum-sha256"] = checksum
-        with _translate(f"presign {bucket}/{key}"):
-            url = await self._client.generate_presigned_url(
-                "put_object", Params=params, ExpiresIn=expires
-            )
-        return Presigned("PUT", url, headers, _expiry(expires))
-
-    async def presign_download(
-        self, bucket: str, key: str, *, content_type: str, disposition: str, expires: int
-    ) -> Presigned:
-        params = {
-            "Bucket": bucket,
-            "Key": key,
-            "ResponseContentType": content_type,
-            "ResponseContentDisposition": disposition,
-        }
-        with _translate(f"presign {bucket}/{key}"):
-            url = await self._client.generate_presigned_url(
-                "get_object", Params=params, ExpiresIn=expires
-            )
-        return Presigned("GET", url, {}, _expiry(expires))
-
-    async def presign_form(
-        self, bucket: str, key: str, *, content_type: str, size: int, expires: int
-    ) -> PresignedForm:
-        fields = {"Content-Type": content_type, **self.encryption.s3_headers()}
-        conditions: list[Any] = [
-            {"bucket": bucket},
-            ["eq", "$key", key],
-            ["content-length-range", size, size],
-            *({name: value} for name, value in fields.items()),
-        ]
-        with _translate(f"presign form {bucket}/{key}"):
-            signed = await self._client.generate_presigned_post(
-                bucket, key, Fields=fields, Conditions=conditions, ExpiresIn=expires
-            )
-        return PresignedForm(
-            signed["url"], {k: str(v) for k, v in signed["fields"].items()}, _expiry(expires)
-        )
-
-    async def presign_multipart(
-        self,
-        bucket: str,
-        key: str,
-        *,
-        content_type: str,
-        part_sizes: list[int],
-        expires: int,
-    ) -> tuple[str, list[PartPlan]]:
-        what = f"presign multipart {bucket}/{key}"
-        with _translate(what):
-            resp = await self._client.create_multipart_upload(
-                Bucket=bucket,
-                Key=key,
-                ContentType=content_type,
-                **self._sse,  # type: ignore[arg-type]
-            )
-        upload_id = resp["UploadId"]
-        plan: list[PartPlan] = []
-        try:
-            for number, size in enumerate(part_sizes, start=1):
-                with _translate(what):
-                    url = await self._client.generate_presigned_url(
-                        "upload_part",
-                        Params={
-                            "Bucket": bucket,
-                            "Key": key,
-                            "UploadId": upload_id,
-                            "PartNumber": number,
-                            "ContentLength": size,
-                        },
-                        ExpiresIn=expires,
-                    )
-                plan.append(PartPlan(number, size, Presigned("PUT", url, {}, _expiry(expires))))
-        except BaseException:
-            await self._abort_upload(bucket, key, upload_id)
-            raise
-        return upload_id, plan
-
-    async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, part_sizes: list[int]
-    ) -> bool:
-        what = f"complete multipart {bucket}/{key}"
-        found: dict[int, tuple[int, str]] = {}
-        marker = 0
-        while True:
-            with _translate(what):
-                try:
-                    page = await self._client.list_parts(
-                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker
-                    )
-                except ClientError as exc:
-                    if _error_code(exc) == "NoSuchUpload":
-                        raise ObjectNotFound(f"{what}: no such upload") from None
-                    raise
-            for part in page.get("Parts", []):
-                found[part["PartNumber"]] = (part["Size"], part["ETag"])
-            if not page.get("IsTruncated"):
-                break
-            marker = page["NextPartNumberMarker"]
-        if len(found) < len(part_sizes):
-            return False
-        for number, size in enumerate(part_sizes, start=1):
-            if number not in found or found[number][0] != size:
-                raise NotAsPlanned(f"{what}: part {number} is not as planned")
-        if len(found) != len(part_sizes):
-            raise NotAsPlanned(f"{what}: more parts than planned")
-        parts: list[CompletedPartTypeDef] = [
-            {"PartNumber": n, "ETag": found[n][1]} for n in range(1, len(part_sizes) + 1)
-        ]
-        with _translate(what):
-            await self._client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
-        return True
-
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        await self._abort_upload(bucket, key, upload_id)
 
     async def list_stale(self, bucket: str, prefix: str, before: datetime) -> AsyncIterator[str]:
         async for page in self._pages("list_objects_v2", bucket, prefix):
@@ -558,7 +398,7 @@ class S3Storage:
 
     async def ping(self) -> None:
         async def check(bucket: str) -> None:
-            with _translate(f"bucket {bucket}"):
+            with translate(f"bucket {bucket}"):
                 await self._client.head_bucket(Bucket=bucket)
 
         await asyncio.gather(*(check(b) for b in self.buckets))
@@ -641,12 +481,12 @@ class S3Storage:
                 **sse,  # type: ignore[arg-type]
             )
         except ClientError as exc:
-            if _error_code(exc) == "AccessDenied":
-                raise _WriteRefused(f"{what}: {_describe(exc)}") from None
-            raise StorageError(f"{what}: {_describe(exc)}") from None
-        except _SDK_ERRORS as exc:
-            raise StorageError(f"{what}: {_describe(exc)}") from None
-        with _translate(what):
+            if error_code(exc) == "AccessDenied":
+                raise _WriteRefused(f"{what}: {describe(exc)}") from None
+            raise StorageError(f"{what}: {describe(exc)}") from None
+        except SDK_ERRORS as exc:
+            raise StorageError(f"{what}: {describe(exc)}") from None
+        with translate(what):
             try:
                 head = await self._client.head_object(Bucket=bucket, Key=key)
             finally:
@@ -673,11 +513,11 @@ class S3Storage:
         try:
             await self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         except ClientError as exc:
-            if _error_code(exc) == "NoSuchUpload":
+            if error_code(exc) == "NoSuchUpload":
                 return  # already aborted or completed
-            log.error("storage.abort_failed", bucket=bucket, key=key, error=_describe(exc))
-        except (*_SDK_ERRORS, StorageError) as exc:
-            log.error("storage.abort_failed", bucket=bucket, key=key, error=_describe(exc))
+            log.error("storage.abort_failed", bucket=bucket, key=key, error=describe(exc))
+        except (*SDK_ERRORS, StorageError) as exc:
+            log.error("storage.abort_failed", bucket=bucket, key=key, error=describe(exc))
 
 
 class _WriteRefused(StorageError):
@@ -733,14 +573,14 @@ class S3Writer:
         try:
             if self._create is None:
                 # Everything is still in memory: one PutObject.
-                with _translate(self._what):
+                with translate(self._what):
                     resp = await self._s._client.put_object(
                         Bucket=self._bucket,
                         Key=self._key,
                         Body=self._buf.peek(),
                         ContentType=self._content_type,
                         Metadata=self._metadata,
-                        **self._s._sse,  # type: ignore[arg-type]
+                        **self._s._sse,
                     )
                 etag = _etag(resp["ETag"])
             else:
@@ -751,7 +591,7 @@ class S3Writer:
                     self._parts.append(await self._in_flight[0])
                     self._in_flight.popleft()
                 upload_id = await self._create
-                with _translate(self._what):
+                with translate(self._what):
                     done = await self._s._client.complete_multipart_upload(
                         Bucket=self._bucket,
                         Key=self._key,
@@ -813,7 +653,7 @@ class S3Writer:
         self._in_flight.append(asyncio.create_task(self._upload_part(upload_id, number, part)))
 
     async def _create_upload(self) -> str:
-        with _translate(self._what):
+        with translate(self._what):
             resp = await self._s._client.create_multipart_upload(
                 Bucket=self._bucket,
                 Key=self._key,
@@ -822,14 +662,14 @@ class S3Writer:
                 # Each part carries a CRC32 the server checks, and the completed upload
                 # records them: end-to-end integrity without signing payloads.
                 ChecksumAlgorithm="CRC32",
-                **self._s._sse,  # type: ignore[arg-type]
+                **self._s._sse,
             )
         return resp["UploadId"]
 
     async def _upload_part(
         self, upload_id: str, number: int, data: io.BytesIO
     ) -> CompletedPartTypeDef:
-        with _translate(f"{self._what} (part {number})"):
+        with translate(f"{self._what} (part {number})"):
             resp = await self._s._client.upload_part(
                 Bucket=self._bucket,
                 Key=self._key,
@@ -883,13 +723,13 @@ class S3PendingCopy:
 
     async def start_parts(self) -> None:
         """Create the multipart upload and start copying every part in the background."""
-        with _translate(self._what):
+        with translate(self._what):
             resp = await self._s._client.create_multipart_upload(
                 Bucket=self._bucket,
                 Key=self._key,
                 ContentType=self._content_type,
                 Metadata=self._metadata,
-                **self._s._sse,  # type: ignore[arg-type]
+                **self._s._sse,
             )
         self._upload_id = resp["UploadId"]
         limit = asyncio.Semaphore(self._s.copy_parts_in_flight)
@@ -905,7 +745,7 @@ class S3PendingCopy:
                 # Under 5 MiB: one CopyObject, cheap at this size.
                 if not self._s.conditional_writes:
                     await self._s._raise_if_exists(self._bucket, self._key)
-                with _translate(self._what):
+                with translate(self._what):
                     resp = await client.copy_object(
                         Bucket=self._bucket,
                         Key=self._key,
@@ -915,7 +755,7 @@ class S3PendingCopy:
                         Metadata=self._metadata,
                         **self._target_condition,  # type: ignore[arg-type]
                         **self._source_condition,  # type: ignore[arg-type]
-                        **self._s._sse,  # type: ignore[arg-type]
+                        **self._s._sse,
                     )
                 etag = _etag(resp["CopyObjectResult"].get("ETag", ""))
             else:
@@ -923,7 +763,7 @@ class S3PendingCopy:
                 if not self._s.conditional_writes:
                     # Racy fallback, see S3Storage.put.
                     await self._s._raise_if_exists(self._bucket, self._key)
-                with _translate(self._what):
+                with translate(self._what):
                     done = await client.complete_multipart_upload(
                         Bucket=self._bucket,
                         Key=self._key,
@@ -962,7 +802,7 @@ class S3PendingCopy:
         assert self._upload_id is not None
         async with limit:
             try:
-                with _translate(f"{self._what} (part {number})"):
+                with translate(f"{self._what} (part {number})"):
                     resp = await self._s._client.upload_part_copy(
                         Bucket=self._bucket,
                         Key=self._key,
@@ -1049,38 +889,3 @@ def _etag(value: str) -> str:
     if value and not value.startswith(('"', "W/")):
         return f'"{value}"'
     return value
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description of an SDK exception."""
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return f"{_error_code(exc) or 'error'} (HTTP {status}) in {exc.operation_name}"
-    if isinstance(exc, BotoCoreError | StorageError):
-        # botocore's messages name the endpoint or parameter, never credentials.
-        return f"{type(exc).__name__}: {exc}"
-    return type(exc).__name__
-
-
-def _expiry(seconds: int) -> datetime:
-    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=seconds)
-
-
-@contextlib.contextmanager
-def _translate(what: str) -> Iterator[None]:
-    """Turn SDK exceptions raised inside the block into the neutral errors."""
-    try:
-        yield
-    except ClientError as exc:
-        code = _error_code(exc)
-        if code in _NOT_FOUND_CODES:
-            raise ObjectNotFound(f"{what}: not found ({code})") from exc
-        if code in _PRECONDITION_CODES:
-            raise ObjectExists(f"{what}: already exists") from exc
-        raise StorageError(f"{what}: {_describe(exc)}") from exc
-    except _SDK_ERRORS as exc:
-        raise StorageError(f"{what}: {_describe(exc)}") from exc
