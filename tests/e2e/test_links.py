@@ -136,7 +136,7 @@ async def test_a_download_link_serves_only_bytes_scanned_clean(
 ) -> None:
     bucket = f"contracts-{uuid.uuid4().hex[:10]}"
     request.getfixturevalue("seaweed").create_bucket(bucket)
-    env: Env = await make_env(jwt_issuers=(issuer_of(idp),), links_bucket=bucket, direct_url_ttl=1)
+    env: Env = await make_env(jwt_issuers=(issuer_of(idp),), links_bucket=bucket, direct_url_ttl=5)
     clean, infected = b"%PDF-1.4 clean " + os.urandom(3000), b"%PDF-1.4 " + EICAR
     for name, data in (("clean.pdf", clean), ("bad.pdf", infected)):
         up = await issued(env, idp, "upload", "le-7", name)
@@ -148,7 +148,8 @@ async def test_a_download_link_serves_only_bytes_scanned_clean(
         )
 
     async def once_uploads_expire(name: str) -> Any:
-        """The upload links (1 s) expire; until then a download link is refused."""
+        """The upload links (5 s: room for the PUTs on a busy machine) expire; until then a
+        download link is refused."""
         deadline = time.monotonic() + 30
         while (resp := await download(name)).status == 409:
             assert (await resp.json())["code"] == "link_busy"
