@@ -27,7 +27,7 @@ import structlog
 from fileshare import errors
 from fileshare.audit import Action, Actor, AuditEvent, Result
 from fileshare.boundary import index_call, storage_call
-from fileshare.index.base import Placement
+from fileshare.index.base import Cursor, Placement
 from fileshare.index.uploads import Outcome, Upload, UploadStore
 from fileshare.models import UploadState
 from fileshare.pipeline import Pipeline
@@ -262,6 +262,16 @@ class DirectUploads:
             await self.multipart.abort_multipart(
                 self.unscanned, upload.staging_key, upload.multipart_id
             )
+
+    async def page(
+        self, actor: Actor, *, state: UploadState | None, after: Cursor | None, limit: int
+    ) -> tuple[list[Upload], Cursor | None]:
+        """The owner's uploads, pending and ended, with their states."""
+        found, more = await index_call(
+            self.uploads.page(_owner(actor), state=state, after=after, limit=limit)
+        )
+        await self.files.audit_read(actor.event(Action.UPLOAD_READ, detail={"count": len(found)}))
+        return found, more
 
     async def status(self, actor: Actor, upload_id: str) -> Upload:
         upload = await self._owned(actor, upload_id, Action.UPLOAD_READ)

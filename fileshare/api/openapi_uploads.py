@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fileshare.api.names import MEDIA_TYPE_PATTERN
 from fileshare.api.openapi import (
+    _LIST_PARAMETERS,
     _LOCATION,
     _OWNER,
     JSON,
@@ -12,6 +13,7 @@ from fileshare.api.openapi import (
     _errors,
     _json,
     _problem,
+    _query,
     _ref,
     name_schema,
 )
@@ -88,6 +90,14 @@ def upload_schemas() -> dict[str, Schema]:
 
 def _schemas(stamp: Schema, uri: Schema) -> dict[str, Schema]:
     return {
+        "UploadPage": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("Upload")},
+                "nextOffsetKey": {"type": "string"},
+            },
+        },
         "LinkRequest": {
             "type": "object",
             "required": ["action", "resource_id", "resource_name"],
@@ -199,6 +209,18 @@ def upload_paths() -> dict[str, Schema]:
     return {
         "/v1/uploads": {
             "parameters": [_OWNER],
+            "get": {
+                "summary": "Your direct uploads, oldest first, with their states",
+                "parameters": [
+                    *_LIST_PARAMETERS[:2],
+                    _query(
+                        "state",
+                        "Only uploads in this state",
+                        {"type": "string", "enum": [s.value for s in UploadState]},
+                    ),
+                ],
+                "responses": {"200": _json("A page", _ref("UploadPage")), **_errors("404")},
+            },
             "post": {
                 "summary": "Start a direct upload: a presigned PUT into the unscanned bucket",
                 "requestBody": {

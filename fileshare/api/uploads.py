@@ -126,6 +126,33 @@ async def create_upload(request: web.Request) -> web.Response:
     return web.json_response(answer, status=201, headers=headers)
 
 
+_LIST_QUERY = frozenset({"pageSize", "offsetKey", "state", "owner"})
+
+
+@routes.get("/v1/uploads")
+async def list_uploads(request: web.Request) -> web.Response:
+    """The caller's uploads, oldest first: pending ones, and how the others ended."""
+    query = request.query
+    if set(query) - _LIST_QUERY:
+        raise errors.InvalidParameter("this list takes pageSize, offsetKey, state and owner")
+    if any(len(query.getall(name)) > 1 for name in query):
+        raise errors.InvalidParameter("each query parameter at most once")
+    state = None
+    if "state" in query:
+        try:
+            state = UploadState(query["state"])
+        except ValueError:
+            raise errors.InvalidParameter("state must be one of the upload states") from None
+    after = params.decode_cursor(query["offsetKey"]) if "offsetKey" in query else None
+    limit = params.page_size(query)
+    acting = await actor(request, write=False)
+    found, more = await request.app[DIRECT].page(acting, state=state, after=after, limit=limit)
+    body: dict[str, object] = {"items": [render(request, u) for u in found]}
+    if more is not None:
+        body["nextOffsetKey"] = params.encode_cursor(more)
+    return web.json_response(body, headers=_NO_STORE)
+
+
 @routes.get("/v1/uploads/{upload_id}")
 async def upload_status(request: web.Request) -> web.Response:
     upload_id = _upload_id(request)

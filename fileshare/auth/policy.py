@@ -51,6 +51,7 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("DELETE", "/v1/files/{file_id}/tags/{tag}"): Scope.TAGS_WRITE,
     # direct-to-bucket uploads
     ("POST", "/v1/uploads"): Scope.FILES_WRITE,
+    ("GET", "/v1/uploads"): Scope.FILES_READ,
     ("GET", "/v1/uploads/{upload_id}"): Scope.FILES_READ,
     ("POST", "/v1/uploads/{upload_id}/complete"): Scope.FILES_WRITE,
     # partner links (seed 003)

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, RowMapping, and_, or_, select, update
 
 from fileshare.audit import AuditEvent
 from fileshare.index import audit
-from fileshare.index.base import Transactor
+from fileshare.index.base import Cursor, Transactor
 from fileshare.index.tables import uploads
 from fileshare.models import UploadState
 
@@ -150,6 +150,30 @@ class UploadStore:
             return None if row is None else _upload(row)
 
         return await self._db.transact("read upload", run, write=False)
+
+    async def page(
+        self, owner: str, *, state: UploadState | None, after: Cursor | None, limit: int
+    ) -> tuple[list[Upload], Cursor | None]:
+        """A page of the owner's uploads in (created, id) order, and where the next starts."""
+
+        def run(conn: Connection) -> tuple[list[Upload], Cursor | None]:
+            t = uploads.c
+            stmt = select(uploads).where(t.owner == owner)
+            if state is not None:
+                stmt = stmt.where(t.state == state.value)
+            if after is not None:
+                stmt = stmt.where(
+                    or_(
+                        t.created > after.created, and_(t.created == after.created, t.id > after.id)
+                    )
+                )
+            rows = conn.execute(stmt.order_by(t.created, t.id).limit(limit + 1)).mappings()
+            found = [_upload(r) for r in rows]
+            more = len(found) > limit
+            found = found[:limit]
+            return found, Cursor(found[-1].created, found[-1].id) if more else None
+
+        return await self._db.transact("list uploads", run, write=False)
 
     async def for_file(self, owner: str, file_id: str) -> Upload | None:
         """The newest upload meant to become this file, or None."""

@@ -622,3 +622,35 @@ async def test_a_redirect_is_audited_as_a_url_issued(env: Env) -> None:
     [row] = [r for r in rows if r.event.file_id == file_id]
     assert row.event.detail["action"] == "download"
     assert moved.headers["Location"] not in str(row.event.detail)
+
+
+async def test_the_owner_lists_their_uploads_with_their_states(env: Env) -> None:
+    clean = os.urandom(2000)
+    first = await intent(env, clean)
+    assert curl_put(first, clean) == 200
+    assert (await (await complete(env, first)).json())["state"] == "clean"
+    waiting = await intent(env, b"still to come")
+    more = [await intent(env, b"and more %d" % i) for i in range(3)]
+    infected = b"%PDF " + EICAR
+    bad = await intent(env, infected)
+    assert curl_put(bad, infected) == 200
+    assert (await (await complete(env, bad)).json())["state"] == "infected"
+    resp = await env.client.get("/v1/uploads", params={"pageSize": "5"}, headers=ALICE)
+    page = await resp.json()
+    assert [u["id"] for u in page["items"]] == [first["id"], waiting["id"]] + [
+        m["id"] for m in more
+    ]
+    rest = await env.client.get(
+        "/v1/uploads", params={"offsetKey": page["nextOffsetKey"]}, headers=ALICE
+    )
+    [last] = (await rest.json())["items"]
+    assert (last["id"], last["state"]) == (bad["id"], "infected")
+    assert "EICAR" in last["signature"]
+    pending = await env.client.get("/v1/uploads", params={"state": "pending"}, headers=ALICE)
+    assert [u["id"] for u in (await pending.json())["items"]] == [waiting["id"]] + [
+        m["id"] for m in more
+    ]
+    others = await env.client.get("/v1/uploads", headers=BOB)
+    assert (await others.json())["items"] == []  # another owner's are not theirs
+    bad_query = await env.client.get("/v1/uploads", params={"state": "done"}, headers=ALICE)
+    assert bad_query.status == 400

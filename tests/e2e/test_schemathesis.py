@@ -70,7 +70,9 @@ database = "none"
 # offsetKey and pageToken are opaque (only one the server gave out is one), `from` must be
 # before `to`, and a time next to year 1 or 9999 cannot be moved to UTC: 400.
 [[operations]]
-include-name = ["GET /v1/files", "GET /v1/search/files", "GET /v1/tags", "GET /v1/audit"]
+include-name = [
+    "GET /v1/files", "GET /v1/search/files", "GET /v1/tags", "GET /v1/audit", "GET /v1/uploads"
+]
 checks.positive_data_acceptance.expected-statuses = {[*_ACCEPTED, "400"]}
 
 # DELETE revokes: the client and its keys stay listed, `revoked` set, as the audit trail
