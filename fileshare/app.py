@@ -332,6 +332,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         url_ttl=settings.direct_url_ttl,
         put_max=settings.direct_put_max,
         part_size=settings.direct_part_size,
+        keep_failed=timedelta(seconds=settings.staging_max_age),
         max_size=settings.max_upload_size,
         clock=service.clock,
     )

@@ -111,6 +111,7 @@ class DirectUploads:
         part_size: int,
         max_size: int,
         clock: Clock,
+        keep_failed: timedelta = timedelta(days=1),
     ) -> None:
         self.pipeline = pipeline
         self.files = files
@@ -121,6 +122,8 @@ class DirectUploads:
         self.forms = storage if isinstance(storage, FormPresigner) else None
         self.sessions = storage if isinstance(storage, SessionStarter) else None
         self.part_size = part_size
+        #: How long a failed upload's staged bytes are kept (the staging max age).
+        self.keep_failed = keep_failed
         self.unscanned = unscanned_bucket
         self.url_ttl = url_ttl
         self.put_max = put_max
@@ -455,6 +458,8 @@ class DirectUploads:
     async def _set_aside(self, upload: Upload, staged: ObjectInfo) -> ObjectInfo:
         key = f"{SET_ASIDE_PREFIX}{upload.id}"
         try:
+            # An earlier attempt's copy may be there: a copy never replaces an object.
+            await self.storage.delete(self.unscanned, key)
             copy = await self.storage.begin_copy(
                 self.unscanned,
                 staged.key,
@@ -515,7 +520,7 @@ class DirectUploads:
             if upload.kind == "form":
                 await self._remove_staged(f"{SET_ASIDE_PREFIX}{upload.id}")
             if outcome.state is not UploadState.FAILED:
-                # Failed: the bytes stay for the staging lifecycle rule's time, so that
+                # Failed: the bytes stay for ``keep_failed`` (the staging max age), so that
                 # nothing a client was told was uploaded is lost to a scanner outage.
                 await self._remove_staged(upload.staging_key)
         return finished
@@ -548,7 +553,11 @@ class DirectUploads:
         async for key in self.storage.list_keys(self.unscanned, DIRECT_PREFIX):
             upload_id = key[len(DIRECT_PREFIX) :]
             upload = await index_call(self.uploads.get(upload_id))
-            if upload is None or upload.state is not UploadState.PENDING:
+            if upload is not None and upload.state is UploadState.FAILED:
+                if upload.finished is None or self.clock() - upload.finished < self.keep_failed:
+                    continue  # a failed upload's bytes stay a while (see _finish)
+                await self._remove_staged(key)
+            elif upload is None or upload.state is not UploadState.PENDING:
                 # Never handed out, or finished (a second PUT to a URL still valid).
                 await self._remove_staged(key)
             else:

@@ -187,11 +187,17 @@ class LinkService:
                 raise _busy("an upload link", busy)
             if opened is Opened.REFUSED:
                 raise errors.ContentNotAvailable("the file was not found clean")
-            await self._scan(key, resource_id, stored, event)
+            await self._scan(key, resource_id, stored, event, since=busy)
         raise errors.Conflict("the file kept changing while it was scanned; retry")
 
     async def _scan(
-        self, key: str, resource_id: str, stored: ObjectInfo, event: AuditEvent
+        self,
+        key: str,
+        resource_id: str,
+        stored: ObjectInfo,
+        event: AuditEvent,
+        *,
+        since: datetime | None,
     ) -> None:
         """Scan the object where it lies; what is not clean is deleted."""
         try:
@@ -210,9 +216,15 @@ class LinkService:
             },
         )
         now = self.clock()
-        await index_call(
-            self.links.record_scan(key, resource_id, stored.version, scan, now, verdict)
+        recorded = await index_call(
+            self.links.record_scan(
+                key, resource_id, stored.version, scan, now, verdict, since=since
+            )
         )
+        if not recorded:
+            # An upload link went out while the scan ran: these may not be the bytes there
+            # now. Neither a verdict nor a delete: the next request scans what is there.
+            raise errors.LinkBusy("the file may have changed while it was scanned; retry")
         if scan.state is not ScanState.CLEAN:
             log.warning("link.infected", signature=scan.signature)
             await self._remove(key)

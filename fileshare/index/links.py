@@ -77,7 +77,9 @@ class LinkStore:
             if row["upload_until"] and row["upload_until"] > now:
                 return Opened.BUSY, row["upload_until"]
             if row["version"] != version:
-                return Opened.UNSCANNED, None
+                # With the last upload link's expiry: the scan's verdict is recorded only
+                # if no upload link went out while it ran (``record_scan``'s ``since``).
+                return Opened.UNSCANNED, row["upload_until"]
             if row["state"] != ScanState.CLEAN.value:
                 return Opened.REFUSED, None
             current = row["download_until"]
@@ -104,13 +106,17 @@ class LinkStore:
         scan: ScanRecord,
         now: datetime,
         event: AuditEvent,
+        *,
+        since: datetime | None,
     ) -> bool:
-        """Remember the verdict on ``version``, unless an upload link went out meanwhile
-        (the verdict may be about bytes already replaced): then False."""
+        """Remember the verdict on ``version``, unless an upload link went out since the
+        scan began (``since``: the last upload link's expiry ``open_download`` saw): the
+        verdict may then be about bytes already replaced — under an equal ETag, an MD5, if
+        the partner wished — and False."""
 
         def run(conn: Connection) -> bool:
             row = _locked(conn, key)
-            if row is not None and row["upload_until"] and row["upload_until"] > now:
+            if (None if row is None else row["upload_until"]) != since:
                 return False
             values = {
                 "state": scan.state.value,

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fileshare import errors
 from fileshare.api.keys import AUDIT, DIRECT
 from fileshare.audit import Action
 from fileshare.config import ClamdAddress
@@ -592,6 +593,39 @@ async def test_early_completions_cost_no_attempt_and_a_scanner_outage_backs_off(
     assert "5 attempts" in done["detail"]
     assert await env.permanent_keys() == []
     assert await env.unscanned_keys() == [DIRECT_PREFIX + issued["id"]]  # kept, not lost
+    await direct.reconcile()  # the next round keeps them too...
+    assert await env.unscanned_keys() == [DIRECT_PREFIX + issued["id"]]
+    keep = env.settings.staging_max_age
+    direct.clock = lambda: real() + timedelta(minutes=16, seconds=keep)
+    await direct.reconcile()  # ...until the staging max age has passed
+    assert await env.unscanned_keys() == []
+
+
+async def test_a_form_upload_is_ingested_after_a_failed_attempt(env: Env) -> None:
+    """The first attempt's set-aside copy is still there when the second one runs (a
+    scanner failure patched in after the copy: a real one cannot be timed to fall there)."""
+    data = os.urandom(40_000)
+    issued = await intent(env, data, form=True)
+    assert await post_form(issued, data) in (200, 201, 204)
+    direct = env.client.app[DIRECT]
+    real_ingest = direct.pipeline.ingest_staged
+    attempts: list[int] = []
+
+    async def failing_once(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise errors.ScannerUnavailable()
+        return await real_ingest(*args, **kwargs)
+
+    direct.pipeline.ingest_staged = failing_once  # type: ignore[method-assign]
+    assert (await complete(env, issued)).status == 503
+    real = direct.clock
+    direct.clock = lambda: real() + timedelta(minutes=2)  # past the backoff
+    done = await (await complete(env, issued)).json()
+    assert (done["state"], len(attempts)) == ("clean", 2)
+    got = await env.client.get(f"/v1/files/{issued['fileId']}", headers=ALICE)
+    assert await got.read() == data
+    assert await env.unscanned_keys() == []  # neither the object nor its copy is left
 
 
 async def test_a_file_put_under_the_future_id_meanwhile_makes_the_upload_rejected(

@@ -9,12 +9,14 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 
+from fileshare.api.keys import LINKS
 from fileshare.auth.principal import Role
 from fileshare.config import JwtIssuer
 from tests.e2e.conftest import ALICE_KEY, Env
@@ -180,3 +182,56 @@ async def test_without_a_links_bucket_links_are_501(make_env: Any, idp: Idp) -> 
     env: Env = await make_env(jwt_issuers=(issuer_of(idp),))
     resp = await link(env, partner(idp), action="upload", resource_id="x", resource_name="a")
     assert resp.status == 501
+
+
+async def test_an_upload_link_issued_while_a_scan_runs_voids_its_verdict(
+    make_env: Any, idp: Idp, request: pytest.FixtureRequest
+) -> None:
+    """A scan that outlives another upload link (a long clamd wait, patched in: a real one
+    cannot be made to last on cue) must not make its verdict the new bytes': no download
+    link from it, and the next request scans what is there now."""
+    bucket = f"contracts-{uuid.uuid4().hex[:10]}"
+    request.getfixturevalue("seaweed").create_bucket(bucket)
+    env: Env = await make_env(jwt_issuers=(issuer_of(idp),), links_bucket=bucket, direct_url_ttl=2)
+    clean = b"%PDF-1.4 clean " + os.urandom(3000)
+    first = await issued(env, idp, "upload", "le-9", "c.pdf")
+    assert (await send("PUT", first["url"], first["headers"], clean))[0] == 200
+    await until_past(first["expires"])
+    service = env.client.app[LINKS]
+    real = service.pipeline.scan_stored
+    scanned, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_scan(bucket: str, stored: Any) -> Any:
+        found = await real(bucket, stored)  # the real read and verdict of the clean bytes
+        scanned.set()
+        await release.wait()
+        return found
+
+    service.pipeline.scan_stored = slow_scan  # type: ignore[method-assign]
+    download = asyncio.create_task(
+        link(env, partner(idp), action="download", resource_id="le-9", resource_name="c.pdf")
+    )
+    await asyncio.wait_for(scanned.wait(), 30)
+    second = await issued(env, idp, "upload", "le-9", "c.pdf")  # no download link is out yet
+    assert (await send("PUT", second["url"], second["headers"], b"%PDF " + EICAR))[0] == 200
+    await until_past(second["expires"])
+    release.set()
+    voided = await download
+    assert voided.status == 409
+    assert (await voided.json())["code"] == "link_busy"
+    service.pipeline.scan_stored = real  # type: ignore[method-assign]
+    again = await link(
+        env, partner(idp), action="download", resource_id="le-9", resource_name="c.pdf"
+    )
+    assert again.status == 422  # what is there now was scanned: the EICAR upload
+    assert (await again.json())["code"] == "infected"
+
+
+async def until_past(stamp: str) -> None:
+    """Poll the clock until an expiry the service gave has passed."""
+    when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    deadline = time.monotonic() + 30
+    # The answer states the expiry to the second; the index holds it to the microsecond.
+    while datetime.now(UTC) <= when + timedelta(seconds=1.1):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)  # waiting for the clock, not for another task
