@@ -27,7 +27,7 @@ async def seaweed_webhook(request: web.Request) -> web.Response:
         # Off: no token is valid (the route's existence is in the OpenAPI document anyway).
         raise errors.Unauthenticated("the webhook is off here (no FILESHARE_EVENTS_TOKEN)")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        presented.strip().encode(), expected.encode()
+        presented.strip().encode("utf-8", "surrogateescape"), expected.encode()
     ):
         raise errors.Unauthenticated("the webhook's bearer token is not valid")
     body = await read_json(request, media_types=("application/json",))

@@ -313,6 +313,7 @@ async def audited(
     wrote: list[AuditEvent] = []
 
     def run(conn: Connection) -> T:
+        wrote.clear()  # a retried transaction starts over: one row, not one per attempt
         result = fn(conn)
         if event is not None and result is not False:
             wrote.append(event)
