@@ -375,6 +375,12 @@ async def test_the_deployment_can_make_redirects_the_default(make_env: Any) -> N
 
 async def test_storage_that_cannot_sign_refuses_direct_uploads(make_env: Any) -> None:
     env: Env = await make_env(storage="local", s3_endpoint=None)
+    await assert_cannot_sign(env)
+
+
+async def assert_cannot_sign(env: Env) -> None:
+    """A store that cannot sign: no direct uploads (501), and downloads are streamed even
+    when a redirect is asked for."""
     resp = await env.client.post("/v1/uploads", json={"contentType": PDF, "size": 3}, headers=ALICE)
     assert resp.status == 501
     assert (await resp.json())["code"] == "direct_uploads_unavailable"

@@ -20,7 +20,14 @@ from fileshare.api.keys import DIRECT
 from fileshare.config import Settings
 from fileshare.storage.base import DIRECT_PREFIX, Presigner
 from tests.e2e.conftest import ALICE, Env
-from tests.e2e.test_direct_uploads import PDF, complete, curl_put, intent, status
+from tests.e2e.test_direct_uploads import (
+    PDF,
+    assert_cannot_sign,
+    complete,
+    curl_put,
+    intent,
+    status,
+)
 from tests.e2e.test_upload import EICAR
 from tests.gcs_v4 import BadSignature, ServiceAccountKey, verify
 
@@ -198,13 +205,4 @@ async def test_gcs_with_nothing_that_signs_refuses_direct_uploads(make_env: Any)
     # The emulator is anonymous: without a key file nothing signs.
     env: Env = await make_env(gcs_signing_credentials=None)
     assert not isinstance(env.storage, Presigner)
-    resp = await env.client.post("/v1/uploads", json={"contentType": PDF, "size": 3}, headers=ALICE)
-    assert resp.status == 501
-    assert (await resp.json())["code"] == "direct_uploads_unavailable"
-    up = await env.client.post("/v1/files", data=b"abc", headers=ALICE)
-    file_id = (await up.json())["id"]
-    streamed = await env.client.get(
-        f"/v1/files/{file_id}", params={"redirect": "true"}, headers=ALICE, allow_redirects=False
-    )
-    assert streamed.status == 200  # nothing to sign with: streamed
-    assert await streamed.read() == b"abc"
+    await assert_cannot_sign(env)
