@@ -19,6 +19,7 @@ S3_SCENARIOS: list[tuple[str, str]] = [
     ("f2", "(f2) (a) + (b) in lock-step, 1 MiB steps"),
     ("c", "(c)  seed: stage, read back+scan, copy"),
     ("d", "(d)  fileshare POST /v1/files"),
+    ("w", "(w)  the same, single-write promotion"),
     ("e", "(e)  fileshare re-upload (dedup)"),
     ("e2", "(e') re-upload with Content-Digest"),
 ]
@@ -28,6 +29,7 @@ GCS_SCENARIOS: list[tuple[str, str]] = [
     ("b", "clamd INSTREAM alone"),
     ("g_both", "upload + clamd at once: the limit"),
     ("d", "fileshare POST /v1/files"),
+    ("w", "the same, single-write promotion"),
     ("e", "fileshare re-upload (dedup)"),
     ("e2", "re-upload with Content-Digest"),
 ]
@@ -97,6 +99,15 @@ def summarize(results: Results, plan: Plan) -> dict[str, Any]:
         add(_ratio(f"(d)/(f) at {big}", m.get("d"), m.get("f"), 1.25, "<="))
         add(_ratio(f"(c)/(d) at {big}", m.get("c"), m.get("d"), 1.5, ">="))
         add(_ratio(f"(d)/(f2) at {big}", m.get("d"), m.get("f2"), None, "<="))
+        add(_ratio(f"(w)/(f2) at {big}", m.get("w"), m.get("f2"), 1.03, "<="))
+        add(_ratio(f"all-process CPU (w)/(f2) at {big}", *_cpu(results, big, "w", "f2"), 1.1, "<="))
+        add(
+            _ratio(f"all-process CPU (d)/(f2) at {big}", *_cpu(results, big, "d", "f2"), None, "<=")
+        )
+        for scenario in ("d", "w"):
+            per_gib = _fileshare_cpu_per_gib(results, "s3", big, scenario)
+            add(_ratio(f"fileshare CPU-s per GiB, ({scenario}) at {big}", per_gib, 1.0, 2.0, "<="))
+        add(_ratio(f"(w)/(d) at {big}", m.get("w"), m.get("d"), None, "<="))
         add(_ratio(f"(c)/(f) at {big}", m.get("c"), m.get("f"), None, ">="))
         after = _field(results, "s3", big, "b", "after_last_byte_s")
         if m.get("a") is not None and after is not None:
@@ -119,7 +130,11 @@ def summarize(results: Results, plan: Plan) -> dict[str, Any]:
         add(_ratio("concurrent uploads/s: fileshare / direct PUT", f, d, None, ">="))
         if conc.get("direct_put_and_scan"):
             p = conc["direct_put_and_scan"]["per_s"]
-            add(_ratio("concurrent uploads/s: fileshare / (PUT + scan)", f, p, None, ">="))
+            add(_ratio("concurrent uploads/s: fileshare / (PUT + scan)", f, p, 0.9, ">="))
+            if conc.get("fileshare_w"):
+                w = conc["fileshare_w"]["per_s"]
+                name = "concurrent uploads/s: single-write / (PUT + scan)"
+                add(_ratio(name, w, p, 0.9, ">="))
     gcs = med.get("gcs", {})
     for size in plan.gcs_sizes:
         label = size_label(size)
@@ -138,6 +153,8 @@ def summarize(results: Results, plan: Plan) -> dict[str, Any]:
                 "<=",
             )
         )
+        name = f"GCS {label}: single-write / (upload + clamd)"
+        add(_ratio(name, m.get("w"), m.get("g_both"), 1.1 if size == 64 * MiB else None, "<="))
         add(_ratio(f"GCS {label}: re-upload / best direct", m.get("e"), best, None, "<="))
         add(_ratio(f"GCS {label}: re-upload+digest / best direct", m.get("e2"), best, None, "<="))
     targets = [r for r in ratios if r["target"] is not None]
@@ -157,6 +174,25 @@ def summarize(results: Results, plan: Plan) -> dict[str, Any]:
     return {"medians_s": med, "targets": targets, "ratios": ratios, "rss": rss}
 
 
+def _cpu(results: Results, size: str, num: str, den: str) -> tuple[float | None, float | None]:
+    """Median all-process CPU seconds of two S3 scenarios at ``size``."""
+
+    def total(scenario: str) -> float | None:
+        runs = results.runs.get("s3", {}).get(size, {}).get(scenario, [])
+        return median([sum(r["cpu"].values()) for r in runs]) if runs else None
+
+    return total(num), total(den)
+
+
+def _fileshare_cpu_per_gib(
+    results: Results, section: str, size: str, scenario: str
+) -> float | None:
+    runs = results.runs.get(section, {}).get(size, {}).get(scenario, [])
+    if not runs:
+        return None
+    return median([r["cpu"].get("fileshare", 0.0) for r in runs]) * 1024 * MiB / _size_of(size)
+
+
 def _field(results: Results, section: str, size: str, scenario: str, name: str) -> float | None:
     runs = results.runs.get(section, {}).get(size, {}).get(scenario, [])
     values = [r[name] for r in runs if r.get(name) is not None]
@@ -169,7 +205,7 @@ def _rss(results: Results, plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {"limit_bytes": limit}
     for section, sizes in results.runs.items():
         for size, scenarios in sizes.items():
-            for scenario in ("d", "e"):
+            for scenario in ("d", "w", "e"):
                 growths = [
                     r["rss_growth"]
                     for r in scenarios.get(scenario, [])
@@ -258,14 +294,15 @@ def _breakdown(section: str, by_size: dict[str, dict[str, list[dict[str, Any]]]]
             parts.append(
                 "seed: " + " + ".join(f"{s[:-2]} {median([r[s] for r in runs]):.3f}" for s in steps)
             )
-        if runs := scenarios.get("d"):
-            st = runs[0]["server_stages"].keys()
-            parts.append(
-                "fileshare server: "
-                + ", ".join(
-                    f"{k[:-2]} {median([r['server_stages'][k] for r in runs]):.3f}" for k in st
+        for key, who in (("d", "fileshare server"), ("w", "single-write server")):
+            if runs := scenarios.get(key):
+                st = runs[0]["server_stages"].keys()
+                parts.append(
+                    f"{who}: "
+                    + ", ".join(
+                        f"{k[:-2]} {median([r['server_stages'][k] for r in runs]):.3f}" for k in st
+                    )
                 )
-            )
         for key in ("e", "e2"):
             if runs := scenarios.get(key):
                 scanned = sum(1 for r in runs if r.get("scanned"))
@@ -310,6 +347,7 @@ def render(results: Results, plan: Plan) -> str:
             ("direct_put", "direct PutObject"),
             ("direct_put_and_scan", "direct PutObject + clamd INSTREAM"),
             ("fileshare", "fileshare POST /v1/files"),
+            ("fileshare_w", "the same, single-write promotion"),
         ):
             if key in conc:
                 c = conc[key]

@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -166,6 +167,21 @@ def _run(seconds: float, cpu: dict[str, float], **extra: Any) -> dict[str, Any]:
     return {"seconds": round(seconds, 4), "cpu": cpu, **extra}
 
 
+@dataclass
+class Served:
+    """The single-write fileshare (``FILESHARE_PROMOTION=single-write``) beside the default
+    one: its client, its pid, and a timer that counts its CPU as "fileshare"."""
+
+    client: FileshareClient
+    pid: int
+    timer: Timer
+
+
+def _served(base: Mapping[str, int], fs: FileshareServer, http: aiohttp.ClientSession) -> Served:
+    pids = {**base, "fileshare": fs.pid}
+    return Served(FileshareClient(http, fs.url, API_KEY), fs.pid, Timer(CpuMeter(pids)))
+
+
 # ------------------------------------------------------------------------------- S3
 
 
@@ -178,6 +194,8 @@ class S3Context:
     fileshare: FileshareClient
     fileshare_pid: int
     timer: Timer
+    #: None: no single-write server in this run (bench.direct reuses the context).
+    single_write: Served | None = None
     direct_bucket: str = "bench-direct"
     seed_unscanned: str = "bench-seed-unscanned"
     seed_permanent: str = "bench-seed-permanent"
@@ -291,10 +309,40 @@ async def fileshare_upload_and_again(
     size: int,
     record: bool,
 ) -> None:
-    """(d) a fresh upload, (e) the same bytes again, (e2) again with Content-Digest."""
+    """(d) a fresh upload, (e) the same bytes again, (e2) again with Content-Digest; (w) a
+    fresh upload to the single-write server. Single-write's dedup paths are the default's
+    (the same pipeline up to the verdict), so they are not timed twice."""
+    copy = Served(ctx.fileshare, ctx.fileshare_pid, ctx.timer)
+    ids = await _fileshare_runs(
+        ctx.results,
+        copy,
+        section,
+        size,
+        record,
+        [("d", 201, False), ("e", 200, False), ("e2", 200, True)],
+    )
+    for file_id in ids:  # physically: the next run's bytes are fresh anyway
+        await ctx.fileshare.delete(file_id)
+    if (single := ctx.single_write) is not None:
+        for file_id in await _fileshare_runs(
+            ctx.results, single, section, size, record, [("w", 201, False)]
+        ):
+            await single.client.delete(file_id)
+
+
+async def _fileshare_runs(
+    results: Results,
+    served: Served,
+    section: str,
+    size: int,
+    record: bool,
+    steps: list[tuple[str, int, bool]],
+) -> set[str]:
+    """The same fresh bytes uploaded once per step (scenario, expected status, send the
+    digest), each timed with its server's stage metrics; returns the record ids."""
     data = fresh(size)
     sha = hashlib.sha256(data)
-    fs, pid = ctx.fileshare, ctx.fileshare_pid
+    fs, pid = served.client, served.pid
     stage_sums = [stage_key("sum", s) for s in STAGES]
     scanned_key = stage_key("count", "verdict_wait")
     ids: set[str] = set()
@@ -303,7 +351,7 @@ async def fileshare_upload_and_again(
         before = await fs.metrics()
         rss_before = rss_bytes(pid)
         hwm_reset = reset_hwm(pid)
-        (status, body), seconds, cpu = await ctx.timer(fs.upload(data, sha256=digest))
+        (status, body), seconds, cpu = await served.timer(fs.upload(data, sha256=digest))
         growth = hwm_bytes(pid) - rss_before if hwm_reset else None
         after = await fs.metrics()
         if status != expect or body.get("sha256") != sha.hexdigest():
@@ -325,13 +373,11 @@ async def fileshare_upload_and_again(
                 rss_growth=growth,
                 server_stages=stages,
             )
-            ctx.results.add(section, size, scenario, run)
+            results.add(section, size, scenario, run)
 
-    await one("d", 201, None)
-    await one("e", 200, None)
-    await one("e2", 200, sha.digest())
-    for file_id in ids:  # physically: the next run's bytes are fresh anyway
-        await fs.delete(file_id)
+    for scenario, expect, with_digest in steps:
+        await one(scenario, expect, sha.digest() if with_digest else None)
+    return ids
 
 
 async def s3_concurrency(ctx: S3Context) -> None:
@@ -359,29 +405,45 @@ async def s3_concurrency(ctx: S3Context) -> None:
     await measure("direct_put_and_scan", put_and_scan)
     await bounded(n, workers, lambda i: ctx.direct.delete(ctx.direct_bucket, keys[i]))
 
-    blobs = [fresh(size) for _ in range(n)]
     statuses: list[int] = []
-
     ids: list[str] = []
 
-    async def upload(i: int) -> None:
-        status, body = await ctx.fileshare.upload(blobs[i])
+    async def upload(served: Served, i: int) -> None:
+        status, body = await served.client.upload(blobs[i])
         statuses.append(status)
         ids.append(body["id"])
 
-    rss_before = rss_bytes(ctx.fileshare_pid)
-    hwm_reset = reset_hwm(ctx.fileshare_pid)
-    await measure("fileshare", upload)
-    if hwm_reset:
-        out["fileshare"]["rss_growth"] = hwm_bytes(ctx.fileshare_pid) - rss_before
-    if statuses.count(201) != n:
-        raise RuntimeError(f"concurrent fileshare uploads answered {sorted(set(statuses))}")
-    await bounded(n, workers, lambda i: ctx.fileshare.delete(ids[i]))
+    servers = [("fileshare", Served(ctx.fileshare, ctx.fileshare_pid, ctx.timer))]
+    if ctx.single_write is not None:
+        servers.append(("fileshare_w", ctx.single_write))
+    for name, served in servers:
+        blobs = [fresh(size) for _ in range(n)]
+        statuses.clear()
+        ids.clear()
+        rss_before = rss_bytes(served.pid)
+        hwm_reset = reset_hwm(served.pid)
+        seconds, _, cpu = await served.timer(bounded(n, workers, partial(upload, served)))
+        out[name] = {"seconds": round(seconds, 3), "per_s": round(n / seconds, 1), "cpu": cpu}
+        progress(f"  concurrency {name}: {n / seconds:.1f}/s")
+        if hwm_reset:
+            out[name]["rss_growth"] = hwm_bytes(served.pid) - rss_before
+        if statuses.count(201) != n:
+            raise RuntimeError(f"concurrent {name} uploads answered {sorted(set(statuses))}")
+        await bounded(n, workers, partial(_delete, served.client, ids))
     ctx.results.concurrency = out
 
 
+async def _delete(client: FileshareClient, ids: list[str], i: int) -> None:
+    await client.delete(ids[i])
+
+
 async def run_s3(
-    plan: Plan, results: Results, clamd: Clamd, seaweed: SeaweedS3, fs: FileshareServer
+    plan: Plan,
+    results: Results,
+    clamd: Clamd,
+    seaweed: SeaweedS3,
+    fs: FileshareServer,
+    fs_w: FileshareServer,
 ) -> None:
     config = AioConfig(
         region_name=seaweed.region,
@@ -412,6 +474,7 @@ async def run_s3(
             "clamd": clamd.pid,
         }
         ctx = S3Context(
+            single_write=_served(pids, fs_w, http),
             plan=plan,
             results=results,
             direct=S3Direct(s3, part_size=plan.part_size, parts_in_flight=plan.parts_in_flight),
@@ -487,6 +550,8 @@ class GcsContext:
     fileshare: FileshareClient
     fileshare_pid: int
     timer: Timer
+    #: None: no single-write server in this run (bench.direct reuses the context).
+    single_write: Served | None = None
     direct_bucket: str = "bench-direct"
     fs_unscanned: str = "fs-unscanned"
     fs_permanent: str = "fs-permanent"
@@ -524,12 +589,18 @@ async def gcs_both(ctx: GcsContext, size: int, record: bool) -> None:
 
 
 async def run_gcs(
-    plan: Plan, results: Results, clamd: Clamd, gcs: FakeGcs, fs: FileshareServer
+    plan: Plan,
+    results: Results,
+    clamd: Clamd,
+    gcs: FakeGcs,
+    fs: FileshareServer,
+    fs_w: FileshareServer,
 ) -> None:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=OP_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         pids = {"bench": os.getpid(), "fileshare": fs.pid, "fake-gcs": gcs.pid, "clamd": clamd.pid}
         ctx = GcsContext(
+            single_write=_served(pids, fs_w, http),
             plan=plan,
             results=results,
             direct=GcsDirect(http, gcs.endpoint, part_size=plan.part_size),
@@ -594,6 +665,15 @@ def _fileshare_settings(buckets: tuple[str, str], clamd: Clamd) -> dict[str, str
         "FILESHARE_API_KEYS": f"{API_PRINCIPAL}:{API_KEY}",
         "FILESHARE_CLAMD_VERDICT_TIMEOUT": str(OP_TIMEOUT),
         "FILESHARE_CLAMD_MAX_SCANS": str(CLAMD_MAX_SCANS),
+    }
+
+
+def _single_write(settings: dict[str, str]) -> dict[str, str]:
+    """The same server with single-write promotion, on buckets of its own."""
+    return settings | {
+        "FILESHARE_PROMOTION": "single-write",
+        "FILESHARE_UNSCANNED_BUCKET": "fs-w-unscanned",
+        "FILESHARE_PERMANENT_BUCKET": "fs-w-permanent",
     }
 
 
@@ -699,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
                         "bench-seed-permanent",
                         "fs-unscanned",
                         "fs-permanent",
+                        "fs-w-unscanned",
+                        "fs-w-permanent",
                     ):
                         seaweed.create_bucket(bucket)
                     settings = _fileshare_settings(("fs-unscanned", "fs-permanent"), clamd)
@@ -709,12 +791,24 @@ def main(argv: list[str] | None = None) -> int:
                         "FILESHARE_S3_ACCESS_KEY": seaweed.access_key,
                         "FILESHARE_S3_SECRET_KEY": seaweed.secret_key,
                     }
-                    with FileshareServer("s3", settings) as fs:
-                        _section(run_s3(plan, results, clamd, seaweed, fs), [clamd, seaweed, fs])
+                    with (
+                        FileshareServer("s3", settings) as fs,
+                        FileshareServer("s3-w", _single_write(settings)) as fs_w,
+                    ):
+                        _section(
+                            run_s3(plan, results, clamd, seaweed, fs, fs_w),
+                            [clamd, seaweed, fs, fs_w],
+                        )
             if not args.no_gcs:
                 progress("starting fake-gcs-server and fileshare (gcs)...")
                 with FakeGcs() as gcs:
-                    for bucket in ("bench-direct", "fs-unscanned", "fs-permanent"):
+                    for bucket in (
+                        "bench-direct",
+                        "fs-unscanned",
+                        "fs-permanent",
+                        "fs-w-unscanned",
+                        "fs-w-permanent",
+                    ):
                         gcs.create_bucket(bucket)
                     settings = _fileshare_settings(("fs-unscanned", "fs-permanent"), clamd)
                     settings |= {
@@ -722,8 +816,13 @@ def main(argv: list[str] | None = None) -> int:
                         "FILESHARE_GCS_ENDPOINT": gcs.endpoint,
                         "FILESHARE_GCS_PROJECT": gcs.project,
                     }
-                    with FileshareServer("gcs", settings) as fs:
-                        _section(run_gcs(plan, results, clamd, gcs, fs), [clamd, gcs, fs])
+                    with (
+                        FileshareServer("gcs", settings) as fs,
+                        FileshareServer("gcs-w", _single_write(settings)) as fs_w,
+                    ):
+                        _section(
+                            run_gcs(plan, results, clamd, gcs, fs, fs_w), [clamd, gcs, fs, fs_w]
+                        )
     except KeyboardInterrupt:
         progress("interrupted: servers stopped; writing what was measured")
         results.meta["interrupted"] = True

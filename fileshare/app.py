@@ -313,6 +313,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         per_upload_memory=settings.per_upload_memory,
         budget_wait=settings.budget_wait,
         metrics=app[METRICS],
+        single_write=settings.promotion == "single-write",
     )
     service = app[SERVICE] = FileService(
         pipeline=pipeline,

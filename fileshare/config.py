@@ -42,6 +42,7 @@ GCS_CHUNK_QUANTUM = 256 * 1024
 
 StorageKind = Literal["local", "s3", "gcs"]
 LogFormat = Literal["json", "console"]
+PromotionKind = Literal["copy", "single-write"]
 
 
 class ConfigError(ValueError):
@@ -169,6 +170,11 @@ class Settings:
     s3_bucket_key: bool = True
     part_size: int = 8 * MiB
     parts_in_flight: int = 2
+    #: How a clean upload reaches the permanent bucket. ``copy``: streamed into the
+    #: unscanned bucket, then copied server-side (the design card's flow, auditable);
+    #: ``single-write``: streamed into an upload the store keeps invisible under the
+    #: permanent key, completed on a clean verdict (every byte written once).
+    promotion: PromotionKind = "copy"
     storage_timeout: float = 60.0
     #: How often objects whose deletion failed are removed again (seconds).
     sweep_interval: float = 300.0
@@ -253,6 +259,10 @@ class Settings:
     def validate(self) -> None:
         if self.storage not in ("local", "s3", "gcs"):
             raise ConfigError(f"FILESHARE_STORAGE must be local, s3 or gcs, not {self.storage!r}")
+        if self.promotion not in ("copy", "single-write"):
+            raise ConfigError(
+                f"FILESHARE_PROMOTION must be copy or single-write, not {self.promotion!r}"
+            )
         if self.unscanned_bucket == self.permanent_bucket:
             raise ConfigError("the unscanned and permanent buckets must differ")
         for variable, name in (
@@ -638,6 +648,7 @@ def _parse_bool(value: str, name: str) -> bool:
 #: Every setting's variable (without ``FILESHARE_``), by how its value is parsed.
 _STRINGS = {
     "STORAGE": "storage",
+    "PROMOTION": "promotion",
     "UNSCANNED_BUCKET": "unscanned_bucket",
     "PERMANENT_BUCKET": "permanent_bucket",
     "S3_ENDPOINT": "s3_endpoint",

@@ -52,6 +52,16 @@ def new_object_key(sha256_hex: str) -> str:
     return f"{legacy_key(sha256_hex)}.{uuid.uuid4().hex[:16]}"
 
 
+#: Where single-write promotion puts objects (``new_upload_key``).
+UPLOAD_KEY_PREFIX = "objects/"
+
+
+def new_upload_key() -> str:
+    """A fresh permanent key for an upload streamed under it before its hash is known
+    (``FILESHARE_PROMOTION=single-write``). Never reused, like ``new_object_key``."""
+    return f"{UPLOAD_KEY_PREFIX}{uuid.uuid4().hex}"
+
+
 @dataclass(frozen=True)
 class ScanRecord:
     """What the scanner said about some bytes, and with which signatures."""

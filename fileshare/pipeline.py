@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,10 +35,10 @@ from fileshare.audit import Action, AuditEvent, Result
 from fileshare.boundary import domain_error, index_call, storage_call
 from fileshare.budget import MemoryBudget
 from fileshare.metrics import Metrics
-from fileshare.models import Content, ScanRecord, ScanState, new_object_key
+from fileshare.models import Content, ScanRecord, ScanState, new_object_key, new_upload_key
 from fileshare.scan.base import ScanError, Scanner, ScannerBusy, ScanSession, ScanSizeExceeded
 from fileshare.storage.base import STAGING_PREFIX, ObjectInfo, Storage, StorageError, Writer
-from fileshare.storage.promotion import Location, Promotion
+from fileshare.storage.promotion import CopyPromotion, Location, Promotion, SealedPromotion
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +130,7 @@ class Pipeline:
         per_upload_memory: int,
         budget_wait: float,
         metrics: Metrics,
+        single_write: bool = False,
     ) -> None:
         self.storage = storage
         self.scanner = scanner
@@ -140,7 +142,14 @@ class Pipeline:
         self.per_upload_memory = per_upload_memory
         self.budget_wait = budget_wait
         self.metrics = metrics
+        #: ``FILESHARE_PROMOTION=single-write``: bodies are streamed under the permanent
+        #: key (``SealedPromotion``), not into the unscanned bucket.
+        self.single_write = single_write
         self._cleanups: set[asyncio.Future[None]] = set()
+        #: Uploads in progress (``seal_small``).
+        self.active = 0
+        #: See ``seal_small``; a test may lower it.
+        self.seal_small_up_to = os.cpu_count() or 1
 
     async def ingest(
         self,
@@ -206,11 +215,20 @@ class Pipeline:
             finally:
                 await asyncio.shield(upload.cleanup())
 
+    def seal_small(self) -> bool:
+        """Whether a body that fits in memory is sealed inside the scan window (see
+        ``storage.promotion``). Only while no more uploads are in progress than there are
+        CPUs: then latency is what counts and the two extra store requests are free
+        (bench, 2 cores, 1 MiB: 40 -> 33 ms alone); under load they cost throughput
+        (16 clients: 46 -> 43 uploads/s), and the bytes are written after the verdict."""
+        return self.active <= self.seal_small_up_to
+
     async def _run(
         self, upload: _Upload, work: Callable[[], Awaitable[IngestResult]]
     ) -> IngestResult:
         async with self.budget.reserve(self.per_upload_memory, wait=self.budget_wait):
             self.metrics.inflight.inc()
+            self.active += 1
             try:
                 result = await work()
             except errors.FileshareError as exc:
@@ -221,6 +239,7 @@ class Pipeline:
                 raise
             finally:
                 self.metrics.inflight.dec()
+                self.active -= 1
                 # Shielded, and tracked: a cancelled request (shutdown) must still clean
                 # up, and shutdown waits for that before it closes the storage client.
                 cleanup = asyncio.ensure_future(upload.cleanup())
@@ -266,6 +285,8 @@ class _Upload:
         self.audit = audit
         self.staging_key = staging_key or f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.writer: Writer | None = None
+        #: The permanent key the writer streams under (single-write), else None.
+        self.sealed_key: str | None = None
         self.scan: ScanSession | None = None
         self.promotion: Promotion | None = None
         self.log = log.bind(staging_key=self.staging_key)
@@ -287,9 +308,15 @@ class _Upload:
                 self.log.info("upload.duplicate", sha256=digest.sha256, verified_only=True)
                 return IngestResult(held, duplicate=True)
         self.scan = await self._open_scan()
+        if p.single_write:
+            # The key is chosen before the bytes are known, so it cannot be named after
+            # their hash; the index maps hash to key either way.
+            self.sealed_key = new_upload_key()
+            bucket, key = p.permanent, self.sealed_key
+        else:
+            bucket, key = p.unscanned, self.staging_key
         self.writer = await storage_call(
-            "open_writer",
-            p.storage.open_writer(p.unscanned, self.staging_key, content_type=self.content_type),
+            "open_writer", p.storage.open_writer(bucket, key, content_type=self.content_type)
         )
         digest = await self._receive(chunks, declared_size, (self.writer.write, self.scan.feed))
         if expected_sha256 is not None:
@@ -328,7 +355,7 @@ class _Upload:
         # One index call: held already (a dedup hit), or the key to promote under is listed
         # before the object exists, so that no crash or failed commit between promotion
         # and the index can leave an object nothing knows of.
-        key = new_object_key(digest.sha256)
+        key = self.sealed_key or new_object_key(digest.sha256)
         until = datetime.now(UTC) + PROMOTION_GRACE
         held = await index_call(p.catalog.claim(digest.sha256, key, until))
         if held is not None:
@@ -338,16 +365,7 @@ class _Upload:
 
         verdict_task = asyncio.create_task(self._verdict())
         try:
-            self.promotion = Promotion(
-                p.storage,
-                self.writer,
-                staged_version=staged_version,
-                staging=Location(p.unscanned, self.staging_key),
-                target=Location(p.permanent, key),
-                size=digest.size,
-                content_type=self.content_type,
-                metadata=_metadata(digest),
-            )
+            self.promotion = self._promotion(digest, key, staged_version)
             await storage_call("prepare_promotion", self.promotion.prepare())
             scan = await verdict_task
         finally:
@@ -365,6 +383,23 @@ class _Upload:
         p.metrics.observe_stage("promote", time.perf_counter() - promote_started)
         self.log.info("file.promoted", key=key)
         return IngestResult(replace(digest, key=key, scan=scan), duplicate=False)
+
+    def _promotion(self, digest: Content, key: str, staged_version: str | None) -> Promotion:
+        p = self.p
+        if self.sealed_key is not None:
+            assert self.writer is not None
+            return SealedPromotion(self.writer, seal_small=p.seal_small())
+        return CopyPromotion(
+            p.storage,
+            self.writer,
+            staged_version=staged_version,
+            staging=Location(p.unscanned, self.staging_key),
+            target=Location(p.permanent, key),
+            size=digest.size,
+            content_type=self.content_type,
+            metadata=_metadata(digest),
+            seal_small=p.seal_small(),
+        )
 
     async def _remember(self, content: Content, *, released: str) -> None:
         """Record a verdict that is not clean; the upload is refused whatever happens."""

@@ -1,8 +1,9 @@
 """Crash recovery: what an upload that never finished left in the stores.
 
 An upload cut short by SIGKILL, an OOM kill or a node loss has no ``finally`` that runs: its
-staging object, its S3 multipart upload (staging, or the promotion copy being assembled under
-the permanent key) or its local partial write stays behind. The sweeper removes them once
+staging object, its S3 multipart upload (staging, the promotion copy being assembled under
+the permanent key, or a single-write upload under it) or its local partial write stays
+behind. The sweeper removes them once
 they are older than ``FILESHARE_STAGING_MAX_AGE`` — longer than any upload may take, so a
 write in progress on another replica is never touched. Keys are fileshare's own and never
 reused, so two replicas sweeping at once only repeat each other's deletes. (The lifecycle
@@ -20,12 +21,14 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from fileshare.models import UPLOAD_KEY_PREFIX
 from fileshare.storage.base import DIRECT_PREFIX, STAGING_PREFIX, Storage, StorageError
 
 log = structlog.get_logger(__name__)
 
-#: Where promotions assemble their copies (content keys ``sha256/ab/cd/<hex>``).
-CONTENT_PREFIX = "sha256/"
+#: Where promotions assemble their copies (content keys ``sha256/ab/cd/<hex>``), and where
+#: single-write promotion streams its uploads (``objects/<id>``).
+PERMANENT_PREFIXES = ("sha256/", UPLOAD_KEY_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class StagingSweeper:
                 continue
             objects += 1
         uploads = await self.storage.abort_stale_uploads(self.unscanned, STAGING_PREFIX, before)
-        uploads += await self.storage.abort_stale_uploads(self.permanent, CONTENT_PREFIX, before)
+        for prefix in PERMANENT_PREFIXES:
+            uploads += await self.storage.abort_stale_uploads(self.permanent, prefix, before)
         if objects or uploads:
             log.info("recovery.swept", staging_objects=objects, unfinished_uploads=uploads)
         return Swept(objects, uploads)

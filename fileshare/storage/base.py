@@ -64,6 +64,15 @@ class Writer(Protocol):
         """Everything written so far, if it is all still in memory (nothing sent to the
         backend yet); otherwise ``None``. Lets small uploads skip staging."""
 
+    async def seal(self) -> None:
+        """Send what is written, leaving only the step that makes the object visible to
+        ``commit``: S3 completes its multipart upload, GCS sends the last piece of its
+        resumable session (held back: under 256 KiB, or nothing for a body that small,
+        which ``commit`` writes in one request), the local store renames its hidden file.
+        Until then the object cannot be read, listed or completed by anyone without the
+        writer (single-write promotion seals inside the scan window and commits on a clean
+        verdict). No ``write`` may follow. Raises ``StorageError``; then only ``abort``."""
+
     async def commit(self) -> ObjectInfo:
         """Make the object visible under its key and return its info."""
 

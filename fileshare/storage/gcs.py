@@ -850,10 +850,10 @@ class GcsWriter:
         self._session: URL | None = None
         self._sent = 0  # bytes GCS has acknowledged
         self._inflight: asyncio.Task[None] | None = None
-        self._state = "open"  # open | committed | failed | aborted
+        self._state = "open"  # open | sealed | committed | failed | aborted
 
-    def _check_open(self) -> None:
-        if self._state != "open":
+    def _check_open(self, *allowed: str) -> None:
+        if self._state not in (allowed or ("open",)):
             raise StorageError(f"{self._what}: writer is {self._state}")
 
     async def write(self, chunk: bytes) -> None:
@@ -877,8 +877,30 @@ class GcsWriter:
             return None
         return bytes(self._buf)
 
-    async def commit(self) -> ObjectInfo:
+    async def seal(self) -> None:
         self._check_open()
+        try:
+            await self._wait_inflight()
+            # A middle chunk is a multiple of 256 KiB and the last one may not be empty
+            # (an empty final PUT is not something every emulator finalises): keep back
+            # the tail, or one quantum when the body ends on a boundary.
+            keep = len(self._buf) % CHUNK_QUANTUM or min(len(self._buf), CHUNK_QUANTUM)
+            send = len(self._buf) - keep
+            if send:
+                if self._session is None:
+                    self._session = await self._storage._start_session(
+                        self._bucket, self._key, self._content_type, self._metadata
+                    )
+                data, self._buf = self._buf, bytearray(self._buf[send:])
+                del data[send:]  # the tail was copied: at most one quantum
+                await self._put_part(data)
+        except BaseException:
+            await self._failed()
+            raise
+        self._state = "sealed"
+
+    async def commit(self) -> ObjectInfo:
+        self._check_open("open", "sealed")
         try:
             if self._session is None:
                 info = await self._storage._multipart_upload(

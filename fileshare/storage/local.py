@@ -275,6 +275,7 @@ class LocalWriter:
         self._flushed = False
         self._size = 0
         self._failed = False
+        self._sealed = False
         self._committed = False
         self._what = f"write {target.bucket}/{target.key}"
 
@@ -292,18 +293,30 @@ class LocalWriter:
             return None
         return b"".join(self._buf)
 
-    async def commit(self) -> ObjectInfo:
+    async def seal(self) -> None:
         self._check_open()
+        staged = self._staged
+        assert staged is not None
+        data, self._buf, self._buffered = self._buf, [], 0
+        try:
+            await _run(_write_out, staged, data, what=self._what)
+        except BaseException:
+            self._failed = True
+            raise
+        self._sealed = True
+
+    async def commit(self) -> ObjectInfo:
+        if not self._sealed:
+            self._check_open()
+        elif self._staged is None or self._failed or self._committed:
+            raise StorageError(f"{self._what}: the writer is closed")
         staged = self._staged
         assert staged is not None
         data, self._buf, self._buffered = self._buf, [], 0
 
         def finish() -> ObjectInfo:
-            f = staged.open_file()
-            f.writelines(data)
-            f.flush()
-            os.fsync(f.fileno())
-            staged.close_file()
+            if not self._sealed:
+                _write_out(staged, data)
             return self._target.publish(staged, self._meta, self._size, replace=True)
 
         try:
@@ -326,7 +339,7 @@ class LocalWriter:
             log.warning("storage.abort_failed", what=self._what, error=str(exc))
 
     def _check_open(self) -> None:
-        if self._staged is None or self._failed or self._committed:
+        if self._staged is None or self._failed or self._committed or self._sealed:
             raise StorageError(f"{self._what}: the writer is closed")
 
     async def _flush(self) -> None:
@@ -343,6 +356,15 @@ class LocalWriter:
         except BaseException:
             self._failed = True
             raise
+
+
+def _write_out(staged: _Staged, data: list[bytes]) -> None:
+    """The last writes, made durable: after it, publishing is only a rename."""
+    f = staged.open_file()
+    f.writelines(data)
+    f.flush()
+    os.fsync(f.fileno())
+    staged.close_file()
 
 
 class LocalPendingCopy:

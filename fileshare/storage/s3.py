@@ -27,10 +27,12 @@ already there?" check would fail as a StorageError instead of ObjectNotFound.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import math
 import secrets
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AsyncExitStack
@@ -548,7 +550,7 @@ class S3Writer:
         self._in_flight: deque[asyncio.Task[CompletedPartTypeDef]] = deque()
         self._parts: list[CompletedPartTypeDef] = []
         self._next_part = 1
-        self._state: Literal["open", "failed", "committed", "aborted"] = "open"
+        self._state: Literal["open", "sealed", "failed", "committed", "aborted"] = "open"
 
     async def write(self, chunk: bytes) -> None:
         self._check_open()
@@ -568,8 +570,22 @@ class S3Writer:
             return None
         return self._buf.peek()
 
-    async def commit(self) -> ObjectInfo:
+    async def seal(self) -> None:
         self._check_open()
+        try:
+            # Even a body under one part goes up as the (only, last) part of a multipart
+            # upload: then nothing is left to send after the verdict but the completion.
+            # An empty one stays a PutObject (commit); a part of nothing is not a part.
+            if self._buf.size or self._create is not None:
+                await self._send(self._buf.take(self._buf.size))
+            await self._drain()
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._state = "sealed"
+
+    async def commit(self) -> ObjectInfo:
+        self._check_open("open", "sealed")
         try:
             if self._create is None:
                 # Everything is still in memory: one PutObject.
@@ -586,10 +602,7 @@ class S3Writer:
             else:
                 if self._buf.size:
                     await self._send(self._buf.take(self._buf.size))
-                while self._in_flight:
-                    # Await in order; on failure the rest are cancelled by abort.
-                    self._parts.append(await self._in_flight[0])
-                    self._in_flight.popleft()
+                await self._drain()
                 upload_id = await self._create
                 with translate(self._what):
                     done = await self._s._client.complete_multipart_upload(
@@ -629,11 +642,17 @@ class S3Writer:
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._state != "open":
+    def _check_open(self, *allowed: str) -> None:
+        if self._state not in (allowed or ("open",)):
             raise StorageError(f"{self._what}: the writer is {self._state}")
 
-    async def _send(self, part: io.BytesIO) -> None:
+    async def _drain(self) -> None:
+        while self._in_flight:
+            # Await in order; on failure the rest are cancelled by abort.
+            self._parts.append(await self._in_flight[0])
+            self._in_flight.popleft()
+
+    async def _send(self, part: list[bytes | memoryview]) -> None:
         """Start uploading ``part``, after waiting for room among the parts in flight."""
         if self._create is None:
             self._create = asyncio.create_task(self._create_upload())
@@ -667,16 +686,19 @@ class S3Writer:
         return resp["UploadId"]
 
     async def _upload_part(
-        self, upload_id: str, number: int, data: io.BytesIO
+        self, upload_id: str, number: int, pieces: list[bytes | memoryview]
     ) -> CompletedPartTypeDef:
+        body, crc32 = await asyncio.to_thread(_assemble, pieces)
+        del pieces  # the part is held once, by the body
         with translate(f"{self._what} (part {number})"):
             resp = await self._s._client.upload_part(
                 Bucket=self._bucket,
                 Key=self._key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=data,
+                Body=body,
                 ChecksumAlgorithm="CRC32",
+                ChecksumCRC32=crc32,
             )
         part: CompletedPartTypeDef = {"PartNumber": number, "ETag": resp["ETag"]}
         if resp.get("ChecksumCRC32"):
@@ -833,26 +855,22 @@ class _PartBuffer:
             self._pieces.append(chunk)
             self.size += len(chunk)
 
-    def take(self, n: int) -> io.BytesIO:
-        """Remove and return the first ``n`` bytes (``n <= size``) as a body for botocore.
-
-        A BytesIO we fill ourselves, not ``bytes``: botocore would wrap bytes in a BytesIO
-        sharing their buffer, and aiohttp's ``getbuffer()`` on that forces a private copy,
-        holding every part in flight twice."""
-        out = io.BytesIO()
+    def take(self, n: int) -> list[bytes | memoryview]:
+        """Remove and return the first ``n`` bytes (``n <= size``), still by reference
+        (``_assemble`` joins them off the event loop)."""
+        out: list[bytes | memoryview] = []
         need = n
         while need:
             piece = self._pieces[0]
             if len(piece) <= need:
-                out.write(self._pieces.popleft())
+                out.append(self._pieces.popleft())
                 need -= len(piece)
             else:
                 view = memoryview(piece)
-                out.write(view[:need])
+                out.append(view[:need])
                 self._pieces[0] = view[need:]
                 need = 0
         self.size -= n
-        out.seek(0)
         return out
 
     def peek(self) -> bytes:
@@ -861,6 +879,22 @@ class _PartBuffer:
     def clear(self) -> None:
         self._pieces.clear()
         self.size = 0
+
+
+def _assemble(pieces: list[bytes | memoryview]) -> tuple[io.BytesIO, str]:
+    """One part's body and its CRC32 (base64), in a worker thread: given the checksum,
+    botocore does not compute it on the event loop, and zlib releases the GIL.
+
+    A BytesIO we fill ourselves, not ``bytes``: botocore would wrap bytes in a BytesIO
+    sharing their buffer, and aiohttp's ``getbuffer()`` on that forces a private copy,
+    holding every part in flight twice."""
+    out = io.BytesIO()
+    crc = 0
+    for piece in pieces:
+        out.write(piece)
+        crc = zlib.crc32(piece, crc)
+    out.seek(0)
+    return out, base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
 async def _cancel_and_reap(tasks: Iterable[asyncio.Task[CompletedPartTypeDef]]) -> None:

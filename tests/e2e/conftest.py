@@ -16,6 +16,7 @@ from pytest_aiohttp import AiohttpClient
 
 from fileshare.app import STORAGE, create_app
 from fileshare.config import MiB, Settings
+from fileshare.models import UPLOAD_KEY_PREFIX
 from fileshare.storage.base import Storage
 from tests.e2e.openapi_check import Contracts, ValidatingClient, check_response
 
@@ -44,8 +45,11 @@ class Env:
         return [k async for k in self.storage.list_keys(bucket)]
 
     async def permanent_keys(self) -> list[str]:
+        """Content objects: ``sha256/...`` (copy promotion), ``objects/...`` (single-write)."""
         return [
-            k for k in await self.keys(self.settings.permanent_bucket) if k.startswith("sha256/")
+            k
+            for k in await self.keys(self.settings.permanent_bucket)
+            if k.startswith(("sha256/", UPLOAD_KEY_PREFIX))
         ]
 
     async def unscanned_keys(self) -> list[str]:

@@ -1,6 +1,7 @@
 """Crash recovery (issue 14): a ``fileshare serve`` killed with SIGKILL in the middle of an
-upload leaves an S3 multipart upload in the staging bucket; the next process's sweeper
-aborts it once it is older than ``FILESHARE_STAGING_MAX_AGE``, and nothing is left."""
+upload leaves an S3 multipart upload in the staging bucket (or, with single-write
+promotion, under the permanent key: never an object); the next process's sweeper aborts it
+once it is older than ``FILESHARE_STAGING_MAX_AGE``, and nothing is left."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.e2e.conftest import ALICE_KEY
 from tests.e2e.hostile import start_live
@@ -25,8 +28,9 @@ def _poll(check: Callable[[], bool], what: str, limit: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("promotion", ["copy", "single-write"])
 def test_sigkill_mid_upload_then_restart_leaves_nothing(
-    tmp_path: Path, clamd: Any, seaweed: SeaweedS3
+    tmp_path: Path, clamd: Any, seaweed: SeaweedS3, promotion: str
 ) -> None:
     tag = uuid.uuid4().hex[:10]
     unscanned, permanent = f"crash-u-{tag}", f"crash-p-{tag}"
@@ -37,10 +41,12 @@ def test_sigkill_mid_upload_then_restart_leaves_nothing(
         "FILESHARE_MAX_UPLOAD_SIZE": "64MiB",
         "FILESHARE_STAGING_MAX_AGE": "1",
         "FILESHARE_SWEEP_INTERVAL": "1",
+        "FILESHARE_PROMOTION": promotion,
     }
+    written = unscanned if promotion == "copy" else permanent
 
     def uploads() -> list[str]:
-        return [u["Key"] for u in s3.list_multipart_uploads(Bucket=unscanned).get("Uploads", [])]
+        return [u["Key"] for u in s3.list_multipart_uploads(Bucket=written).get("Uploads", [])]
 
     def objects(bucket: str) -> list[str]:
         return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
@@ -53,7 +59,7 @@ def test_sigkill_mid_upload_then_restart_leaves_nothing(
             b"Content-Length: %d\r\n\r\n" % (ALICE_KEY.encode(), 40 * MiB)
         )
         sock.sendall(b"c" * (16 * MiB))  # three parts: a multipart upload is under way
-        _poll(lambda: uploads() != [], "the staging multipart upload")
+        _poll(lambda: uploads() != [], "the multipart upload")
         live.proc.kill()
         live.proc.wait()
     first.close()
