@@ -428,6 +428,10 @@ class DirectUploads:
             )
         except errors.Infected as exc:
             return Outcome(UploadState.INFECTED, "infected", exc.detail, signature=exc.signature)
+        except errors.Unscannable as exc:
+            return Outcome(
+                UploadState.UNSCANNABLE, "unscannable", exc.detail, signature=exc.signature
+            )
         except errors.PayloadTooLarge as exc:
             # The size was checked against the limit before: this is the scanner's limit.
             return Outcome(UploadState.UNSCANNABLE, "unscannable", exc.detail)

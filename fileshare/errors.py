@@ -252,6 +252,21 @@ class Infected(FileshareError):
         self.signature = signature
 
 
+class Unscannable(FileshareError):
+    """The virus scanner could not scan the file through — a limit (size, archive depth or
+    file count, time) or encrypted content it cannot open, named in `signature` (clamd's
+    `Heuristics.Limits.Exceeded.*` / `Heuristics.Encrypted.*`). Not known to be clean, so
+    not kept; not known to be malware either. Send it unencrypted, or split it."""
+
+    status, code, title = 422, "unscannable", "The file could not be scanned"
+
+    def __init__(self, signature: str) -> None:
+        super().__init__(
+            f"the virus scanner could not scan it through: {signature}", signature=signature
+        )
+        self.signature = signature
+
+
 class ValidationFailed(FileshareError):
     """A JSON body of the wrong shape: an unknown or mistyped member, metadata over 16 KiB, a
     bad tag in a body; `detail` says which."""

@@ -24,7 +24,7 @@ from fileshare.audit import Action, Actor, AuditEvent, Result
 from fileshare.boundary import index_call, storage_call
 from fileshare.index.links import LinkStore, Opened
 from fileshare.models import ScanState
-from fileshare.pipeline import Pipeline
+from fileshare.pipeline import Pipeline, refusal
 from fileshare.service import Clock, FileService
 from fileshare.storage.base import ObjectInfo, ObjectNotFound, Presigned, Storage
 
@@ -226,9 +226,9 @@ class LinkService:
             # now. Neither a verdict nor a delete: the next request scans what is there.
             raise errors.LinkBusy("the file may have changed while it was scanned; retry")
         if scan.state is not ScanState.CLEAN:
-            log.warning("link.infected", signature=scan.signature)
+            log.warning(f"link.{scan.state.value}", signature=scan.signature)
             await self._remove(key)
-            raise errors.Infected(scan.signature or "unknown")
+            raise refusal(scan)
 
     async def _remove(self, key: str) -> None:
         try:

@@ -33,7 +33,7 @@ __all__ = ["CONTENT_TYPE", "Metrics"]
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # Most requests take milliseconds; uploads take as long as their transfer and scan.
 _REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-OUTCOMES = ("clean", "duplicate", "infected", "rejected", "failed")
+OUTCOMES = ("clean", "duplicate", "infected", "unscannable", "rejected", "failed")
 #: The methods a label may name; anything else a client invents is ``other`` (bounded
 #: cardinality, whatever arrives on the wire).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

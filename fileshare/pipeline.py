@@ -36,7 +36,14 @@ from fileshare.boundary import domain_error, index_call, storage_call
 from fileshare.budget import MemoryBudget
 from fileshare.metrics import Metrics
 from fileshare.models import Content, ScanRecord, ScanState, new_object_key, new_upload_key
-from fileshare.scan.base import ScanError, Scanner, ScannerBusy, ScanSession, ScanSizeExceeded
+from fileshare.scan.base import (
+    ScanError,
+    Scanner,
+    ScannerBusy,
+    ScanSession,
+    ScanSizeExceeded,
+    Verdict,
+)
 from fileshare.storage.base import STAGING_PREFIX, ObjectInfo, Storage, StorageError, Writer
 from fileshare.storage.promotion import CopyPromotion, Location, Promotion, SealedPromotion
 
@@ -167,7 +174,7 @@ class Pipeline:
         is refused. ``audit``: the upload's audit event, from which the row of a verdict
         that is not clean is made.
 
-        Raises ``PayloadTooLarge``, ``TruncatedBody``, ``Infected``,
+        Raises ``PayloadTooLarge``, ``TruncatedBody``, ``Infected``, ``Unscannable``,
         ``ScannerUnavailable`` or ``StorageUnavailable``; in every case nothing is left
         in the permanent bucket that was not scanned clean.
         """
@@ -259,6 +266,8 @@ class Pipeline:
         m = self.metrics
         if isinstance(exc, errors.Infected):
             m.uploads.labels("infected").inc()
+        elif isinstance(exc, errors.Unscannable):
+            m.uploads.labels("unscannable").inc()
         elif exc.status < 500:
             m.uploads.labels("rejected").inc()
         else:
@@ -373,9 +382,9 @@ class _Upload:
                 verdict_task.cancel()
                 await asyncio.wait([verdict_task])
         if scan.state is not ScanState.CLEAN:
-            self.log.warning("scan.infected", signature=scan.signature)
+            self.log.warning(f"scan.{scan.state.value}", signature=scan.signature)
             await self._remember(replace(digest, scan=scan), released=key)
-            raise errors.Infected(scan.signature or "unknown")
+            raise refusal(scan)
         self.log.info("scan.clean")
 
         promote_started = time.perf_counter()
@@ -449,7 +458,7 @@ class _Upload:
         try:
             verdict = await self.scan.verdict()
             return ScanRecord(
-                state=ScanState.CLEAN if verdict.clean else ScanState.INFECTED,
+                state=_state(verdict),
                 signature=verdict.signature,
                 scanner=await self.p.scanner.provenance(),
                 scanned_at=datetime.now(UTC),
@@ -477,6 +486,19 @@ class _Upload:
             except StorageError as exc:
                 # The unscanned bucket's lifecycle rule expires it; say so loudly.
                 self.log.error("staging.delete_failed", error=str(exc))
+
+
+def _state(verdict: Verdict) -> ScanState:
+    if verdict.clean:
+        return ScanState.CLEAN
+    return ScanState.UNSCANNABLE if verdict.unscannable else ScanState.INFECTED
+
+
+def refusal(scan: ScanRecord) -> errors.FileshareError:
+    """The answer to bytes whose verdict is not clean: malware, or not scannable."""
+    if scan.state is ScanState.UNSCANNABLE:
+        return errors.Unscannable(scan.signature or "unknown")
+    return errors.Infected(scan.signature or "unknown")
 
 
 def _check_digest(content: Content, expected_sha256: str) -> None:

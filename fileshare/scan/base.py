@@ -19,11 +19,27 @@ class ScannerBusy(ScanError):
     """Every scan slot stayed taken for too long: shed load rather than queue forever."""
 
 
+#: clamd's names for "I could not look", not "I found something": a limit hit
+#: (``AlertExceedsMax``: size, recursion, file count, time) or content it cannot decrypt
+#: (``AlertEncryptedArchive``, ``AlertEncryptedDoc``). Such bytes are not known to be clean
+#: and not known to be malware: their own state, ``unscannable``.
+UNSCANNABLE_PREFIXES = ("Heuristics.Limits.Exceeded", "Heuristics.Encrypted.")
+
+
 @dataclass(frozen=True)
 class Verdict:
     clean: bool
-    #: The signature name when infected (clamd's ``<name> FOUND``).
+    #: The signature name when not clean (clamd's ``<name> FOUND``).
     signature: str | None = None
+
+    @property
+    def unscannable(self) -> bool:
+        """clamd answered FOUND only because it could not scan the bytes through."""
+        return (
+            not self.clean
+            and self.signature is not None
+            and self.signature.startswith(UNSCANNABLE_PREFIXES)
+        )
 
 
 class ScanSession(Protocol):

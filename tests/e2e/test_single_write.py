@@ -141,3 +141,29 @@ async def test_a_small_body_is_sealed_in_the_scan_window_only_while_few_uploads_
     assert etag.strip('"').endswith("-1") is not busy, etag
     assert await (await download(env, (await resp.json())["id"])).read() == data
     assert env.open_multipart_uploads() == []
+
+
+async def test_switching_promotion_keeps_every_file_served_deduplicated_and_deletable(
+    make_env: Any,
+) -> None:
+    """One deployment, restarted from copy to single-write on the same buckets and index:
+    what copy promoted still downloads, dedups and deletes; new bytes get single-write keys."""
+    before: Env = await make_env(promotion="copy")
+    old = os.urandom(PART + 9)
+    first = await (await upload(before, old)).json()
+    (old_key,) = await before.permanent_keys()
+    assert not old_key.startswith(UPLOAD_KEY_PREFIX)
+
+    after: Env = await make_env(promotion="single-write")
+    assert await (await download(after, first["id"])).read() == old
+    again = await upload(after, old, params={"name": "again.bin"})
+    assert again.status == 201
+    assert await after.permanent_keys() == [old_key]  # deduplicated, no second object
+    new = os.urandom(PART + 10)
+    fresh = await (await upload(after, new)).json()
+    (new_key,) = set(await after.permanent_keys()) - {old_key}
+    assert new_key.startswith(UPLOAD_KEY_PREFIX)
+    for file_id in (first["id"], (await again.json())["id"], fresh["id"]):
+        assert (await after.client.delete(f"/v1/files/{file_id}", headers=ALICE)).status == 204
+    assert await after.permanent_keys() == []
+    assert after.open_multipart_uploads() == []

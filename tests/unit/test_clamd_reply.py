@@ -30,3 +30,25 @@ def test_size_limit_is_its_own_error() -> None:
 def test_anything_else_fails_closed(raw: bytes) -> None:
     with pytest.raises(ScanError):
         parse_reply(raw)
+
+
+@pytest.mark.parametrize(
+    ("signature", "unscannable"),
+    [
+        ("Heuristics.Limits.Exceeded.MaxFileSize", True),
+        ("Heuristics.Limits.Exceeded.MaxRecursion", True),
+        ("Heuristics.Limits.Exceeded", True),
+        ("Heuristics.Encrypted.Zip", True),
+        ("Heuristics.Encrypted.PDF", True),
+        # Heuristic detections that are findings, not "could not look": still infected.
+        ("Heuristics.Phishing.Email.SpoofedDomain", False),
+        ("Heuristics.Broken.Executable", False),
+        ("Heuristics.EncryptedFoo", False),
+        ("Eicar-Test-Signature", False),
+    ],
+)
+def test_only_limits_and_encryption_are_unscannable(signature: str, unscannable: bool) -> None:
+    verdict = parse_reply(b"stream: %s FOUND\0" % signature.encode())
+    assert verdict == Verdict(clean=False, signature=signature)
+    assert verdict.unscannable is unscannable
+    assert Verdict(clean=True).unscannable is False
