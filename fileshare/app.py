@@ -78,6 +78,7 @@ from fileshare.pipeline import Pipeline
 from fileshare.recovery import StagingSweeper
 from fileshare.scan.clamd import ClamdScanner
 from fileshare.service import FileService
+from fileshare.sniff import TypePolicy
 from fileshare.storage.base import Storage
 from fileshare.storage.factory import open_storage
 from fileshare.storage.s3 import S3Storage
@@ -314,6 +315,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         budget_wait=settings.budget_wait,
         metrics=app[METRICS],
         single_write=settings.promotion == "single-write",
+        types=TypePolicy(settings.type_check, settings.allowed_types),
     )
     service = app[SERVICE] = FileService(
         pipeline=pipeline,

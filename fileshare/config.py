@@ -17,6 +17,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fileshare.auth.principal import Role
+from fileshare.sniff import TypeCheck, media_type
 from fileshare.storage.encryption import Encryption, EncryptionMode, default_mode
 from fileshare.transport import (
     Plaintext,
@@ -43,6 +44,8 @@ GCS_CHUNK_QUANTUM = 256 * 1024
 StorageKind = Literal["local", "s3", "gcs"]
 LogFormat = Literal["json", "console"]
 PromotionKind = Literal["copy", "single-write"]
+#: An entry of FILESHARE_ALLOWED_TYPES (lower case, as ``sniff.media_type`` leaves it).
+_MEDIA_PATTERN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)")
 
 
 class ConfigError(ValueError):
@@ -175,6 +178,10 @@ class Settings:
     #: ``single-write``: streamed into an upload the store keeps invisible under the
     #: permanent key, completed on a clean verdict (every byte written once).
     promotion: PromotionKind = "copy"
+    #: Content-Type checks on the first bytes (``sniff``): enforce (refuse), report, off.
+    type_check: TypeCheck = "enforce"
+    #: Declared media types accepted (``type/subtype`` or ``type/*``); empty: every type.
+    allowed_types: frozenset[str] = frozenset()
     storage_timeout: float = 60.0
     #: How often objects whose deletion failed are removed again (seconds).
     sweep_interval: float = 300.0
@@ -263,6 +270,15 @@ class Settings:
             raise ConfigError(
                 f"FILESHARE_PROMOTION must be copy or single-write, not {self.promotion!r}"
             )
+        if self.type_check not in ("enforce", "report", "off"):
+            raise ConfigError(
+                f"FILESHARE_TYPE_CHECK must be enforce, report or off, not {self.type_check!r}"
+            )
+        for pattern in self.allowed_types:
+            if not _MEDIA_PATTERN.fullmatch(pattern):
+                raise ConfigError(
+                    f"FILESHARE_ALLOWED_TYPES: {pattern[:60]!r} is not type/subtype or type/*"
+                )
         if self.unscanned_bucket == self.permanent_bucket:
             raise ConfigError("the unscanned and permanent buckets must differ")
         for variable, name in (
@@ -649,6 +665,7 @@ def _parse_bool(value: str, name: str) -> bool:
 _STRINGS = {
     "STORAGE": "storage",
     "PROMOTION": "promotion",
+    "TYPE_CHECK": "type_check",
     "UNSCANNED_BUCKET": "unscanned_bucket",
     "PERMANENT_BUCKET": "permanent_bucket",
     "S3_ENDPOINT": "s3_endpoint",
@@ -715,6 +732,7 @@ _OTHERS = {
     "S3_BUCKET_KEY": "s3_bucket_key",
     "DOWNLOAD_REDIRECT": "download_redirect",
     "PLAINTEXT_HOSTS": "plaintext_hosts",
+    "ALLOWED_TYPES": "allowed_types",
 }
 #: ``Settings`` field -> its environment variable (config/fileshare.example.env lists them).
 VARIABLES = {
@@ -774,6 +792,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kwargs["s3_bucket_key"] = _parse_bool(v, "FILESHARE_S3_BUCKET_KEY")
     if v := get("DOWNLOAD_REDIRECT"):
         kwargs["download_redirect"] = _parse_bool(v, "FILESHARE_DOWNLOAD_REDIRECT")
+    if v := get("ALLOWED_TYPES"):
+        kwargs["allowed_types"] = frozenset(filter(None, (media_type(t) for t in v.split(","))))
     if v := get("PLAINTEXT_HOSTS"):
         kwargs["plaintext_hosts"] = frozenset(
             filter(None, (plaintext_host_entry(h) for h in v.split(",")))

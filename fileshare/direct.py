@@ -428,6 +428,8 @@ class DirectUploads:
             )
         except errors.Infected as exc:
             return Outcome(UploadState.INFECTED, "infected", exc.detail, signature=exc.signature)
+        except (errors.TypeMismatch, errors.TypeNotAllowed, errors.DicomPolyglot) as exc:
+            return Outcome(UploadState.REJECTED, exc.code, exc.detail)
         except errors.Unscannable as exc:
             return Outcome(
                 UploadState.UNSCANNABLE, "unscannable", exc.detail, signature=exc.signature

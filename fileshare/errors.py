@@ -252,6 +252,30 @@ class Infected(FileshareError):
         self.signature = signature
 
 
+class TypeNotAllowed(FileshareError):
+    """The declared `Content-Type` is not among the types this deployment accepts
+    (`FILESHARE_ALLOWED_TYPES`). Nothing was read or stored."""
+
+    status, code, title = 415, "type_not_allowed", "Content type not accepted"
+
+
+class TypeMismatch(FileshareError):
+    """The first bytes are not what the declared `Content-Type` says: an executable sent as
+    a document, a PDF or image without its signature, DICOM without its preamble and `DICM`
+    prefix; `detail` says what was found. Nothing was stored. Declare the real type (or
+    `application/octet-stream`)."""
+
+    status, code, title = 415, "type_mismatch", "Content does not match its type"
+
+
+class DicomPolyglot(FileshareError):
+    """A DICOM file whose 128-byte preamble holds an executable header: a file that is both
+    an image and a program (CVE-2019-11687). Refused whatever the declared type; clear the
+    preamble (zeros) and send it again."""
+
+    status, code, title = 415, "dicom_polyglot", "DICOM preamble holds an executable"
+
+
 class Unscannable(FileshareError):
     """The virus scanner could not scan the file through — a limit (size, archive depth or
     file count, time) or encrypted content it cannot open, named in `signature` (clamd's

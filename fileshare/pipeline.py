@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 import structlog
@@ -44,6 +46,7 @@ from fileshare.scan.base import (
     ScanSizeExceeded,
     Verdict,
 )
+from fileshare.sniff import HEAD_SIZE, TypePolicy
 from fileshare.storage.base import STAGING_PREFIX, ObjectInfo, Storage, StorageError, Writer
 from fileshare.storage.promotion import CopyPromotion, Location, Promotion, SealedPromotion
 
@@ -138,6 +141,7 @@ class Pipeline:
         budget_wait: float,
         metrics: Metrics,
         single_write: bool = False,
+        types: TypePolicy | None = None,
     ) -> None:
         self.storage = storage
         self.scanner = scanner
@@ -152,11 +156,13 @@ class Pipeline:
         #: ``FILESHARE_PROMOTION=single-write``: bodies are streamed under the permanent
         #: key (``SealedPromotion``), not into the unscanned bucket.
         self.single_write = single_write
+        #: Content-Type checks (``sniff``) on bodies fileshare is handed to keep.
+        self.types = types or TypePolicy()
         self._cleanups: set[asyncio.Future[None]] = set()
         #: Uploads in progress (``seal_small``).
         self.active = 0
         #: See ``seal_small``; a test may lower it.
-        self.seal_small_up_to = os.cpu_count() or 1
+        self.seal_small_up_to = available_cpus()
 
     async def ingest(
         self,
@@ -307,12 +313,13 @@ class _Upload:
         expected_sha256: str | None,
     ) -> IngestResult:
         p = self.p
+        self._check_declared()
         if expected_sha256 is not None:
             held = await index_call(p.catalog.find_clean(expected_sha256))
             if held is not None:
                 # The client told us the digest and we already hold those bytes clean:
                 # only prove the body matches. Nothing is staged, clamd is not involved.
-                digest = await self._receive(chunks, declared_size, ())
+                digest = await self._receive(chunks, declared_size, (), head_check=self._check_head)
                 _check_digest(digest, expected_sha256)
                 self.log.info("upload.duplicate", sha256=digest.sha256, verified_only=True)
                 return IngestResult(held, duplicate=True)
@@ -327,7 +334,9 @@ class _Upload:
         self.writer = await storage_call(
             "open_writer", p.storage.open_writer(bucket, key, content_type=self.content_type)
         )
-        digest = await self._receive(chunks, declared_size, (self.writer.write, self.scan.feed))
+        digest = await self._receive(
+            chunks, declared_size, (self.writer.write, self.scan.feed), head_check=self._check_head
+        )
         if expected_sha256 is not None:
             _check_digest(digest, expected_sha256)
         return await self._settle(digest, None)
@@ -335,16 +344,33 @@ class _Upload:
     async def run_staged(self, staged: ObjectInfo, expected_sha256: str | None) -> IngestResult:
         """The bytes are in the unscanned bucket already: read them once, scan, settle."""
         p = self.p
+        self._check_declared()
         self.scan = await self._open_scan()
         chunks = p.storage.read(p.unscanned, staged.key, version=staged.version)
         try:
-            digest = await self._receive(chunks, staged.size, (self.scan.feed,))
+            digest = await self._receive(
+                chunks, staged.size, (self.scan.feed,), head_check=self._check_head
+            )
         except StorageError as exc:
             self.log.warning("storage.failed", operation="read_staged", error=str(exc))
             raise errors.StorageUnavailable(operation="read_staged") from None
         if expected_sha256 is not None:
             _check_digest(digest, expected_sha256)
         return await self._settle(digest, staged.version)
+
+    def _check_declared(self) -> None:
+        self._apply(self.p.types.check_declared(self.content_type))
+
+    def _check_head(self, head: bytes) -> None:
+        self._apply(self.p.types.check_head(head, self.content_type))
+
+    def _apply(self, refusal: errors.FileshareError | None) -> None:
+        if refusal is None:
+            return
+        if self.p.types.mode == "enforce":
+            self.log.warning("type.refused", code=refusal.code, detail=refusal.detail)
+            raise refusal
+        self.log.warning("type.reported", code=refusal.code, detail=refusal.detail)
 
     async def _open_scan(self) -> ScanSession:
         try:
@@ -435,18 +461,25 @@ class _Upload:
         chunks: AsyncIterator[bytes],
         declared_size: int | None,
         consumers: tuple[Callable[[bytes], Awaitable[None]], ...],
+        head_check: Callable[[bytes], None] | None = None,
     ) -> Content:
-        """The read loop: limit, hash, and hand each chunk to every consumer."""
+        """The read loop: limit, hash, and hand each chunk to every consumer.
+        ``head_check`` sees the first chunk (``sniff.HEAD_SIZE`` bytes or more, unless the
+        body is shorter) before any consumer does, and may refuse it."""
         p = self.p
         started = time.perf_counter()
         hashers = _Hashers()
         size = 0
         async for chunk in _regroup(chunks, FANOUT_CHUNK):
+            if size == 0 and head_check is not None:
+                head_check(chunk[:HEAD_SIZE])
             size += len(chunk)
             p.metrics.bytes_in.inc(len(chunk))
             if size > p.max_size or (declared_size is not None and size > declared_size):
                 raise errors.PayloadTooLarge(f"the limit is {p.max_size} bytes")
             await _fan_out(hashers.feed(chunk), *(consume(chunk) for consume in consumers))
+        if size == 0 and head_check is not None:
+            head_check(b"")
         if declared_size is not None and size != declared_size:
             raise errors.TruncatedBody(f"declared {declared_size} bytes, received {size}")
         p.metrics.observe_stage("transfer", time.perf_counter() - started)
@@ -486,6 +519,20 @@ class _Upload:
             except StorageError as exc:
                 # The unscanned bucket's lifecycle rule expires it; say so loudly.
                 self.log.error("staging.delete_failed", error=str(exc))
+
+
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its affinity, capped by its cgroup's quota (a pod's
+    CPU limit), which ``os.cpu_count()`` does not see (it counts the node's)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    cpus = cpus or os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to honour
+    return cpus
 
 
 def _state(verdict: Verdict) -> ScanState:

@@ -67,9 +67,20 @@ class StagingSweeper:
                 log.warning("recovery.delete_failed", key=key, error=type(exc).__name__)
                 continue
             objects += 1
-        uploads = await self.storage.abort_stale_uploads(self.unscanned, STAGING_PREFIX, before)
-        for prefix in PERMANENT_PREFIXES:
-            uploads += await self.storage.abort_stale_uploads(self.permanent, prefix, before)
+        uploads = 0
+        failed: StorageError | None = None
+        places = [(self.unscanned, STAGING_PREFIX)]
+        places += [(self.permanent, prefix) for prefix in PERMANENT_PREFIXES]
+        for bucket, prefix in places:
+            # Each on its own: a refusal in one place (a missing permission) must not leave
+            # the others unswept.
+            try:
+                uploads += await self.storage.abort_stale_uploads(bucket, prefix, before)
+            except StorageError as exc:
+                log.warning("recovery.uploads_failed", prefix=prefix, error=type(exc).__name__)
+                failed = exc
         if objects or uploads:
             log.info("recovery.swept", staging_objects=objects, unfinished_uploads=uploads)
+        if failed is not None:
+            raise failed  # after the other places were swept
         return Swept(objects, uploads)

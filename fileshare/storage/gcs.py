@@ -993,7 +993,7 @@ class GcsWriter:
             self._sent = persisted
 
     async def _failed(self) -> None:
-        if self._state == "open":
+        if self._state in ("open", "sealed"):  # a failed commit of a sealed write too
             self._state = "failed"
         with suppress(Exception):
             await self._cleanup()

@@ -289,7 +289,7 @@ class LocalWriter:
             await self._flush()
 
     def buffered(self) -> bytes | None:
-        if self._flushed or self._staged is None:
+        if self._flushed or self._sealed or self._staged is None:
             return None
         return b"".join(self._buf)
 

@@ -576,7 +576,8 @@ class S3Writer:
             # Even a body under one part goes up as the (only, last) part of a multipart
             # upload: then nothing is left to send after the verdict but the completion.
             # An empty one stays a PutObject (commit); a part of nothing is not a part.
-            if self._buf.size or self._create is not None:
+            # (A body ending on a part boundary has nothing left: no empty part is sent.)
+            if self._buf.size:
                 await self._send(self._buf.take(self._buf.size))
             await self._drain()
         except BaseException:

@@ -178,3 +178,24 @@ async def test_part_checksums_are_computed_right_and_checked_by_the_store(
         await _write_all(writer, data)
         await writer.commit()
         assert await _read_all(case, case.permanent, key) == data
+
+
+async def test_a_body_ending_on_a_part_boundary_seals_without_an_empty_part(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    async with s3_backend(request, tmp_path) as case:
+        s = case.storage
+        assert isinstance(s, S3Storage)
+        key = case.key("boundary")
+        writer = await s.open_writer(case.permanent, key)
+        data = _data(2 * P)
+        await _write_all(writer, data)
+        await writer.seal()
+        listed = await s._client.list_multipart_uploads(Bucket=case.permanent, Prefix=key)
+        (upload,) = listed["Uploads"]
+        parts = await s._client.list_parts(
+            Bucket=case.permanent, Key=key, UploadId=upload["UploadId"]
+        )
+        assert [p["Size"] for p in parts["Parts"]] == [P, P]
+        await writer.commit()
+        assert await _read_all(case, case.permanent, key) == data

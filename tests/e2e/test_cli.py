@@ -25,6 +25,7 @@ import pytest
 
 from tests.e2e.conftest import ALICE_KEY, BOB_KEY
 from tests.servers import EICAR, EICAR_SIGNATURE, MiB, free_port
+from tests.sniff_files import dicom, gzip_bytes, pdf, png
 
 CLI = [sys.executable, "-m", "fileshare"]
 
@@ -117,7 +118,7 @@ def test_version_is_the_installed_package_version() -> None:
 def test_upload_prints_the_answer_and_the_file_downloads_back(
     server: Server, tmp_path: Path
 ) -> None:
-    data = os.urandom(300_000)
+    data = pdf(300_000)
     source = write(tmp_path / "report.pdf", data)
     done = cli("upload", source, env=client_env(server))
     assert done.returncode == 0, done.stderr
@@ -139,7 +140,7 @@ def test_upload_prints_the_answer_and_the_file_downloads_back(
 
 
 def test_several_files_give_one_json_line_each(server: Server, tmp_path: Path) -> None:
-    contents = [os.urandom(n) for n in (0, 1, 70_000)]
+    contents = [dicom(n) for n in (200, 1000, 70_000)]
     files = [write(tmp_path / f"part-{i}.bin", c) for i, c in enumerate(contents)]
     done = cli("upload", *files, "--type", "application/dicom", env=client_env(server))
     assert done.returncode == 0, done.stderr
@@ -153,7 +154,7 @@ def test_several_files_give_one_json_line_each(server: Server, tmp_path: Path) -
 
 
 def test_attachment_prints_only_the_fhir_attachment(server: Server, tmp_path: Path) -> None:
-    data = os.urandom(5000)
+    data = png(5000)
     done = cli("upload", write(tmp_path / "scan.png", data), "--attachment", env=client_env(server))
     assert done.returncode == 0, done.stderr
     attachment = json.loads(done.stdout)
@@ -165,7 +166,7 @@ def test_attachment_prints_only_the_fhir_attachment(server: Server, tmp_path: Pa
 
 
 def test_own_id_name_and_digest(server: Server, tmp_path: Path) -> None:
-    data = os.urandom(10_000)
+    data = gzip_bytes(10_000)
     source = write(tmp_path / "x.tar.gz", data)
     args = ("upload", source, "--id", "report-2024-05", "--name", "Bericht März.tgz", "--digest")
     done = cli(*args, env=client_env(server))
@@ -400,7 +401,7 @@ def _with_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[i
 
 
 def test_the_progress_bar_shows_on_a_terminal(server: Server, tmp_path: Path) -> None:
-    source = write(tmp_path / "scan.dcm", os.urandom(2 * MiB))
+    source = write(tmp_path / "scan.dcm", dicom(2 * MiB))
     code, out, terminal = _with_a_terminal(["upload", str(source)], client_env(server), tmp_path)
     assert code == 0, terminal
     assert "scan.dcm" in terminal

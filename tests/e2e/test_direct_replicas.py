@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from tests.e2e.conftest import ALICE, BOB
 from tests.e2e.test_cli import _start, _stop
 from tests.e2e.test_direct_uploads import curl_put
 from tests.servers import Postgres, SeaweedS3
+from tests.sniff_files import pdf
 
 
 async def test_two_server_processes_racing_on_one_upload_ingest_it_once(
@@ -32,7 +32,7 @@ async def test_two_server_processes_racing_on_one_upload_ingest_it_once(
     try:
         second = await asyncio.to_thread(_start, tmp_path, clamd, **settings)
         try:
-            data = os.urandom(6 * 1024 * 1024)
+            data = pdf(6 * 1024 * 1024)
             async with aiohttp.ClientSession(headers=ALICE) as http:
                 body = {
                     "contentType": "application/pdf",

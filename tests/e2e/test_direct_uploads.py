@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import subprocess
 import time
 from datetime import timedelta
@@ -24,6 +23,7 @@ from fileshare.storage.base import DIRECT_PREFIX
 from tests.e2e.conftest import ALICE, BOB, Env
 from tests.e2e.test_upload import EICAR
 from tests.servers import free_port
+from tests.sniff_files import pdf
 
 PDF = "application/pdf"
 
@@ -93,7 +93,7 @@ async def file_uploads(env: Env, file_id: str) -> int:
 async def test_a_curl_put_to_the_presigned_url_is_ingested_clean_and_downloadable(
     env: Env,
 ) -> None:
-    data = os.urandom(3 * 1024 * 1024 + 17)
+    data = pdf(3 * 1024 * 1024 + 17)
     issued = await intent(env, data)
     assert issued["state"] == "pending"
     assert issued["upload"]["method"] == "PUT"
@@ -161,7 +161,7 @@ async def test_eicar_through_a_presigned_put_is_infected_and_nothing_is_promoted
 async def test_completing_before_the_bytes_are_there_is_a_409_and_loses_nothing(
     env: Env,
 ) -> None:
-    data = b"not yet"
+    data = b"%PDF-1.4 not yet"
     issued = await intent(env, data)
     resp = await complete(env, issued)
     assert resp.status == 409
@@ -214,9 +214,9 @@ async def test_the_url_expires(make_env: Any) -> None:
 @pytest.mark.parametrize(
     ("stored", "content_type", "code"),
     [
-        (b"one byte more!", PDF, "size_mismatch"),
-        (b"other content", PDF, "digest_mismatch"),
-        (b"exact content", "text/html", "type_mismatch"),
+        (b"%PDF-1.4 exact!", PDF, "size_mismatch"),
+        (b"%PDF-1.4 other", PDF, "digest_mismatch"),
+        (b"%PDF-1.4 exact", "text/html", "type_mismatch"),
     ],
 )
 async def test_an_object_that_is_not_the_intents_is_rejected_and_deleted(
@@ -224,7 +224,7 @@ async def test_an_object_that_is_not_the_intents_is_rejected_and_deleted(
 ) -> None:
     """Written around the URL (with the store's own credentials), as a misbehaving store
     or a leaked key could: the ingestion checks size, type and checksum itself."""
-    issued = await intent(env, b"exact content")
+    issued = await intent(env, b"%PDF-1.4 exact")
     env.s3.put_object(
         Bucket=env.settings.unscanned_bucket,
         Key=DIRECT_PREFIX + issued["id"],
@@ -262,7 +262,7 @@ async def test_a_bad_intent_is_a_422_and_records_nothing(env: Env) -> None:
 
 
 async def test_the_reconciler_ingests_an_upload_nobody_completed(env: Env) -> None:
-    data = os.urandom(70_000)
+    data = pdf(70_000)
     issued = await intent(env, data)
     assert curl_put(issued, data) == 200
     # An object under the prefix that no intent handed out is removed, not ingested.
@@ -296,7 +296,7 @@ async def test_an_upload_whose_url_expired_unused_is_expired(env: Env) -> None:
 async def test_two_replicas_completing_one_upload_ingest_it_once(make_env: Any) -> None:
     first: Env = await make_env()
     second: Env = await make_env()  # same index, same buckets: another replica
-    data = os.urandom(9 * 1024 * 1024)
+    data = pdf(9 * 1024 * 1024)
     issued = await intent(first, data)
     assert curl_put(issued, data) == 200
     answers = await asyncio.gather(
@@ -322,7 +322,7 @@ async def test_a_download_redirects_to_a_presigned_get_that_works_and_expires(
     make_env: Any,
 ) -> None:
     env: Env = await make_env(redirect_ttl=2)
-    data = os.urandom(200_000)
+    data = pdf(200_000)
     resp = await env.client.post(
         "/v1/files",
         data=data,
@@ -423,7 +423,7 @@ def slices(issued: dict[str, Any], data: bytes) -> list[tuple[dict[str, Any], by
 
 async def test_a_large_upload_gets_a_part_plan_fileshare_completes(multipart_env: Env) -> None:
     env = multipart_env
-    data = os.urandom(11 * MiB + 3)
+    data = pdf(11 * MiB + 3)
     issued = await intent(env, data)
     assert "upload" not in issued
     assert [p["size"] for p in issued["parts"]] == [5 * MiB, 5 * MiB, MiB + 3]
@@ -448,7 +448,7 @@ async def test_a_large_upload_gets_a_part_plan_fileshare_completes(multipart_env
 
 async def test_eicar_buried_in_a_part_is_infected_and_nothing_is_left(multipart_env: Env) -> None:
     env = multipart_env
-    data = bytearray(os.urandom(10 * MiB + 100))
+    data = bytearray(pdf(10 * MiB + 100))
     data[5 * MiB + 1000 : 5 * MiB + 1000 + len(EICAR)] = EICAR  # inside part 2
     issued = await intent(env, bytes(data))
     for part, chunk in slices(issued, bytes(data)):
@@ -461,11 +461,11 @@ async def test_eicar_buried_in_a_part_is_infected_and_nothing_is_left(multipart_
 
 async def test_the_reconciler_completes_or_expires_a_part_plan(multipart_env: Env) -> None:
     env = multipart_env
-    whole = os.urandom(6 * MiB)
+    whole = pdf(6 * MiB)
     finished = await intent(env, whole)
     for part, chunk in slices(finished, whole):
         assert await put_part(part, chunk) == 200
-    partial_data = os.urandom(6 * MiB)
+    partial_data = pdf(6 * MiB)
     partial = await intent(env, partial_data)
     part, chunk = slices(partial, partial_data)[0]
     assert await put_part(part, chunk) == 200
@@ -499,7 +499,7 @@ async def post_form(issued: dict[str, Any], data: bytes, **changed: str) -> int:
 
 
 async def test_a_browser_form_posts_under_the_policy_and_is_ingested(env: Env) -> None:
-    data = os.urandom(40_000)
+    data = pdf(40_000)
     issued = await intent(env, data, form=True)
     assert "upload" not in issued
     assert issued["form"]["method"] == "POST"
@@ -540,7 +540,10 @@ async def test_bytes_swapped_under_the_same_etag_are_never_promoted(env: Env, fo
     suffix = b" padding " * 1000
     scanned, swapped = MD5_A + suffix, MD5_B + suffix
     assert hashlib.md5(scanned).digest() == hashlib.md5(swapped).digest()
-    issued = await intent(env, scanned, sha256=None, form=form)
+    # Collision blocks are no PDF: declared as what they are, raw bytes.
+    issued = await intent(
+        env, scanned, sha256=None, form=form, contentType="application/octet-stream"
+    )
     send = post_form if form else (lambda i, d: asyncio.to_thread(curl_put, i, d))
     assert await send(issued, scanned) in (200, 204)
     storage = env.storage
@@ -578,7 +581,7 @@ async def test_early_completions_cost_no_attempt_and_a_scanner_outage_backs_off(
     after the last attempt the upload is failed and its bytes are kept (the staging
     lifecycle rule's), never promoted."""
     env: Env = await make_env(clamd=ClamdAddress(host="127.0.0.1", port=free_port()))
-    data = os.urandom(20_000)
+    data = pdf(20_000)
     issued = await intent(env, data)
     for _ in range(3):
         assert (await complete(env, issued)).status == 409  # upload_incomplete: no attempt
@@ -610,7 +613,7 @@ async def test_early_completions_cost_no_attempt_and_a_scanner_outage_backs_off(
 async def test_a_form_upload_is_ingested_after_a_failed_attempt(env: Env) -> None:
     """The first attempt's set-aside copy is still there when the second one runs (a
     scanner failure patched in after the copy: a real one cannot be timed to fall there)."""
-    data = os.urandom(40_000)
+    data = pdf(40_000)
     issued = await intent(env, data, form=True)
     assert await post_form(issued, data) in (200, 201, 204)
     direct = env.client.app[DIRECT]
@@ -637,7 +640,7 @@ async def test_a_form_upload_is_ingested_after_a_failed_attempt(env: Env) -> Non
 async def test_a_file_put_under_the_future_id_meanwhile_makes_the_upload_rejected(
     env: Env,
 ) -> None:
-    data = os.urandom(10_000)
+    data = pdf(10_000)
     issued = await intent(env, data)
     other = b"the owner's own bytes"
     put = await env.client.put(f"/v1/files/{issued['fileId']}", data=other, headers=ALICE)
@@ -665,7 +668,7 @@ async def test_a_redirect_is_audited_as_a_url_issued(env: Env) -> None:
 
 
 async def test_the_owner_lists_their_uploads_with_their_states(env: Env) -> None:
-    clean = os.urandom(2000)
+    clean = pdf(2000)
     first = await intent(env, clean)
     assert curl_put(first, clean) == 200
     assert (await (await complete(env, first)).json())["state"] == "clean"

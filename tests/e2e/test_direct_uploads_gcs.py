@@ -6,7 +6,6 @@ so each URL fileshare hands out is verified here against the key's public half
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.e2e.test_direct_uploads import (
 )
 from tests.e2e.test_upload import EICAR
 from tests.gcs_v4 import BadSignature, ServiceAccountKey, verify
+from tests.sniff_files import pdf
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ async def test_a_signed_put_is_ingested_clean_and_downloadable(
     env: Env, key: ServiceAccountKey
 ) -> None:
     assert isinstance(env.storage, Presigner)
-    data = os.urandom(2 * 1024 * 1024 + 5)
+    data = pdf(2 * 1024 * 1024 + 5)
     issued = await intent(env, data)
     assert (issued["state"], issued["upload"]["method"]) == ("pending", "PUT")
     verified_put(env, key, issued)
@@ -119,11 +119,11 @@ async def test_the_sha256_gcs_does_not_check_the_ingestion_does(env: Env) -> Non
     """GCS binds no SHA-256 to a PUT: an object of the right type and length but other
     bytes (written with the store's own credentials, as a leaked URL could not but a
     misbehaving store could) is rejected by the ingestion and deleted."""
-    issued = await intent(env, b"exact content")
+    issued = await intent(env, b"%PDF-1.4 exact")
     await env.storage.put(
         env.settings.unscanned_bucket,
         DIRECT_PREFIX + issued["id"],
-        b"other content",
+        b"%PDF-1.4 other",
         content_type=PDF,
     )
     resp = await complete(env, issued)
@@ -134,7 +134,7 @@ async def test_the_sha256_gcs_does_not_check_the_ingestion_does(env: Env) -> Non
 
 async def test_a_download_redirects_to_a_signed_get(make_env: Any, key: ServiceAccountKey) -> None:
     env: Env = await make_env(redirect_ttl=120)
-    data = os.urandom(100_000)
+    data = pdf(100_000)
     resp = await env.client.post(
         "/v1/files",
         data=data,
@@ -167,7 +167,7 @@ async def test_an_upload_larger_than_one_put_goes_through_a_resumable_session(
     """Past put_max, GCS gets a resumable session fileshare opened for exactly this object
     and size (S3 gets a part plan): the uploader sends the bytes in chunks to its URI."""
     env: Env = await make_env(direct_put_max=1024)
-    data = os.urandom(3 * 256 * 1024 + 5)
+    data = pdf(3 * 256 * 1024 + 5)
     issued = await intent(env, data)
     upload = issued["upload"]
     assert upload["method"] == "PUT"
@@ -192,7 +192,7 @@ async def test_an_upload_larger_than_one_put_goes_through_a_resumable_session(
 
 async def test_a_session_nobody_used_is_expired_and_cancelled(make_env: Any) -> None:
     env: Env = await make_env(direct_put_max=1024)
-    issued = await intent(env, os.urandom(4096))
+    issued = await intent(env, pdf(4096))
     direct = env.client.app[DIRECT]
     real = direct.clock
     direct.clock = lambda: real() + timedelta(seconds=env.settings.direct_url_ttl, hours=1)

@@ -27,6 +27,7 @@ from tests.e2e.conftest import ALICE, Env
 from tests.e2e.openapi_check import Contracts, ValidatingClient
 from tests.e2e.test_direct_uploads import curl_put, file_uploads, intent, settled, status
 from tests.servers import SeaweedS3, free_port
+from tests.sniff_files import pdf
 
 TOKEN = "events-token-0123456789abcdef"
 
@@ -86,7 +87,7 @@ async def test_seaweedfs_pushes_the_event_and_the_upload_is_ingested(
         reconcile_interval=3600.0,  # not the reconciler: the event
     )
     env = await served(aiohttp_client, settings, api_contracts, port)
-    data = os.urandom(50_000)
+    data = pdf(50_000)
     issued = await intent(env, data)
     # An event before the bytes are there (out of order, or forged): nothing happens.
     early = {
@@ -178,7 +179,7 @@ def notification(bucket: str, key: str, event: str = "ObjectCreated:Put") -> str
 async def test_s3_notifications_from_sqs_start_the_ingestion(make_env: Any, sqs: str) -> None:
     queue = _sqs_client(sqs).create_queue(QueueName=f"q-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     env: Env = await make_env(sqs_queue_url=queue, sqs_endpoint=sqs, reconcile_interval=3600.0)
-    data = os.urandom(30_000)
+    data = pdf(30_000)
     issued = await intent(env, data)
     assert await asyncio.to_thread(curl_put, issued, data) == 200
     key = DIRECT_PREFIX + issued["id"]

@@ -15,6 +15,7 @@ import pytest
 from fileshare.api.openapi import document
 from tests.e2e.conftest import ALICE, BOB, Env
 from tests.e2e.test_upload import EICAR, content_digest, download, upload
+from tests.sniff_files import png
 
 JSON_PATCH = {"Content-Type": "application/merge-patch+json"}
 #: The fields of a present, clean file: the documented File schema (``signature`` is only
@@ -118,7 +119,7 @@ async def test_list_pages_through_every_file_once(env: Env) -> None:
 async def test_list_filters(env: Env) -> None:
     a = await (await upload(env, b"a", params={"name": "x.txt"})).json()
     b = await (
-        await upload(env, b"b", params={"name": "y.png"}, headers={"Content-Type": "image/png"})
+        await upload(env, png(), params={"name": "y.png"}, headers={"Content-Type": "image/png"})
     ).json()
     assert [f["id"] for f in (await listing(env, name="x.txt"))["items"]] == [a["id"]]
     assert [f["id"] for f in (await listing(env, contentType="image/*"))["items"]] == [b["id"]]

@@ -29,6 +29,7 @@ from yarl import URL
 from tests.e2e.conftest import ALICE, ALICE_KEY, BOB, BOB_KEY
 from tests.idp import Idp
 from tests.servers import EICAR, free_port
+from tests.sniff_files import png
 
 AUDIENCE = "fileshare-phi"
 
@@ -43,6 +44,7 @@ TAG = "dx-hiv-positive"
 OTHER_TAG = "pt-jane-doe-4471"
 BAD_TAG = "dx hiv/positive stage"  # a space and a slash: refused
 BAD_NAME = "Roe/Richard-path-trick.pdf"  # a slash: refused
+SECOND = png(2000)  # an image, as its type says
 META_KEY = "next-of-kin-Richard-Roe"
 META = {"patient": "Jane Doe", "mrn": "MRN-88231-Q", "dx": "Stage IV carcinoma", META_KEY: "x"}
 SUBJECT = "jane.doe@example.org"  # a person, as an identity provider's ``sub``
@@ -165,7 +167,7 @@ async def _drive(http: aiohttp.ClientSession, idp: Idp) -> str:
         await http.post("/v1/files", params={"name": NAME}, data=b"first", headers=ALICE), 201
     )
     form = aiohttp.FormData()
-    form.add_field("file", b"second", filename=SPACED_NAME, content_type="image/png")
+    form.add_field("file", SECOND, filename=SPACED_NAME, content_type="image/png")
     second = await _expect(await http.post("/v1/files", data=form, headers=ALICE), 201)
     disposition = f"attachment; filename*=UTF-8''{quote(ACCENTED_NAME)}"
     await _expect(
@@ -209,10 +211,10 @@ async def _drive(http: aiohttp.ClientSession, idp: Idp) -> str:
     meta = await _expect(await http.get(f"/v1/files/{second['id']}/metadata", headers=ALICE), 200)
     assert meta["metadata"] == META
     assert await _expect(await http.get(f"/v1/files/{second['id']}", headers=ALICE), 200) == (
-        b"second"
+        SECOND
     )
     ranged = await http.get(f"/v1/files/{second['id']}", headers={**ALICE, "Range": "bytes=1-2"})
-    assert await _expect(ranged, 206) == b"ec"
+    assert await _expect(ranged, 206) == SECOND[1:3]
     await _expect(await http.head(f"/v1/files/{PUT_ID}", headers=ALICE), 200)
     await _expect(await http.delete(f"/v1/files/{PUT_ID}/tags/{TAG}", headers=ALICE), 200)
     await _expect(await http.delete(f"/v1/tags/{OTHER_TAG}", headers=ALICE), 204)

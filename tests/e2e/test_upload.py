@@ -14,6 +14,7 @@ import pytest
 from fileshare.config import ClamdAddress
 from tests.e2e.conftest import ALICE, BOB, MAX_UPLOAD, PART, Env
 from tests.servers import free_port
+from tests.sniff_files import dicom, pdf
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 TESTFILES = Path("/usr/share/clamav-testfiles")
@@ -33,22 +34,22 @@ async def download(
 
 @pytest.mark.parametrize("size", [0, 1, PART - 1, PART, PART + 1, 3 * PART + 7])
 async def test_raw_round_trip_is_byte_identical(env: Env, size: int) -> None:
-    data = os.urandom(size)
-    resp = await upload(
-        env, data, headers={"Content-Type": "application/dicom"}, params={"name": "scan.dcm"}
-    )
+    # A DICOM file where one fits (its preamble and "DICM" are checked); raw bytes below.
+    ctype = "application/dicom" if size >= 200 else "application/octet-stream"
+    data = dicom(size) if size >= 200 else os.urandom(size)
+    resp = await upload(env, data, headers={"Content-Type": ctype}, params={"name": "scan.dcm"})
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     assert body["size"] == size
     assert body["sha256"] == hashlib.sha256(data).hexdigest()
-    assert body["contentType"] == "application/dicom"
+    assert body["contentType"] == ctype
     assert body["name"] == "scan.dcm"
     assert body["url"] == f"https://files.example.test/v1/files/{body['id']}"
     assert resp.headers["Location"] == body["url"]
     attachment = body["attachment"]
     assert attachment["hash"] == base64.b64encode(hashlib.sha1(data).digest()).decode()
     assert attachment == {
-        "contentType": "application/dicom",
+        "contentType": ctype,
         "url": body["url"],
         "size": size,
         "hash": attachment["hash"],
@@ -58,7 +59,7 @@ async def test_raw_round_trip_is_byte_identical(env: Env, size: int) -> None:
     got = await download(env, body["id"])
     assert got.status == 200
     assert await got.read() == data
-    assert got.headers["Content-Type"] == "application/dicom"
+    assert got.headers["Content-Type"] == ctype
     assert got.headers["ETag"] == f'"{body["sha256"]}"'
     assert got.headers["X-Content-Type-Options"] == "nosniff"
     assert 'filename="scan.dcm"' in got.headers["Content-Disposition"]
@@ -77,7 +78,7 @@ async def test_large_upload_round_trip(env: Env) -> None:
 
 
 async def test_multipart_form_round_trip(env: Env) -> None:
-    data = os.urandom(PART + 12345)
+    data = pdf(PART + 12345)
     # Raw UTF-8 in the quoted filename, as browsers send it.
     form = aiohttp.FormData(quote_fields=False)
     form.add_field("note", "ignored")
