@@ -76,6 +76,7 @@ from fileshare.links import LinkService
 from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
 from fileshare.recovery import StagingSweeper
+from fileshare.rescan import Rescanner
 from fileshare.scan.clamd import ClamdScanner
 from fileshare.service import FileService
 from fileshare.sniff import TypePolicy
@@ -94,6 +95,7 @@ LINK_STORE = web.AppKey("link_store", LinkStore)
 TRUSTED_ISSUERS = web.AppKey("trusted_issuers", tuple[TrustedIssuer, ...])
 #: The OpenAPI document, rendered once.
 OPENAPI = web.AppKey("openapi", bytes)
+RESCANNER = web.AppKey("rescanner", Rescanner)
 
 log = structlog.get_logger(__name__)
 #: How long shutdown waits for cancelled uploads to remove their staging data.
@@ -386,20 +388,45 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         max_age=timedelta(seconds=settings.staging_max_age),
         clock=service.clock,
     )
+    rescanner = app[RESCANNER] = Rescanner(
+        pipeline=pipeline,
+        index=app[INDEX],
+        storage=app[STORAGE],
+        permanent_bucket=settings.permanent_bucket,
+        clock=service.clock,
+    )
+    rescans = asyncio.create_task(
+        _rescan_forever(rescanner, settings.rescan_interval, settings.rescan_after)
+    )
     sweeper = asyncio.create_task(_sweep_forever(service, recovery, settings.sweep_interval))
     reconciler = asyncio.create_task(_reconcile_forever(direct, settings.reconcile_interval))
     yield
     sweeper.cancel()
     reconciler.cancel()
+    rescans.cancel()
     for task in events:
         task.cancel()
-    await asyncio.wait([sweeper, reconciler, *events])
+    await asyncio.wait([sweeper, reconciler, rescans, *events])
     if source is not None:
         await source.close()
     if EVENTS in app:
         await app[EVENTS].close()
     # Runs before the storage and index contexts close (cleanup_ctx unwinds in reverse).
     await pipeline.wait_for_cleanups(CLEANUP_LIMIT)
+
+
+async def _rescan_forever(rescanner: Rescanner, interval: float, after: float) -> None:
+    """Every ``interval`` seconds (0: never): rescan clean content verdicted more than
+    ``after`` seconds ago or with an older signature database than clamd's now. The first
+    round waits one interval: a start-up is busy enough."""
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await rescanner.run(scanned_before=rescanner.clock() - timedelta(seconds=after))
+        except Exception as exc:  # the index or clamd is down: next round
+            log.warning("rescan.round_failed", error=type(exc).__name__)
 
 
 async def _sweep_forever(service: FileService, recovery: StagingSweeper, interval: float) -> None:

@@ -185,6 +185,10 @@ class Settings:
     storage_timeout: float = 60.0
     #: How often objects whose deletion failed are removed again (seconds).
     sweep_interval: float = 300.0
+    #: Seconds between two rescan rounds (0: no periodic rescans).
+    rescan_interval: float = 600.0
+    #: A clean verdict older than this many seconds is rescanned whatever the database.
+    rescan_after: float = 30 * 86400.0
     #: Staging objects and unfinished uploads older than this (seconds) are leftovers of
     #: crashed uploads, removed by the sweeper (``recovery``).
     staging_max_age: float = 86400.0
@@ -337,6 +341,10 @@ class Settings:
             raise ConfigError("FILESHARE_DIRECT_PART_SIZE must be between 5MiB and 5GiB")
         if not self.reconcile_interval > 0:
             raise ConfigError("FILESHARE_RECONCILE_INTERVAL must be a positive number of seconds")
+        if self.rescan_interval < 0 or not self.rescan_after > 0:
+            raise ConfigError(
+                "FILESHARE_RESCAN_INTERVAL must be >= 0 and FILESHARE_RESCAN_AFTER > 0"
+            )
         if not self.sweep_interval > 0:
             raise ConfigError("FILESHARE_SWEEP_INTERVAL must be a positive number of seconds")
         if self.clamd_max_scans < 1:
@@ -715,6 +723,8 @@ _FLOATS = {
     "BUDGET_WAIT": "budget_wait",
     "SHUTDOWN_GRACE": "shutdown_grace",
     "SWEEP_INTERVAL": "sweep_interval",
+    "RESCAN_INTERVAL": "rescan_interval",
+    "RESCAN_AFTER": "rescan_after",
     "STAGING_MAX_AGE": "staging_max_age",
     "RECONCILE_INTERVAL": "reconcile_interval",
     "TOKEN_LIFETIME": "token_lifetime",

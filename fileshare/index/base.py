@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 from sqlalchemy import Connection
 
 from fileshare.audit import AuditEvent
-from fileshare.models import Content, FileRecord
+from fileshare.models import Content, FileRecord, ScanRecord
 
 
 class IndexError_(Exception):
@@ -171,6 +171,34 @@ class FileIndex(Protocol):
         Every method below that changes something takes such an ``audit`` event too: it is
         completed with what the change touched (file id, sha256) and appended to the audit
         trail in the change's own transaction, and only when something changed."""
+
+    async def lease_rescans(
+        self,
+        *,
+        scanned_before: datetime,
+        older_db: int | None,
+        now: datetime,
+        until: datetime,
+        limit: int,
+    ) -> list[Content]:
+        """Up to ``limit`` clean, stored contents to scan again, oldest verdict first: those
+        scanned before ``scanned_before``, or (``older_db``) with a signature database
+        older than that version (a verdict of unknown database is due by age only). A
+        verdict made after ``scanned_before`` with a database that new is never due, so a
+        round ends. Each is leased until
+        ``until`` in the same transaction; one leased by another replica (its lease not
+        past at ``now``) is skipped (PostgreSQL: ``FOR UPDATE SKIP LOCKED``), so replicas
+        rescanning at once take disjoint sets and no sha256 is scanned twice."""
+
+    async def record_rescan(
+        self, content: Content, scan: ScanRecord, *, audit: AuditEvent
+    ) -> list[tuple[str, str]]:
+        """The verdict of a rescan of ``content`` (as ``lease_rescans`` gave it), and its
+        lease released. Clean: the provenance is brought up to date. Otherwise the content
+        takes that state at once (no record of it is served from then on; the object stays
+        as evidence) and one ``audit`` row per record of it (owner, file id) is written in
+        the same transaction. Nothing changes if the content moved meanwhile (deleted,
+        promoted again). Returns the (owner, file id) of the records it changed."""
 
     async def commit(
         self,

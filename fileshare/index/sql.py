@@ -44,6 +44,7 @@ from sqlalchemy import (
     insert,
     literal,
     not_,
+    or_,
     select,
     tuple_,
     update,
@@ -323,7 +324,8 @@ class SqlIndex:
         if runner.dialect == "sqlite":
             # The engine's own dialect: the same JSON serializer as SQLAlchemy's path.
             dialect = runner.sa_dialect
-            content_keys = [c.name for c in contents.columns]
+            # Every column an upload writes (a lease is never set on insert).
+            content_keys = [c.name for c in contents.columns if c.name != "rescan_until"]
             self._fast = {
                 "reserve": _DriverStatement(_RESERVE_UNLESS_HELD, dialect),
                 "unreserve": _DriverStatement(_UNRESERVE, dialect),
@@ -471,6 +473,73 @@ class SqlIndex:
 
         await self._audited_tx("record_verdict", run, lambda _: [audit] if audit else [], created)
 
+    async def lease_rescans(
+        self,
+        *,
+        scanned_before: datetime,
+        older_db: int | None,
+        now: datetime,
+        until: datetime,
+        limit: int,
+    ) -> list[Content]:
+        c = contents.c
+        stale: list[ColumnElement[bool]] = [c.scanned_at < scanned_before]
+        if older_db is not None:
+            stale.append(c.signature_db < older_db)
+        due = select(contents).where(
+            c.state == ScanState.CLEAN.value,
+            c.object_key.is_not(None),
+            or_(c.rescan_until.is_(None), c.rescan_until < now),
+            or_(*stale),
+        )
+        # Oldest verdict first; skip rows another replica's transaction holds right now.
+        query = due.order_by(c.scanned_at, c.sha256).limit(limit).with_for_update(skip_locked=True)
+
+        def run(conn: Connection) -> list[Content]:
+            leased = [_content(row._mapping) for row in conn.execute(query)]
+            if leased:
+                conn.execute(
+                    update(contents)
+                    .where(c.sha256.in_([x.sha256 for x in leased]))
+                    .values(rescan_until=until)
+                )
+            return leased
+
+        return await self._tx("lease_rescans", run)
+
+    async def record_rescan(
+        self, content: Content, scan: ScanRecord, *, audit: AuditEvent
+    ) -> list[tuple[str, str]]:
+        c = contents.c
+        now = scan.scanned_at or datetime.now(UTC)
+        changed: list[tuple[str, str]] = []
+
+        def run(conn: Connection) -> list[tuple[str, str]]:
+            changed.clear()
+            row = _lock_content(conn, content.sha256)
+            if row is None or row._mapping["object_key"] != content.key:
+                return []  # deleted, or promoted again, meanwhile: not this verdict's
+            values: dict[str, object] = {
+                "scanner": scan.scanner,
+                "signature_db": signature_db(scan.scanner),
+                "scanned_at": scan.scanned_at,
+                "rescan_until": None,
+            }
+            if scan.state is not ScanState.CLEAN:
+                values |= {"state": scan.state.value, "signature": scan.signature}
+                held = select(files.c.owner, files.c.id).where(files.c.sha256 == content.sha256)
+                changed.extend((owner, file_id) for owner, file_id in conn.execute(held))
+            conn.execute(update(contents).where(c.sha256 == content.sha256).values(values))
+            return list(changed)
+
+        def events(records: list[tuple[str, str]]) -> list[AuditEvent]:
+            return [
+                audit.but(owner=owner, file_id=file_id, sha256=content.sha256)
+                for owner, file_id in records
+            ]
+
+        return await self._audited_tx("record_rescan", run, events, now)
+
     def _release(self, conn: Connection, sha256: str, now: datetime) -> list[str]:
         """Forget the content if no record uses it any more; its object becomes doomed."""
         row = _lock_content(conn, sha256)
@@ -528,8 +597,12 @@ class SqlIndex:
         conn.execute(
             update(contents)
             .where(contents.c.sha256 == content.sha256)
-            .values(_content_values(content))
+            .values(_content_values(content) | {"rescan_until": None})
         )
+        if stored.key is not None and stored.key != content.key:
+            # The object a rescan found infected and kept as evidence: redundant now.
+            self._doom(conn, stored.key, now)
+            return content, False, [stored.key]
         return content, False, []
 
     async def commit(

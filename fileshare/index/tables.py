@@ -82,6 +82,9 @@ contents = Table(
     Column("signature_db", Integer),
     Column("scanned_at", UtcDateTime),
     Column("created", UtcDateTime, nullable=False),
+    #: While a replica rescans the content: until when it holds it (``lease_rescans``).
+    Column("rescan_until", UtcDateTime),
+    Index("contents_rescan", "state", "scanned_at"),
 )
 
 #: One owner's record of a content. The primary key is (owner, id): ids are chosen by the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
+from fileshare.audit import Action, AuditEvent, Result
 from fileshare.config import Settings
 from fileshare.index.base import (
     Committed,
@@ -735,3 +737,94 @@ async def test_concurrent_commits(index: FileIndex) -> None:
 
 def test_the_index_is_one_implementation(index: FileIndex) -> None:
     assert isinstance(index, SqlIndex)
+
+
+# -------------------------------------------------------------------------------- rescans
+
+OLD_DB_SCANNER = "ClamAV 1.4.6/26000/Thu Feb 01 09:00:00 2024"
+
+
+async def test_rescans_are_leased_oldest_first_and_once(index: FileIndex) -> None:
+    older = replace(
+        content(1), scan=ScanRecord(ScanState.CLEAN, scanner=SCANNER, scanned_at=NOW - HOUR)
+    )
+    newer = content(2)
+    old_db = replace(
+        content(3), scan=ScanRecord(ScanState.CLEAN, scanner=OLD_DB_SCANNER, scanned_at=NOW)
+    )
+    for c in (older, newer, old_db):
+        await post(index, c)
+
+    def lease(now: datetime, **kw: Any) -> Any:
+        args = {"scanned_before": NOW, "older_db": None, "now": now, "until": now + HOUR}
+        return index.lease_rescans(**(args | {"limit": 10} | kw))
+
+    # By age: only the verdict made before the bound; by database too: the older database's.
+    assert [c.sha256 for c in await lease(NOW)] == [older.sha256]
+    assert [c.sha256 for c in await lease(NOW, older_db=27000)] == [old_db.sha256]
+    # Leased: nobody gets them again until the lease is past.
+    assert await lease(NOW, older_db=27000) == []
+    again = await lease(NOW + 2 * HOUR, older_db=27000)
+    assert sorted(c.sha256 for c in again) == sorted([older.sha256, old_db.sha256])
+    assert [c.sha256 for c in await lease(NOW + 4 * HOUR, older_db=27000, limit=1)] == [
+        older.sha256  # oldest verdict first
+    ]
+
+
+async def test_a_rescan_verdict_takes_effect_on_every_record_once(index: FileIndex) -> None:
+    c = content(7)
+    mine = await post(index, c)
+    theirs = await post(index, c, owner="bob", held=True)
+    (leased,) = await index.lease_rescans(
+        scanned_before=NOW + HOUR, older_db=None, now=NOW, until=NOW + HOUR, limit=5
+    )
+    infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
+    event = AuditEvent(action=Action.SCAN_VERDICT, result=Result.DENIED, detail={"x": 1})
+    changed = await index.record_rescan(leased, infected, audit=event)
+    assert sorted(changed) == sorted([("alice", mine.record.id), ("bob", theirs.record.id)])
+    got = await index.get("alice", mine.record.id)
+    assert got is not None
+    assert got.content.scan.state is ScanState.INFECTED
+    assert not got.content.present
+    assert await index.find_clean(c.sha256) is None
+    # Not clean any more: never leased for a rescan again.
+    assert (
+        await index.lease_rescans(
+            scanned_before=NOW + 9 * HOUR,
+            older_db=None,
+            now=NOW + 9 * HOUR,
+            until=NOW + 10 * HOUR,
+            limit=5,
+        )
+        == []
+    )
+
+
+async def test_a_rescan_of_content_that_moved_changes_nothing(index: FileIndex) -> None:
+    c = content(8)
+    await post(index, c)
+    (leased,) = await index.lease_rescans(
+        scanned_before=NOW + HOUR, older_db=None, now=NOW, until=NOW + HOUR, limit=5
+    )
+    moved = replace(leased, key=new_object_key(c.sha256))  # as if promoted again meanwhile
+    infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
+    event = AuditEvent(action=Action.SCAN_VERDICT)
+    assert await index.record_rescan(moved, infected, audit=event) == []
+    assert await index.find_clean(c.sha256) is not None
+
+
+async def test_bytes_found_infected_then_clean_again_leave_no_orphan(index: FileIndex) -> None:
+    """A signature withdrawn (a false positive): the same bytes uploaded again and scanned
+    clean are promoted anew; the object kept as evidence is handed back for removal."""
+    c = content(9)
+    await post(index, c)
+    (leased,) = await index.lease_rescans(
+        scanned_before=NOW + HOUR, older_db=None, now=NOW, until=NOW + HOUR, limit=5
+    )
+    infected = ScanRecord(ScanState.INFECTED, "False.Positive", SCANNER, NOW + HOUR)
+    await index.record_rescan(leased, infected, audit=AuditEvent(action=Action.SCAN_VERDICT))
+    again = replace(c, key=new_object_key(c.sha256))
+    committed = await post(index, again)
+    assert committed.doomed == (c.key,)
+    assert committed.record.content.key == again.key
+    assert committed.record.content.present
