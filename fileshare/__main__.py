@@ -8,7 +8,7 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from fileshare import __version__, audit_cli, identity_cli
+from fileshare import __version__, audit_cli, identity_cli, rescan_cli
 from fileshare.cli import EXIT_CODES, add_commands, run
 
 
@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     add_commands(sub)
     identity_cli.add_commands(sub)
     audit_cli.add_commands(sub)
+    rescan_cli.add_commands(sub)
     return top
 
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return identity_cli.run(args)
     if args.command in audit_cli.COMMANDS:
         return audit_cli.run(args)
+    if args.command in rescan_cli.COMMANDS:
+        return rescan_cli.run(args)
     from fileshare import admin
 
     return admin.run(args.command)

@@ -475,3 +475,43 @@ def test_a_broken_download_leaves_no_file(
     fresh = cli("download", "some-id", env=env, cwd=tmp_path)
     assert fresh.returncode == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rescan_scans_stored_content_again_with_the_servers_settings(
+    tmp_path: Path, clamd: Any
+) -> None:
+    """``fileshare rescan`` beside a running server, on its settings: every clean content
+    once (``--all``), a JSON line of what it found; without ``--all`` nothing is due yet."""
+    settings = {
+        "FILESHARE_STORAGE": "local",
+        "FILESHARE_DATA_DIR": str(tmp_path / "data"),
+        "FILESHARE_CLAMD": clamd.address,
+        "FILESHARE_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
+        "FILESHARE_LOG_LEVEL": "WARNING",
+    }
+    running = _start(tmp_path, clamd, **settings)
+    try:
+        for n in (1000, 2000):
+            source = write(tmp_path / f"f{n}.bin", os.urandom(n))
+            assert cli("upload", source, env=client_env(running)).returncode == 0
+        server_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FILESHARE_")},
+            **settings,
+        }
+        done = cli("rescan", "--all", env=server_env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "clean": 2,
+            "infected": [],
+            "unscannable": [],
+            "failed": [],
+            "filesChanged": 0,
+        }
+        recent = cli("rescan", env=server_env)
+        assert recent.returncode == 0, recent.stderr
+        assert json.loads(recent.stdout)["clean"] == 0
+        broken = cli("rescan", env={**server_env, "FILESHARE_STORAGE": "nowhere"})
+        assert broken.returncode == 2
+        assert b"configuration error" in broken.stderr
+    finally:
+        _stop(running)
