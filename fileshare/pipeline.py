@@ -359,7 +359,10 @@ class _Upload:
         return await self._settle(digest, staged.version)
 
     def _check_declared(self) -> None:
-        self._apply(self.p.types.check_declared(self.content_type))
+        refusal = self.p.types.check_declared(self.content_type)
+        if refusal is not None:  # an allow-list is always enforced
+            self.log.warning("type.refused", code=refusal.code, detail=refusal.detail)
+            raise refusal
 
     def _check_head(self, head: bytes) -> None:
         self._apply(self.p.types.check_head(head, self.content_type))

@@ -30,10 +30,10 @@ from fileshare.storage.base import ObjectNotFound, Storage, StorageError
 
 log = structlog.get_logger(__name__)
 
-#: How long one replica holds a content it rescans (a crash frees it after this).
-LEASE = timedelta(minutes=15)
-#: Contents leased per index call.
-BATCH = 16
+#: How long one replica holds the content it rescans: longer than the largest upload's
+#: transfer and scan take (a crash frees it after this). A content that could not be
+#: rescanned keeps its lease, so a round does not take it again at once.
+LEASE = timedelta(hours=1)
 
 
 @dataclass
@@ -81,24 +81,26 @@ class Rescanner:
         older_db = None
         if by_database:
             older_db = signature_db(await self.pipeline.scanner.provenance())
+        started = self.clock()
         taken = 0
         while limit is None or taken < limit:
+            # One at a time, each leased just before its scan: a lease never runs out on a
+            # content still waiting its turn (another replica would take it too).
             now = self.clock()
-            batch = BATCH if limit is None else min(BATCH, limit - taken)
             leased = await index_call(
                 self.index.lease_rescans(
                     scanned_before=scanned_before,
                     older_db=older_db,
+                    round_started=started,
                     now=now,
                     until=now + LEASE,
-                    limit=batch,
+                    limit=1,
                 )
             )
             if not leased:
                 break
-            taken += len(leased)
-            for content in leased:
-                await self._one(content, report)
+            taken += 1
+            await self._one(leased[0], report)
         if report.scanned or report.failed:
             log.info(
                 "rescan.round",
@@ -110,21 +112,41 @@ class Rescanner:
             )
         return report
 
+    async def _withdraw(self, content: Content, report: RescanReport) -> None:
+        """The content is no longer present: its records stay, none is served, and the next
+        upload of its bytes stores (and scans) them again."""
+        assert content.key is not None
+        try:
+            await index_call(self.index.lose(content.sha256, content.key))
+        except errors.FileshareError as exc:
+            log.warning("rescan.not_recorded", sha256=content.sha256, error=type(exc).__name__)
+        report.failed.append(content.sha256)
+
     async def _one(self, content: Content, report: RescanReport) -> None:
         assert content.key is not None
         bound = log.bind(sha256=content.sha256)
         try:
             stored = await self.storage.head(self.permanent, content.key)
             digest, scan = await self.pipeline.scan_stored(self.permanent, stored)
-        except (ObjectNotFound, StorageError, errors.FileshareError) as exc:
+        except ObjectNotFound:
+            bound.error("rescan.object_missing", key=content.key)
+            await self._withdraw(content, report)
+            return
+        except (StorageError, errors.FileshareError) as exc:
             bound.warning("rescan.failed", error=type(exc).__name__)
             report.failed.append(content.sha256)
             return
-        if digest.sha256 != content.sha256:
-            # The stored bytes are not the ones scanned and recorded: say so loudly; the
-            # verdict of other bytes is no verdict on these.
-            bound.error("rescan.bytes_changed", found=digest.sha256)
+        if scan.state is ScanState.UNSCANNABLE and "MaxScanTime" in (scan.signature or ""):
+            # Out of time on a busy scanner: a fact about this moment, not about the bytes,
+            # which were scanned through before. A later round tries again.
+            bound.warning("rescan.out_of_time")
             report.failed.append(content.sha256)
+            return
+        if digest.sha256 != content.sha256:
+            # The stored bytes are not the ones scanned and recorded: none of its records
+            # may serve them any more. The object is left where it is for an operator.
+            bound.error("rescan.bytes_changed", key=content.key, found=digest.sha256)
+            await self._withdraw(content, report)
             return
         audit = AuditEvent(
             action=Action.SCAN_VERDICT,

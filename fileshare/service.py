@@ -31,9 +31,10 @@ from fileshare.index.base import (
     PreconditionFailed,
     Tag,
     TooLarge,
+    VerdictStands,
 )
 from fileshare.index.uploads import UploadStore
-from fileshare.models import FileRecord, UploadState
+from fileshare.models import FileRecord, ScanState, UploadState
 from fileshare.pipeline import IngestResult, Pipeline
 from fileshare.storage.base import ObjectNotFound, Presigned, Presigner, Storage, StorageError
 
@@ -190,12 +191,18 @@ class FileService:
                     audit=event,
                 )
             )
-        except (errors.Conflict, PreconditionFailed, ContentGone) as exc:
+        except (errors.Conflict, PreconditionFailed, ContentGone, VerdictStands) as exc:
             # A definite "no": the object this upload promoted is nobody's.
             if promoted is not None:
                 await self._remove_objects([promoted])
             if isinstance(exc, PreconditionFailed):
                 raise errors.PreconditionFailed(str(exc)) from None
+            if isinstance(exc, VerdictStands):
+                # A newer signature database said so (this replica's clamd lags behind).
+                log.warning("upload.newer_verdict_stands", state=exc.state.value)
+                if exc.state is ScanState.UNSCANNABLE:
+                    raise errors.Unscannable(exc.signature) from None
+                raise errors.Infected(exc.signature) from None
             if isinstance(exc, ContentGone):
                 # Not saying why: the bytes may have been another owner's.
                 raise errors.ContentChanged("the upload could not be recorded; retry") from None

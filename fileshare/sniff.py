@@ -8,7 +8,8 @@ warning in the log (``report``):
   (``FILESHARE_ALLOWED_TYPES``; empty: every type), checked before a byte is read;
 * ``type_mismatch``: an executable (PE, ELF, Mach-O) declared as anything but an executable
   or ``application/octet-stream``; or a type that always starts with a signature (PDF, the
-  common images, ZIP, gzip, DICOM...) whose bytes puremagic does not identify as it;
+  common images, ZIP, gzip, DICOM...) whose bytes do not carry it (puremagic identifies
+  most; PDF and TIFF are checked here, as loosely as their readers are);
 * ``dicom_polyglot``: DICOM's 128-byte preamble is free for the application, so a file can be
   a valid DICOM *and* a Windows executable at once (CVE-2019-11687); a preamble that starts
   with an executable header is refused whatever the declared type.
@@ -20,7 +21,7 @@ through: it never refuses what it does not know. The bytes are still scanned.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,11 +60,9 @@ _EXECUTABLE_MAGIC = (
 #: Types whose files always start with a signature puremagic knows, and the names it may
 #: give them (aliases, and container formats it reports as one of their members).
 _SIGNED: dict[str, frozenset[str]] = {
-    "application/pdf": frozenset({"application/pdf"}),
     "image/png": frozenset({"image/png"}),
     "image/jpeg": frozenset({"image/jpeg", "image/jpg", "image/pjpeg"}),
     "image/gif": frozenset({"image/gif"}),
-    "image/tiff": frozenset({"image/tiff"}),
     "image/bmp": frozenset({"image/bmp", "image/x-bmp", "image/x-ms-bmp"}),
     "image/webp": frozenset({"image/webp"}),
     "application/gzip": frozenset({"application/gzip", "application/x-gzip"}),
@@ -81,6 +80,13 @@ _SIGNED: dict[str, frozenset[str]] = {
             "application/epub+zip",
         }
     ),
+}
+#: Types whose signature readers accept more loosely than puremagic's database knows:
+#: a PDF header anywhere in the first KiB (what Acrobat accepts: a BOM, blank lines or junk
+#: before ``%PDF``), TIFF in both byte orders including BigTIFF (whole-slide images).
+_OWN_CHECKS: dict[str, Callable[[bytes], bool]] = {
+    "application/pdf": lambda head: b"%PDF" in head[:1024],
+    "image/tiff": lambda head: head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"),
 }
 _ALIASES = {
     "image/jpg": "image/jpeg",
@@ -105,8 +111,9 @@ class TypePolicy:
     allowed: frozenset[str] = frozenset()
 
     def check_declared(self, content_type: str) -> errors.FileshareError | None:
-        """The allow-list, on the declared type alone (before the body is read)."""
-        if self.mode == "off" or not self.allowed:
+        """The allow-list, on the declared type alone (before the body is read). A setting
+        of its own: ``mode`` does not turn it off."""
+        if not self.allowed:
             return None
         declared = media_type(content_type)
         if any(fnmatch.fnmatchcase(declared, pattern) for pattern in self.allowed):
@@ -135,6 +142,9 @@ class TypePolicy:
             if declared in _GENERIC or declared in _EXECUTABLE_TYPES:
                 return None
             return _mismatch(declared, executable)
+        own = _OWN_CHECKS.get(declared)
+        if own is not None:
+            return None if own(head) else _mismatch(declared, "bytes without its signature")
         names = _SIGNED.get(declared)
         if names is not None and not names & _identified(head):
             return _mismatch(declared, "bytes without its signature")
@@ -158,6 +168,11 @@ def _executable(head: bytes, *, dos_header_suffices: bool) -> str | None:
     for magic, what in _EXECUTABLE_MAGIC:
         if head.startswith(magic):
             return what
+    # A universal (fat) Mach-O counts its architectures next; a Java class file, which
+    # starts alike, has its version there (45 and up).
+    fat = head[:4] in (b"\xca\xfe\xba\xbe", b"\xca\xfe\xba\xbf")
+    if fat and 0 < int.from_bytes(head[4:8], "big") < 30:
+        return "a Mach-O executable"
     return None
 
 

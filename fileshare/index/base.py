@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 from sqlalchemy import Connection
 
 from fileshare.audit import AuditEvent
-from fileshare.models import Content, FileRecord, ScanRecord
+from fileshare.models import Content, FileRecord, ScanRecord, ScanState
 
 
 class IndexError_(Exception):
@@ -37,6 +37,16 @@ class PreconditionFailed(IndexError_):
 class ContentGone(IndexError_):
     """The clean content an upload was deduplicated onto was deleted meanwhile; the upload
     holds no bytes of its own to promote and must be retried."""
+
+
+class VerdictStands(IndexError_):
+    """A commit of bytes scanned clean, while the index holds a verdict that they are not
+    (infected or unscannable) made with a newer signature database: that verdict stands."""
+
+    def __init__(self, state: ScanState, signature: str) -> None:
+        super().__init__(f"a newer verdict stands: {state.value} ({signature})")
+        self.state = state
+        self.signature = signature
 
 
 class TooLarge(IndexError_):
@@ -177,15 +187,16 @@ class FileIndex(Protocol):
         *,
         scanned_before: datetime,
         older_db: int | None,
+        round_started: datetime,
         now: datetime,
         until: datetime,
         limit: int,
     ) -> list[Content]:
         """Up to ``limit`` clean, stored contents to scan again, oldest verdict first: those
         scanned before ``scanned_before``, or (``older_db``) with a signature database
-        older than that version (a verdict of unknown database is due by age only). A
-        verdict made after ``scanned_before`` with a database that new is never due, so a
-        round ends. Each is leased until
+        older than that version and made before ``round_started`` (a verdict of unknown
+        database is due by age only; one of unknown time, the first release's, always).
+        A verdict made in this round is never due again in it, so a round ends. Each is leased until
         ``until`` in the same transaction; one leased by another replica (its lease not
         past at ``now``) is skipped (PostgreSQL: ``FOR UPDATE SKIP LOCKED``), so replicas
         rescanning at once take disjoint sets and no sha256 is scanned twice."""

@@ -77,6 +77,7 @@ from fileshare.index.base import (
     Removed,
     Tag,
     TooLarge,
+    VerdictStands,
 )
 from fileshare.index.tables import (
     UtcDateTime,
@@ -462,8 +463,19 @@ class SqlIndex:
         stmt = self._insert(contents).values(values)
         stmt = stmt.on_conflict_do_update(
             index_elements=[contents.c.sha256],
-            set_={k: stmt.excluded[k] for k in values if k not in ("sha256", "created")},
-            where=contents.c.state != ScanState.CLEAN.value,
+            # The object key stays: a rescan that found stored bytes infected keeps them as
+            # evidence, and only a later commit (or the records' deletion) may drop them.
+            set_={
+                k: stmt.excluded[k] for k in values if k not in ("sha256", "created", "object_key")
+            },
+            # Never over a clean row; and an infected verdict is not weakened to another.
+            where=and_(
+                contents.c.state != ScanState.CLEAN.value,
+                or_(
+                    contents.c.state != ScanState.INFECTED.value,
+                    stmt.excluded.state == ScanState.INFECTED.value,
+                ),
+            ),
         )
 
         def run(conn: Connection) -> None:
@@ -478,14 +490,18 @@ class SqlIndex:
         *,
         scanned_before: datetime,
         older_db: int | None,
+        round_started: datetime,
         now: datetime,
         until: datetime,
         limit: int,
     ) -> list[Content]:
         c = contents.c
-        stale: list[ColumnElement[bool]] = [c.scanned_at < scanned_before]
+        # A verdict of unknown time (the first release's) is the oldest of all.
+        stale: list[ColumnElement[bool]] = [c.scanned_at < scanned_before, c.scanned_at.is_(None)]
         if older_db is not None:
-            stale.append(c.signature_db < older_db)
+            # Only verdicts made before this round: one made in it with a database that
+            # went back (a sidecar restarted on an older one) is not due again at once.
+            stale.append(and_(c.signature_db < older_db, c.scanned_at < round_started))
         due = select(contents).where(
             c.state == ScanState.CLEAN.value,
             c.object_key.is_not(None),
@@ -493,7 +509,11 @@ class SqlIndex:
             or_(*stale),
         )
         # Oldest verdict first; skip rows another replica's transaction holds right now.
-        query = due.order_by(c.scanned_at, c.sha256).limit(limit).with_for_update(skip_locked=True)
+        query = (
+            due.order_by(c.scanned_at.asc().nulls_first(), c.sha256)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
 
         def run(conn: Connection) -> list[Content]:
             leased = [_content(row._mapping) for row in conn.execute(query)]
@@ -517,14 +537,15 @@ class SqlIndex:
         def run(conn: Connection) -> list[tuple[str, str]]:
             changed.clear()
             row = _lock_content(conn, content.sha256)
-            if row is None or row._mapping["object_key"] != content.key:
-                return []  # deleted, or promoted again, meanwhile: not this verdict's
-            values: dict[str, object] = {
-                "scanner": scan.scanner,
-                "signature_db": signature_db(scan.scanner),
-                "scanned_at": scan.scanned_at,
-                "rescan_until": None,
-            }
+            if (
+                row is None
+                or row._mapping["object_key"] != content.key
+                or row._mapping["state"] != ScanState.CLEAN.value
+            ):
+                return []  # deleted, promoted again or judged meanwhile: not this verdict's
+            values: dict[str, object] = {"scanned_at": scan.scanned_at, "rescan_until": None}
+            if scan.scanner is not None:  # otherwise the old provenance is the better one
+                values |= {"scanner": scan.scanner, "signature_db": signature_db(scan.scanner)}
             if scan.state is not ScanState.CLEAN:
                 values |= {"state": scan.state.value, "signature": scan.signature}
                 held = select(files.c.owner, files.c.id).where(files.c.sha256 == content.sha256)
@@ -593,7 +614,13 @@ class SqlIndex:
                 return stored, False, [content.key]
             return stored, False, []
         # A stale verdict (infected or failed before, now scanned clean), or an object
-        # found lost: ours is the one records use from now on.
+        # found lost: ours is the one records use from now on — unless the verdict that is
+        # not clean was made with a newer signature database than ours (replicas' clamd
+        # databases differ for hours): then it stands, and this upload is refused.
+        if stored.scan.state in (ScanState.INFECTED, ScanState.UNSCANNABLE):
+            theirs, ours = row._mapping["signature_db"], signature_db(content.scan.scanner)
+            if theirs is not None and (ours is None or ours < theirs):
+                raise VerdictStands(stored.scan.state, stored.scan.signature or "unknown")
         conn.execute(
             update(contents)
             .where(contents.c.sha256 == content.sha256)

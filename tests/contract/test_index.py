@@ -28,6 +28,7 @@ from fileshare.index.base import (
     Placement,
     PreconditionFailed,
     TooLarge,
+    VerdictStands,
 )
 from fileshare.index.factory import open_index
 from fileshare.index.sql import CommitOutcomeUnknown, SqlIndex
@@ -756,7 +757,13 @@ async def test_rescans_are_leased_oldest_first_and_once(index: FileIndex) -> Non
         await post(index, c)
 
     def lease(now: datetime, **kw: Any) -> Any:
-        args = {"scanned_before": NOW, "older_db": None, "now": now, "until": now + HOUR}
+        args = {
+            "scanned_before": NOW,
+            "older_db": None,
+            "round_started": NOW + HOUR,
+            "now": now,
+            "until": now + HOUR,
+        }
         return index.lease_rescans(**(args | {"limit": 10} | kw))
 
     # By age: only the verdict made before the bound; by database too: the older database's.
@@ -776,7 +783,12 @@ async def test_a_rescan_verdict_takes_effect_on_every_record_once(index: FileInd
     mine = await post(index, c)
     theirs = await post(index, c, owner="bob", held=True)
     (leased,) = await index.lease_rescans(
-        scanned_before=NOW + HOUR, older_db=None, now=NOW, until=NOW + HOUR, limit=5
+        scanned_before=NOW + HOUR,
+        older_db=None,
+        round_started=NOW + HOUR,
+        now=NOW,
+        until=NOW + HOUR,
+        limit=5,
     )
     infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
     event = AuditEvent(action=Action.SCAN_VERDICT, result=Result.DENIED, detail={"x": 1})
@@ -792,6 +804,7 @@ async def test_a_rescan_verdict_takes_effect_on_every_record_once(index: FileInd
         await index.lease_rescans(
             scanned_before=NOW + 9 * HOUR,
             older_db=None,
+            round_started=NOW + 9 * HOUR,
             now=NOW + 9 * HOUR,
             until=NOW + 10 * HOUR,
             limit=5,
@@ -804,7 +817,12 @@ async def test_a_rescan_of_content_that_moved_changes_nothing(index: FileIndex) 
     c = content(8)
     await post(index, c)
     (leased,) = await index.lease_rescans(
-        scanned_before=NOW + HOUR, older_db=None, now=NOW, until=NOW + HOUR, limit=5
+        scanned_before=NOW + HOUR,
+        older_db=None,
+        round_started=NOW + HOUR,
+        now=NOW,
+        until=NOW + HOUR,
+        limit=5,
     )
     moved = replace(leased, key=new_object_key(c.sha256))  # as if promoted again meanwhile
     infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
@@ -819,7 +837,12 @@ async def test_bytes_found_infected_then_clean_again_leave_no_orphan(index: File
     c = content(9)
     await post(index, c)
     (leased,) = await index.lease_rescans(
-        scanned_before=NOW + HOUR, older_db=None, now=NOW, until=NOW + HOUR, limit=5
+        scanned_before=NOW + HOUR,
+        older_db=None,
+        round_started=NOW + HOUR,
+        now=NOW,
+        until=NOW + HOUR,
+        limit=5,
     )
     infected = ScanRecord(ScanState.INFECTED, "False.Positive", SCANNER, NOW + HOUR)
     await index.record_rescan(leased, infected, audit=AuditEvent(action=Action.SCAN_VERDICT))
@@ -828,3 +851,66 @@ async def test_bytes_found_infected_then_clean_again_leave_no_orphan(index: File
     assert committed.doomed == (c.key,)
     assert committed.record.content.key == again.key
     assert committed.record.content.present
+
+
+async def lease_all(index: FileIndex, now: datetime = NOW) -> list[Content]:
+    return await index.lease_rescans(
+        scanned_before=now + HOUR,
+        older_db=None,
+        round_started=now + HOUR,
+        now=now,
+        until=now + HOUR,
+        limit=50,
+    )
+
+
+async def test_a_verdict_of_unknown_time_is_rescanned_first(index: FileIndex) -> None:
+    """The first release's contents have no provenance (migration 0002): the oldest."""
+    legacy = replace(content(11), scan=ScanRecord(ScanState.CLEAN))
+    recent = content(12)
+    await post(index, recent)
+    await post(index, legacy)
+    assert [c.sha256 for c in await lease_all(index)] == [legacy.sha256, recent.sha256]
+
+
+async def test_a_refused_reupload_keeps_the_evidence_for_the_next_clean_commit(
+    index: FileIndex,
+) -> None:
+    """Rescan: infected, object kept. A re-upload refused as infected records its verdict
+    without dropping that key (nor weakening the verdict to unscannable); when the bytes are
+    later committed clean, the evidence object is handed back for removal, not orphaned."""
+    c = content(13)
+    first = await post(index, c)
+    (leased,) = await lease_all(index)
+    infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
+    await index.record_rescan(leased, infected, audit=AuditEvent(action=Action.SCAN_VERDICT))
+    unscannable = ScanRecord(
+        ScanState.UNSCANNABLE, "Heuristics.Limits.Exceeded.MaxScanTime", SCANNER, NOW + HOUR
+    )
+    await index.record_verdict(replace(c, key=None, scan=unscannable))
+    got = await index.get("alice", first.record.id)
+    assert got is not None
+    assert got.content.scan.state is ScanState.INFECTED  # not weakened
+    assert got.content.key == c.key  # the evidence is still known
+    again = replace(c, key=new_object_key(c.sha256))
+    committed = await post(index, again)
+    assert committed.doomed == (c.key,)
+
+
+async def test_a_clean_verdict_of_an_older_database_does_not_undo_a_newer_one(
+    index: FileIndex,
+) -> None:
+    c = content(15)
+    await post(index, c)
+    (leased,) = await lease_all(index)
+    infected = ScanRecord(ScanState.INFECTED, "Newer.Signature", SCANNER, NOW + HOUR)
+    await index.record_rescan(leased, infected, audit=AuditEvent(action=Action.SCAN_VERDICT))
+    lagging = replace(
+        c,
+        key=new_object_key(c.sha256),
+        scan=ScanRecord(ScanState.CLEAN, scanner=OLD_DB_SCANNER, scanned_at=NOW + 2 * HOUR),
+    )
+    with pytest.raises(VerdictStands) as stands:
+        await post(index, lagging)
+    assert stands.value.signature == "Newer.Signature"
+    assert await index.find_clean(c.sha256) is None

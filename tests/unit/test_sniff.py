@@ -24,6 +24,10 @@ def _code(head: bytes, declared: str, policy: TypePolicy = ENFORCE) -> str | Non
     ("head", "declared"),
     [
         (pdf(), "application/pdf"),
+        (b"\xef\xbb\xbf\n  " + pdf(), "application/pdf"),  # a BOM and blank lines first
+        (b"II+\x00\x08\x00\x00\x00" + bytes(100), "image/tiff"),  # BigTIFF, little-endian
+        (b"MM\x00*" + bytes(100), "image/tiff"),
+        (b"\xca\xfe\xba\xbe\x00\x00\x00\x34" + bytes(100), "application/java-vm"),
         (pdf(), "application/x-pdf; charset=binary"),
         (png(), "image/png"),
         (dicom(), "application/dicom"),
@@ -46,6 +50,8 @@ def test_what_matches_or_cannot_be_judged_passes(head: bytes, declared: str) -> 
         (pe(), "application/pdf", "type_mismatch"),
         (pe(), "text/plain", "type_mismatch"),
         (elf(), "image/png", "type_mismatch"),
+        (b"\xca\xfe\xba\xbe\x00\x00\x00\x02" + bytes(100), "text/plain", "type_mismatch"),
+        (b"GIF89a" + bytes(100), "image/tiff", "type_mismatch"),
         (os.urandom(4096), "application/pdf", "type_mismatch"),
         (png(), "image/jpeg", "type_mismatch"),
         (b"", "application/pdf", "type_mismatch"),
@@ -61,7 +67,9 @@ def test_mismatches_are_refused_with_their_code(head: bytes, declared: str, code
 def test_report_and_off_still_find_but_off_looks_at_nothing() -> None:
     assert _code(pe(), "application/pdf", TypePolicy("report")) == "type_mismatch"
     assert _code(pe(), "application/pdf", TypePolicy("off")) is None
-    assert TypePolicy("off", frozenset({"image/*"})).check_declared("text/plain") is None
+    # The allow-list is a setting of its own: the mode does not switch it off.
+    refused = TypePolicy("off", frozenset({"image/*"})).check_declared("text/plain")
+    assert isinstance(refused, errors.TypeNotAllowed)
 
 
 def test_the_allow_list_takes_types_and_families() -> None:
