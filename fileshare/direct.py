@@ -147,6 +147,9 @@ class DirectUploads:
                 )
             if intent.size > self.max_size:
                 raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
+            # The allow-list before any URL: not after the client has sent every byte.
+            if (refusal := self.pipeline.types.check_declared(intent.content_type)) is not None:
+                raise refusal
             multipart = intent.size > self.put_max
             if intent.form and (multipart or self.forms is None):
                 raise errors.ValidationFailed(

@@ -112,6 +112,14 @@ class Metrics:
         self.budget_total = Gauge(
             "fileshare_memory_budget_bytes", "Upload memory budget", registry=r
         )
+        self.rescans = Counter(
+            "fileshare_rescans",
+            "Contents scanned again (rescan.py), by outcome; failed: left for a later round",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("clean", "infected", "unscannable", "failed"):
+            self.rescans.labels(outcome)
         self.clamd_errors = Counter(
             "fileshare_clamd_errors", "Scans that ended without a verdict", registry=r
         )

@@ -101,6 +101,10 @@ class Rescanner:
                 break
             taken += 1
             await self._one(leased[0], report)
+        metrics = self.pipeline.metrics
+        for outcome in ("clean", "infected", "unscannable", "failed"):
+            if found := len(getattr(report, outcome)):
+                metrics.rescans.labels(outcome).inc(found)
         if report.scanned or report.failed:
             log.info(
                 "rescan.round",

@@ -89,6 +89,9 @@ async def test_content_matched_by_a_later_signature_is_found_and_never_served_ag
     assert report.clean == [hashlib.sha256(other).hexdigest()]
     assert report.files_changed == 2
     assert report.failed == []
+    metrics = await (await env.client.get("/metrics")).text()
+    assert 'fileshare_rescans_total{outcome="infected"} 1.0' in metrics
+    assert 'fileshare_rescans_total{outcome="clean"} 1.0' in metrics
 
     for file_id, who in ((mine["id"], ALICE), (theirs["id"], BOB)):
         got = await env.client.get(f"/v1/files/{file_id}", headers=who)

@@ -65,6 +65,11 @@ async def test_the_allow_list_refuses_before_reading(make_env: Any) -> None:
     assert (await resp.json())["code"] == "type_not_allowed"
     ok = await upload(env, pdf(), headers={"Content-Type": "application/pdf"})
     assert ok.status == 201
+    if env.backend == "s3":  # direct uploads: refused before any URL is signed
+        intent = {"contentType": "text/plain", "size": 10, "name": "n.txt"}
+        refused = await env.client.post("/v1/uploads", json=intent, headers=ALICE)
+        assert refused.status == 415
+        assert (await refused.json())["code"] == "type_not_allowed"
 
 
 @pytest.mark.parametrize("backend", ["local"])
