@@ -745,6 +745,17 @@ def test_the_index_is_one_implementation(index: FileIndex) -> None:
 OLD_DB_SCANNER = "ClamAV 1.4.6/26000/Thu Feb 01 09:00:00 2024"
 
 
+async def lease_all(index: FileIndex, now: datetime = NOW) -> list[Content]:
+    return await index.lease_rescans(
+        scanned_before=now + HOUR,
+        older_db=None,
+        round_started=now + HOUR,
+        now=now,
+        until=now + HOUR,
+        limit=50,
+    )
+
+
 async def test_rescans_are_leased_oldest_first_and_once(index: FileIndex) -> None:
     older = replace(
         content(1), scan=ScanRecord(ScanState.CLEAN, scanner=SCANNER, scanned_at=NOW - HOUR)
@@ -782,14 +793,7 @@ async def test_a_rescan_verdict_takes_effect_on_every_record_once(index: FileInd
     c = content(7)
     mine = await post(index, c)
     theirs = await post(index, c, owner="bob", held=True)
-    (leased,) = await index.lease_rescans(
-        scanned_before=NOW + HOUR,
-        older_db=None,
-        round_started=NOW + HOUR,
-        now=NOW,
-        until=NOW + HOUR,
-        limit=5,
-    )
+    (leased,) = await lease_all(index)
     infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
     event = AuditEvent(action=Action.SCAN_VERDICT, result=Result.DENIED, detail={"x": 1})
     changed = await index.record_rescan(leased, infected, audit=event)
@@ -800,30 +804,13 @@ async def test_a_rescan_verdict_takes_effect_on_every_record_once(index: FileInd
     assert not got.content.present
     assert await index.find_clean(c.sha256) is None
     # Not clean any more: never leased for a rescan again.
-    assert (
-        await index.lease_rescans(
-            scanned_before=NOW + 9 * HOUR,
-            older_db=None,
-            round_started=NOW + 9 * HOUR,
-            now=NOW + 9 * HOUR,
-            until=NOW + 10 * HOUR,
-            limit=5,
-        )
-        == []
-    )
+    assert await lease_all(index, NOW + 8 * HOUR) == []
 
 
 async def test_a_rescan_of_content_that_moved_changes_nothing(index: FileIndex) -> None:
     c = content(8)
     await post(index, c)
-    (leased,) = await index.lease_rescans(
-        scanned_before=NOW + HOUR,
-        older_db=None,
-        round_started=NOW + HOUR,
-        now=NOW,
-        until=NOW + HOUR,
-        limit=5,
-    )
+    (leased,) = await lease_all(index)
     moved = replace(leased, key=new_object_key(c.sha256))  # as if promoted again meanwhile
     infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
     event = AuditEvent(action=Action.SCAN_VERDICT)
@@ -836,14 +823,7 @@ async def test_bytes_found_infected_then_clean_again_leave_no_orphan(index: File
     clean are promoted anew; the object kept as evidence is handed back for removal."""
     c = content(9)
     await post(index, c)
-    (leased,) = await index.lease_rescans(
-        scanned_before=NOW + HOUR,
-        older_db=None,
-        round_started=NOW + HOUR,
-        now=NOW,
-        until=NOW + HOUR,
-        limit=5,
-    )
+    (leased,) = await lease_all(index)
     infected = ScanRecord(ScanState.INFECTED, "False.Positive", SCANNER, NOW + HOUR)
     await index.record_rescan(leased, infected, audit=AuditEvent(action=Action.SCAN_VERDICT))
     again = replace(c, key=new_object_key(c.sha256))
@@ -851,17 +831,6 @@ async def test_bytes_found_infected_then_clean_again_leave_no_orphan(index: File
     assert committed.doomed == (c.key,)
     assert committed.record.content.key == again.key
     assert committed.record.content.present
-
-
-async def lease_all(index: FileIndex, now: datetime = NOW) -> list[Content]:
-    return await index.lease_rescans(
-        scanned_before=now + HOUR,
-        older_db=None,
-        round_started=now + HOUR,
-        now=now,
-        until=now + HOUR,
-        limit=50,
-    )
 
 
 async def test_a_verdict_of_unknown_time_is_rescanned_first(index: FileIndex) -> None:
