@@ -800,3 +800,25 @@ async def test_a_large_upload_never_blocks_the_loop(fake_gcs: FakeGcs) -> None:
         assert await _max_loop_lag(upload_and_read) < 0.2
     finally:
         await storage.close()
+
+
+async def test_a_sealed_write_whose_commit_failed_cannot_be_committed_again(env: Env) -> None:
+    """The last piece's PUT answers 503 (the Recorder answers in the emulator's place: a
+    real emulator does not fail on demand): the writer is failed, so a second commit is
+    refused instead of publishing what is left of it (nothing)."""
+    writer = await env.storage.open_writer(env.bucket, "sealed-then-failed")
+    await _write(writer, os.urandom(PART + 5), PART // 2)
+    await writer.seal()
+
+    async def fail_puts(request: web.Request, body: bytes) -> web.Response | None:
+        if request.method == "PUT":
+            return web.json_response({"error": {"message": "backend error"}}, status=503)
+        return None
+
+    env.rec.intercept = fail_puts
+    with pytest.raises(StorageError):
+        await writer.commit()
+    env.rec.intercept = None
+    with pytest.raises(StorageError, match="failed"):
+        await writer.commit()
+    assert [k async for k in env.storage.list_keys(env.bucket)] == []

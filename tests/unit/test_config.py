@@ -39,6 +39,12 @@ def test_sizes_and_addresses_parse() -> None:
         ({"FILESHARE_PORT": "eighty"}, "not an integer"),
         ({"FILESHARE_PUBLIC_BASE_URL": "files.example"}, "absolute"),
         ({"FILESHARE_UNSCANNED_BUCKET": "same", "FILESHARE_PERMANENT_BUCKET": "same"}, "differ"),
+        ({"FILESHARE_PROMOTION": "move"}, "copy or single-write"),
+        ({"FILESHARE_TYPE_CHECK": "strict"}, "enforce, report or off"),
+        ({"FILESHARE_ALLOWED_TYPES": "application/pdf,pdf"}, "FILESHARE_ALLOWED_TYPES"),
+        ({"FILESHARE_RESCAN_INTERVAL": "-1"}, "FILESHARE_RESCAN_INTERVAL"),
+        ({"FILESHARE_RESCAN_AFTER": "0"}, "FILESHARE_RESCAN_AFTER"),
+        ({"FILESHARE_RESCAN_AFTER": "soon"}, "not a number"),
     ],
 )
 def test_bad_settings_fail_fast_with_a_clear_message(env: dict[str, str], message: str) -> None:
