@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from fileshare.config import ConfigError, GiB, MiB, Settings, load_settings
+from fileshare.config import GiB, MiB, Settings, settings_or_report
 from fileshare.index.base import IndexUnavailable
 from fileshare.index.engine import redact_dsn
 from fileshare.index.factory import open_index
@@ -16,10 +16,8 @@ from fileshare.server import StartupError, serve
 
 
 def run(command: str) -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"fileshare: configuration error: {exc}", file=sys.stderr)
+    settings = settings_or_report()
+    if settings is None:
         return 2
     if command == "check-config":
         print(summary(settings))

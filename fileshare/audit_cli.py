@@ -62,12 +62,10 @@ async def verify(settings: Settings) -> tuple[int, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fileshare.config import ConfigError, load_settings
+    from fileshare.config import settings_or_report
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"fileshare: configuration error: {exc}", file=sys.stderr)
+    settings = settings_or_report()
+    if settings is None:
         return UNREADABLE
     code, line = asyncio.run(verify(settings))
     print(line, file=sys.stdout if code in (INTACT, BROKEN) else sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -815,6 +816,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if "index_url" in kwargs:
         kwargs["index_url"] = with_pg_environment(str(kwargs["index_url"]), env)
     return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def settings_or_report() -> Settings | None:
+    """The settings for a server-side command (``serve``, ``audit verify``, ``rescan``...),
+    or None once what is wrong with them has been said on stderr; each command then exits
+    with its own code."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"fileshare: configuration error: {exc}", file=sys.stderr)
+        return None
 
 
 def with_pg_environment(dsn: str, env: Mapping[str, str]) -> str:

@@ -359,18 +359,17 @@ class _Upload:
         return await self._settle(digest, staged.version)
 
     def _check_declared(self) -> None:
-        refusal = self.p.types.check_declared(self.content_type)
-        if refusal is not None:  # an allow-list is always enforced
-            self.log.warning("type.refused", code=refusal.code, detail=refusal.detail)
-            raise refusal
+        # An allow-list is always enforced, whatever the mode.
+        self._apply(self.p.types.check_declared(self.content_type), enforce=True)
 
     def _check_head(self, head: bytes) -> None:
-        self._apply(self.p.types.check_head(head, self.content_type))
+        refusal = self.p.types.check_head(head, self.content_type)
+        self._apply(refusal, enforce=self.p.types.mode == "enforce")
 
-    def _apply(self, refusal: errors.FileshareError | None) -> None:
+    def _apply(self, refusal: errors.FileshareError | None, *, enforce: bool) -> None:
         if refusal is None:
             return
-        if self.p.types.mode == "enforce":
+        if enforce:
             self.log.warning("type.refused", code=refusal.code, detail=refusal.detail)
             raise refusal
         self.log.warning("type.reported", code=refusal.code, detail=refusal.detail)

@@ -77,13 +77,11 @@ async def rescan(settings: Settings, *, everything: bool, limit: int | None) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from fileshare.config import ConfigError, load_settings
+    from fileshare.config import settings_or_report
     from fileshare.logging import configure_logging
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"fileshare: configuration error: {exc}", file=sys.stderr)
+    settings = settings_or_report()
+    if settings is None:
         return UNAVAILABLE
     configure_logging(settings.log_format, settings.log_level)
     return asyncio.run(rescan(settings, everything=args.all, limit=args.limit))
