@@ -746,6 +746,19 @@ class S3PendingCopy:
 
     async def start_parts(self) -> None:
         """Create the multipart upload and start copying every part in the background."""
+        create = asyncio.ensure_future(self._create())
+        try:
+            # Shielded: cancelled while the store creates it (the client left), the
+            # upload may exist all the same, and nobody else would ever learn its id.
+            self._upload_id = await asyncio.shield(create)
+        except BaseException:
+            await asyncio.shield(self._abort_once_created(create))
+            raise
+        limit = asyncio.Semaphore(self._s.copy_parts_in_flight)
+        for number, (first, last) in enumerate(_copy_ranges(self._size, self._s.copy_part_size), 1):
+            self._tasks.append(asyncio.create_task(self._copy_part(limit, number, first, last)))
+
+    async def _create(self) -> str:
         with translate(self._what):
             resp = await self._s._client.create_multipart_upload(
                 Bucket=self._bucket,
@@ -754,10 +767,15 @@ class S3PendingCopy:
                 Metadata=self._metadata,
                 **self._s._sse,
             )
-        self._upload_id = resp["UploadId"]
-        limit = asyncio.Semaphore(self._s.copy_parts_in_flight)
-        for number, (first, last) in enumerate(_copy_ranges(self._size, self._s.copy_part_size), 1):
-            self._tasks.append(asyncio.create_task(self._copy_part(limit, number, first, last)))
+        return resp["UploadId"]
+
+    async def _abort_once_created(self, create: asyncio.Future[str]) -> None:
+        self._state = "aborted"
+        try:
+            upload_id = await create
+        except Exception:  # nothing was created (or its creation failed): nothing to abort
+            return
+        await self._s._abort_upload(self._bucket, self._key, upload_id)
 
     async def commit(self) -> ObjectInfo:
         if self._state != "open":

@@ -6,16 +6,19 @@ leaves only an unfinished upload the sweeper aborts."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from botocore.exceptions import ClientError
 
 from fileshare.storage.base import ObjectNotFound, StorageError
 from fileshare.storage.gcs import CHUNK_QUANTUM
 from fileshare.storage.s3 import S3Storage
 from tests.contract.conftest import PART_SIZE, StorageCase, s3_backend
+from tests.contract.test_gcs_specific import recording_proxy
 from tests.contract.test_storage import _data, _keys, _read_all, _write_all
 
 P = PART_SIZE
@@ -199,3 +202,51 @@ async def test_a_body_ending_on_a_part_boundary_seals_without_an_empty_part(
         assert [p["Size"] for p in parts["Parts"]] == [P, P]
         await writer.commit()
         assert await _read_all(case, case.permanent, key) == data
+
+
+async def test_a_copy_cancelled_while_its_upload_is_created_leaves_no_upload(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The client leaves (its handler is cancelled) while the store is creating the
+    promotion copy's multipart upload: once the store answers, the upload is aborted,
+    never left invisible with an id nobody knows. The Recorder holds the create request
+    so that the cancellation lands exactly there (a real server cannot be made to)."""
+    seaweed = request.getfixturevalue("seaweed")
+    src, dst = "cancel-src", "cancel-dst"
+    for bucket in (src, dst):
+        seaweed.create_bucket(bucket)
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_create(req: web.Request, body: bytes) -> web.StreamResponse | None:
+        if req.method == "POST" and "uploads" in req.query and req.path.startswith(f"/{dst}/"):
+            held.set()
+            await release.wait()
+        return None
+
+    async with recording_proxy(seaweed.endpoint) as rec:
+        storage = S3Storage(
+            buckets=(src, dst),
+            endpoint=rec.url,
+            region=seaweed.region,
+            access_key=seaweed.access_key,
+            secret_key=seaweed.secret_key,
+            part_size=P,
+            timeout=30,
+        )
+        await storage.start()
+        try:
+            data = _data(P + 1)
+            await storage.put(src, "staged", data)
+            rec.intercept = hold_create
+            copy = asyncio.create_task(
+                storage.begin_copy(src, "staged", dst, "target", size=len(data))
+            )
+            await held.wait()
+            copy.cancel()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await copy
+            listed = await storage._client.list_multipart_uploads(Bucket=dst)
+            assert listed.get("Uploads", []) == []
+        finally:
+            await storage.close()
