@@ -6,7 +6,7 @@ import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from aiohttp import web
@@ -27,6 +27,7 @@ from fileshare.api import audit as audit_api
 from fileshare.api import (
     events as events_api,
 )
+from fileshare.api import webhooks as webhooks_api
 from fileshare.api.keys import (
     AUDIT,
     AUTHENTICATION,
@@ -43,6 +44,7 @@ from fileshare.api.keys import (
     SETTINGS,
     TOKEN_ISSUER,
     TOKEN_KEYS,
+    WEBHOOKS,
 )
 from fileshare.api.middleware import (
     authenticate,
@@ -70,8 +72,10 @@ from fileshare.index.base import FileIndex, Transactor
 from fileshare.index.factory import open_index
 from fileshare.index.identity import IdentityStore
 from fileshare.index.links import LinkStore
+from fileshare.index.outbox import Outbox
 from fileshare.index.signing import SigningKeyStore
 from fileshare.index.uploads import UploadStore
+from fileshare.index.webhooks import WebhookStore
 from fileshare.links import LinkService
 from fileshare.metrics import CONTENT_TYPE, Metrics
 from fileshare.pipeline import Pipeline
@@ -83,6 +87,9 @@ from fileshare.sniff import TypePolicy
 from fileshare.storage.base import Storage
 from fileshare.storage.factory import open_storage
 from fileshare.storage.s3 import S3Storage
+from fileshare.webhooks.deliver import Deliverer
+from fileshare.webhooks.registry import Webhooks
+from fileshare.webhooks.targets import Targets
 
 STORAGE = web.AppKey("storage", Storage)
 SCANNER = web.AppKey("scanner", ClamdScanner)
@@ -171,6 +178,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_issuers_ctx)
     app.cleanup_ctx.append(_index_ctx)
     app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(_webhooks_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -185,6 +193,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(admin.routes)
     app.add_routes(oauth.routes)
     app.add_routes(audit_api.routes)  # GET /v1/audit
+    app.add_routes(webhooks_api.routes)
     edge.meet_expectations_late(app)
     return app
 
@@ -203,6 +212,8 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
         app[UPLOADS] = UploadStore(index)
         app[LINK_STORE] = LinkStore(index)
         identity = app[IDENTITY] = IdentityStore(index)
+        targets = Targets.of(settings.webhook_private_hosts, settings.plaintext_hosts)
+        app[WEBHOOKS] = Webhooks(WebhookStore(index), Outbox(index), targets, _now)
         app[POLICY] = Policy(identity)
         app[REGISTRY] = Registry(identity, frozenset(settings.api_keys))
         issuers: tuple[TrustedIssuer, ...] = app[TRUSTED_ISSUERS]
@@ -319,6 +330,12 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         single_write=settings.promotion == "single-write",
         types=TypePolicy(settings.type_check, settings.allowed_types),
     )
+    rescanner = app[RESCANNER] = Rescanner(
+        pipeline=pipeline,
+        index=app[INDEX],
+        storage=app[STORAGE],
+        permanent_bucket=settings.permanent_bucket,
+    )
     service = app[SERVICE] = FileService(
         pipeline=pipeline,
         index=app[INDEX],
@@ -327,6 +344,8 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         audit=app[AUDIT],
         uploads=app[UPLOADS],
         redirect_ttl=settings.redirect_ttl,
+        rescanner=rescanner,
+        rescan_on_download=timedelta(seconds=settings.rescan_on_download),
     )
     direct = app[DIRECT] = DirectUploads(
         pipeline=pipeline,
@@ -388,13 +407,6 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         max_age=timedelta(seconds=settings.staging_max_age),
         clock=service.clock,
     )
-    rescanner = app[RESCANNER] = Rescanner(
-        pipeline=pipeline,
-        index=app[INDEX],
-        storage=app[STORAGE],
-        permanent_bucket=settings.permanent_bucket,
-        clock=service.clock,
-    )
     rescans = asyncio.create_task(
         _rescan_forever(rescanner, settings.rescan_interval, settings.rescan_after)
     )
@@ -407,12 +419,36 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in events:
         task.cancel()
     await asyncio.wait([sweeper, reconciler, rescans, *events])
+    await rescanner.close()  # downloads' rescans nobody waits for any more
     if source is not None:
         await source.close()
     if EVENTS in app:
         await app[EVENTS].close()
     # Runs before the storage and index contexts close (cleanup_ctx unwinds in reverse).
     await pipeline.wait_for_cleanups(CLEANUP_LIMIT)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This replica's worker posting the webhook outbox."""
+    settings = app[SETTINGS]
+    webhooks = app[WEBHOOKS]
+    async with Deliverer(
+        webhooks.outbox,
+        webhooks.targets,
+        attempts=settings.webhook_attempts,
+        backoff=settings.webhook_backoff,
+        timeout=settings.webhook_timeout,
+        metrics=app[METRICS],
+        clock=_now,
+    ) as deliverer:
+        worker = asyncio.create_task(deliverer.forever())
+        yield
+        worker.cancel()
+        await asyncio.wait([worker])
 
 
 async def _rescan_forever(rescanner: Rescanner, interval: float, after: float) -> None:

@@ -48,6 +48,10 @@ class Action(enum.StrEnum):
     GRANT_CREATE = "grant.create"
     GRANT_DELETE = "grant.delete"
     AUDIT_READ = "audit.read"
+    #: A webhook endpoint registered or removed; a dead message sent again.
+    WEBHOOK_CREATE = "webhook.create"
+    WEBHOOK_DELETE = "webhook.delete"
+    WEBHOOK_RETRY = "webhook.retry"
 
 
 class Result(enum.StrEnum):

@@ -190,6 +190,9 @@ class Settings:
     rescan_interval: float = 600.0
     #: A clean verdict older than this many seconds is rescanned whatever the database.
     rescan_after: float = 30 * 86400.0
+    #: A download of content whose verdict is older than this many seconds rescans it
+    #: first (0: never).
+    rescan_on_download: float = 0.0
     #: Staging objects and unfinished uploads older than this (seconds) are leftovers of
     #: crashed uploads, removed by the sweeper (``recovery``).
     staging_max_age: float = 86400.0
@@ -220,6 +223,17 @@ class Settings:
     sqs_queue_url: str | None = None
     sqs_endpoint: str | None = None
     events_token: str | None = field(default=None, repr=False)
+    # webhooks (``webhooks``)
+    #: Attempts at a message before it is given up as dead.
+    webhook_attempts: int = 8
+    #: Seconds before the second attempt; each later wait is 6 times the one before
+    #: (at most 10 hours): 5 s, 30 s, 3 min, 18 min, 1.8 h, 10 h, 10 h by default.
+    webhook_backoff: float = 5.0
+    #: Seconds one attempt may take, connection included.
+    webhook_timeout: float = 10.0
+    #: Hosts, addresses and networks (CIDR) callbacks may reach although they are not
+    #: public (a receiver in the cluster); anything else private is refused (SSRF).
+    webhook_private_hosts: frozenset[str] = frozenset()
     # scanner
     clamd: ClamdAddress = field(default_factory=lambda: ClamdAddress(host="127.0.0.1", port=3310))
     clamd_connect_timeout: float = 5.0
@@ -346,6 +360,16 @@ class Settings:
             raise ConfigError(
                 "FILESHARE_RESCAN_INTERVAL must be >= 0 and FILESHARE_RESCAN_AFTER > 0"
             )
+        if not 0 <= self.rescan_on_download < float("inf"):
+            raise ConfigError("FILESHARE_RESCAN_ON_DOWNLOAD must be >= 0 seconds (0: never)")
+        if not 1 <= self.webhook_attempts <= 100:
+            raise ConfigError("FILESHARE_WEBHOOK_ATTEMPTS must be from 1 to 100")
+        for variable, seconds in (
+            ("FILESHARE_WEBHOOK_BACKOFF", self.webhook_backoff),
+            ("FILESHARE_WEBHOOK_TIMEOUT", self.webhook_timeout),
+        ):
+            if not 0 < seconds < float("inf"):
+                raise ConfigError(f"{variable} must be a number of seconds, more than zero")
         if not self.sweep_interval > 0:
             raise ConfigError("FILESHARE_SWEEP_INTERVAL must be a positive number of seconds")
         if self.clamd_max_scans < 1:
@@ -714,6 +738,7 @@ _INTS = {
     "MAX_HEADERS": "max_headers",
     "DIRECT_URL_TTL": "direct_url_ttl",
     "REDIRECT_TTL": "redirect_ttl",
+    "WEBHOOK_ATTEMPTS": "webhook_attempts",
 }
 _FLOATS = {
     "STORAGE_TIMEOUT": "storage_timeout",
@@ -726,10 +751,13 @@ _FLOATS = {
     "SWEEP_INTERVAL": "sweep_interval",
     "RESCAN_INTERVAL": "rescan_interval",
     "RESCAN_AFTER": "rescan_after",
+    "RESCAN_ON_DOWNLOAD": "rescan_on_download",
     "STAGING_MAX_AGE": "staging_max_age",
     "RECONCILE_INTERVAL": "reconcile_interval",
     "TOKEN_LIFETIME": "token_lifetime",
     "SIGNING_KEY_ROTATION": "signing_key_rotation",
+    "WEBHOOK_BACKOFF": "webhook_backoff",
+    "WEBHOOK_TIMEOUT": "webhook_timeout",
 }
 _OTHERS = {
     "DATA_DIR": "data_dir",
@@ -744,6 +772,7 @@ _OTHERS = {
     "DOWNLOAD_REDIRECT": "download_redirect",
     "PLAINTEXT_HOSTS": "plaintext_hosts",
     "ALLOWED_TYPES": "allowed_types",
+    "WEBHOOK_PRIVATE_HOSTS": "webhook_private_hosts",
 }
 #: ``Settings`` field -> its environment variable (config/fileshare.example.env lists them).
 VARIABLES = {
@@ -808,6 +837,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if v := get("PLAINTEXT_HOSTS"):
         kwargs["plaintext_hosts"] = frozenset(
             filter(None, (plaintext_host_entry(h) for h in v.split(",")))
+        )
+    if v := get("WEBHOOK_PRIVATE_HOSTS"):
+        kwargs["webhook_private_hosts"] = frozenset(
+            filter(None, (h.strip().lower() for h in v.split(",")))
         )
     if "gcs_endpoint" not in kwargs and env.get("STORAGE_EMULATOR_HOST"):
         # google-cloud's convention, which the GCS backend honours too: checked here like

@@ -508,8 +508,8 @@ class DirectUploads:
         bytes are promoted, or refused and never to be served). False when the upload was
         not ``holder``'s to finish (None: nobody's; it was leased meanwhile)."""
         event = None
-        if outcome.state not in (UploadState.CLEAN, UploadState.INFECTED):
-            # Clean and infected have their rows (file.upload, scan.verdict) already.
+        if outcome.state not in (UploadState.CLEAN, UploadState.INFECTED, UploadState.UNSCANNABLE):
+            # A verdict has its rows already (file.upload, scan.verdict).
             event = AuditEvent(
                 action=Action.UPLOAD_FINISH,
                 result=Result.FAILED if outcome.state is UploadState.FAILED else Result.DENIED,

@@ -298,6 +298,14 @@ class ValidationFailed(FileshareError):
     status, code, title = 422, "validation_failed", "Request validation failed"
 
 
+class WebhookTargetRefused(FileshareError):
+    """A webhook callback URL fileshare will not post to: not https (plain http only to
+    hosts allowed without TLS), with credentials in it, or naming a loopback, link-local,
+    private or reserved address (server-side request forgery); `detail` says which."""
+
+    status, code, title = 422, "webhook_target_refused", "Callback URL refused"
+
+
 class DirectUploadsUnavailable(FileshareError):
     """This deployment's storage cannot sign URLs (the local directory backend; GCS not yet):
     upload through `POST /v1/files`, and download through fileshare."""

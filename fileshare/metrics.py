@@ -114,12 +114,30 @@ class Metrics:
         )
         self.rescans = Counter(
             "fileshare_rescans",
-            "Contents scanned again (rescan.py), by outcome; failed: left for a later round",
+            "Contents scanned again (rescan.py: rounds, downloads of old verdicts), by "
+            "outcome; failed: not rescanned (a round retries later, a download is refused)",
             ["outcome"],
             registry=r,
         )
         for outcome in ("clean", "infected", "unscannable", "failed"):
             self.rescans.labels(outcome)
+        self.webhooks = Counter(
+            "fileshare_webhook_attempts",
+            "Webhook delivery attempts, by outcome (delivered; retry: to be tried again; dead: "
+            "given up after the last attempt)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("delivered", "retry", "dead"):
+            self.webhooks.labels(outcome)
+        self.webhook_outbox = Gauge(
+            "fileshare_webhook_outbox_messages",
+            "Webhook messages in the outbox, by state (pending, dead), as last counted",
+            ["state"],
+            registry=r,
+        )
+        for state in ("pending", "dead"):
+            self.webhook_outbox.labels(state)
         self.clamd_errors = Counter(
             "fileshare_clamd_errors", "Scans that ended without a verdict", registry=r
         )

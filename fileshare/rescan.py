@@ -3,18 +3,25 @@
 Clean content whose verdict is old (made before a bound, or with an older signature
 database than clamd's current one) is read back from the permanent bucket and scanned
 again — once per unique sha256, however many records share it, oldest verdict first, one
-at a time so that uploads keep the scanner's other slots. Each content is leased in the
-index while it is rescanned (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so replicas share
-the work. Content found infected or unscannable takes that state at once: none of its
-records is served from then on, and the audit trail gets one ``scan.verdict`` row per
-record (``detail.trigger = "rescan"``). Its object stays in the permanent bucket as
-evidence (never served).
+at a time so that uploads keep the scanner's other slots; stored content left ``failed``
+(migration 0002: records that disagreed about its sha1 or size) comes before it. Each
+content is leased in the index while it is rescanned (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), so replicas share the work. Content found infected or unscannable takes that
+state at once: none of its records is served from then on, and the audit trail gets one
+``scan.verdict`` row per record (``detail.trigger = "rescan"``). Its object stays in the
+permanent bucket as evidence (never served).
+
+With ``FILESHARE_RESCAN_ON_DOWNLOAD`` a download of content whose verdict is older than
+that bound rescans it first, the same way (``verify``), and is served only if it is still
+clean.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -54,6 +61,19 @@ class RescanReport:
         return self.clean + self.infected + self.unscannable
 
 
+@dataclass(frozen=True)
+class Rescanned:
+    """What the rescan of one content came to."""
+
+    #: ``clean``, ``infected``, ``unscannable``, or ``failed``: not rescanned.
+    outcome: str
+    #: Records of it no longer served.
+    files: int = 0
+    #: Why a download of it is refused now (``failed``): its object is gone or holds other
+    #: bytes (409), or the scanner, the store or the index failed (503).
+    error: errors.FileshareError | None = None
+
+
 class Rescanner:
     def __init__(
         self,
@@ -69,6 +89,8 @@ class Rescanner:
         self.storage = storage
         self.permanent = permanent_bucket
         self.clock = clock
+        #: The rescans downloads are waiting for, by sha256: one each, however many wait.
+        self._checks: dict[str, asyncio.Task[Rescanned]] = {}
 
     async def run(
         self, *, scanned_before: datetime, by_database: bool = True, limit: int | None = None
@@ -100,7 +122,9 @@ class Rescanner:
             if not leased:
                 break
             taken += 1
-            await self._one(leased[0], report)
+            done = await self._one(leased[0], trigger="round")
+            getattr(report, done.outcome).append(leased[0].sha256)
+            report.files_changed += done.files
         metrics = self.pipeline.metrics
         for outcome in ("clean", "infected", "unscannable", "failed"):
             if found := len(getattr(report, outcome)):
@@ -116,7 +140,37 @@ class Rescanner:
             )
         return report
 
-    async def _withdraw(self, content: Content, report: RescanReport) -> None:
+    async def verify(self, content: Content) -> None:
+        """Rescan ``content`` (clean and stored) now, for a download of it
+        (``FILESHARE_RESCAN_ON_DOWNLOAD``), recorded as a round records it. Returns if it is
+        still clean; raises ``errors.ContentNotAvailable`` if it is not (or its object is
+        gone), a ``errors.ServiceUnavailable`` if it could not be rescanned: never served
+        unscanned. Concurrent calls for one sha256 share one scan, which runs to its end
+        even if every download waiting for it has gone."""
+        task = self._checks.get(content.sha256)
+        if task is None:
+            task = asyncio.ensure_future(self._check(content))
+            self._checks[content.sha256] = task
+            task.add_done_callback(lambda _: self._checks.pop(content.sha256, None))
+        done = await asyncio.shield(task)
+        if done.error is not None:
+            raise copy.copy(done.error)  # one instance per waiter: each has its traceback
+        if done.outcome != "clean":
+            raise errors.ContentNotAvailable(f"the file's content is {done.outcome}")
+
+    async def _check(self, content: Content) -> Rescanned:
+        done = await self._one(content, trigger="download")
+        self.pipeline.metrics.rescans.labels(done.outcome).inc()
+        return done
+
+    async def close(self) -> None:
+        """Stop the rescans no download waits for any more (at shutdown)."""
+        for task in list(self._checks.values()):
+            task.cancel()
+        if self._checks:
+            await asyncio.wait(list(self._checks.values()))
+
+    async def _withdraw(self, content: Content, why: str) -> Rescanned:
         """The content is no longer present: its records stay, none is served, and the next
         upload of its bytes stores (and scans) them again."""
         assert content.key is not None
@@ -124,34 +178,39 @@ class Rescanner:
             await index_call(self.index.lose(content.sha256, content.key))
         except errors.FileshareError as exc:
             log.warning("rescan.not_recorded", sha256=content.sha256, error=type(exc).__name__)
-        report.failed.append(content.sha256)
+            return Rescanned("failed", error=exc)
+        return Rescanned("failed", error=errors.ContentNotAvailable(why))
 
-    async def _one(self, content: Content, report: RescanReport) -> None:
+    async def _one(self, content: Content, *, trigger: str) -> Rescanned:
+        """Rescan one content (as ``lease_rescans`` gives it) and record the verdict."""
         assert content.key is not None
-        bound = log.bind(sha256=content.sha256)
+        bound = log.bind(sha256=content.sha256, trigger=trigger)
         try:
             stored = await self.storage.head(self.permanent, content.key)
             digest, scan = await self.pipeline.scan_stored(self.permanent, stored)
         except ObjectNotFound:
             bound.error("rescan.object_missing", key=content.key)
-            await self._withdraw(content, report)
-            return
-        except (StorageError, errors.FileshareError) as exc:
+            return await self._withdraw(
+                content, "the file's content is missing from storage; upload the file again"
+            )
+        except StorageError as exc:
             bound.warning("rescan.failed", error=type(exc).__name__)
-            report.failed.append(content.sha256)
-            return
+            return Rescanned("failed", error=errors.StorageUnavailable(operation="rescan"))
+        except errors.FileshareError as exc:
+            bound.warning("rescan.failed", error=type(exc).__name__)
+            if not isinstance(exc, errors.ServiceUnavailable):  # over a size limit now
+                exc = errors.ScannerUnavailable("the file could not be scanned again")
+            return Rescanned("failed", error=exc)
         if scan.state is ScanState.UNSCANNABLE and "MaxScanTime" in (scan.signature or ""):
             # Out of time on a busy scanner: a fact about this moment, not about the bytes,
             # which were scanned through before. A later round tries again.
             bound.warning("rescan.out_of_time")
-            report.failed.append(content.sha256)
-            return
+            return Rescanned("failed", error=errors.ScannerUnavailable("the scan ran out of time"))
         if digest.sha256 != content.sha256:
             # The stored bytes are not the ones scanned and recorded: none of its records
             # may serve them any more. The object is left where it is for an operator.
             bound.error("rescan.bytes_changed", key=content.key, found=digest.sha256)
-            await self._withdraw(content, report)
-            return
+            return await self._withdraw(content, "the file's stored content changed")
         audit = AuditEvent(
             action=Action.SCAN_VERDICT,
             result=Result.SUCCESS if scan.state is ScanState.CLEAN else Result.DENIED,
@@ -159,22 +218,23 @@ class Rescanner:
                 "state": scan.state.value,
                 "signature": scan.signature,
                 "scanner": scan.scanner,
+                "previous_state": content.scan.state.value,
                 "previous_scanner": content.scan.scanner,
                 "trigger": "rescan",
-            },
+            }
+            | ({"cause": "download"} if trigger == "download" else {}),
         )
+        # The sha1 and size of the bytes just hashed: those of a content left failed
+        # because its records disagreed about them (migration 0002) are settled so.
+        hashed = replace(content, sha1=digest.sha1, size=digest.size)
         try:
-            changed = await index_call(self.index.record_rescan(content, scan, audit=audit))
+            changed = await index_call(self.index.record_rescan(hashed, scan, audit=audit))
         except errors.FileshareError as exc:
             bound.warning("rescan.not_recorded", error=type(exc).__name__)
-            report.failed.append(content.sha256)
-            return
+            return Rescanned("failed", error=exc)
         if scan.state is ScanState.CLEAN:
-            report.clean.append(content.sha256)
-            return
+            if changed:  # failed before: served again
+                bound.info("rescan.restored", files=len(changed))
+            return Rescanned("clean")
         bound.warning(f"rescan.{scan.state.value}", signature=scan.signature, files=len(changed))
-        report.files_changed += len(changed)
-        if scan.state is ScanState.UNSCANNABLE:
-            report.unscannable.append(content.sha256)
-        else:
-            report.infected.append(content.sha256)
+        return Rescanned(scan.state.value, files=len(changed))

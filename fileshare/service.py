@@ -36,6 +36,7 @@ from fileshare.index.base import (
 from fileshare.index.uploads import UploadStore
 from fileshare.models import FileRecord, ScanState, UploadState
 from fileshare.pipeline import IngestResult, Pipeline
+from fileshare.rescan import Rescanner
 from fileshare.storage.base import ObjectNotFound, Presigned, Presigner, Storage, StorageError
 
 log = structlog.get_logger(__name__)
@@ -85,9 +86,15 @@ class FileService:
         audit: AuditStore,
         uploads: UploadStore | None = None,
         redirect_ttl: int = 300,
+        rescanner: Rescanner | None = None,
+        rescan_on_download: timedelta | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.pipeline = pipeline
+        #: A download of content verdicted longer ago than ``rescan_on_download`` has it
+        #: rescanned first (``FILESHARE_RESCAN_ON_DOWNLOAD``).
+        self.rescanner = rescanner if rescan_on_download else None
+        self.rescan_on_download = rescan_on_download
         #: Direct uploads, so that a file still on its way is "pending", not "not found".
         self.uploads = uploads
         self.presigner = storage if isinstance(storage, Presigner) else None
@@ -232,16 +239,31 @@ class FileService:
         present: bool = False,
     ) -> FileRecord:
         """The record, or ``NotFound``; with ``present``, ``ContentNotAvailable`` unless its
-        content is clean and stored. ``action`` (a read: metadata, a download) is audited
-        before the record is returned. Without it the lookup is a first step of another
-        operation (``refused_as``), which is audited itself when it goes ahead, and here
-        when it is refused."""
+        content is clean and stored (and, its verdict older than ``rescan_on_download``,
+        still clean when rescanned now; a 503 if it cannot be). ``action`` (a read:
+        metadata, a download) is audited before the record is returned. Without it the
+        lookup is a first step of another operation (``refused_as``), which is audited
+        itself when it goes ahead, and here when it is refused."""
         record = await index_call(self.index.get(_owner(actor), file_id))
         exc: errors.FileshareError | None = None
         if record is None:
             exc = await self._not_recorded(_owner(actor), file_id)
         elif present and not record.content.present:
             exc = errors.ContentNotAvailable(f"the file's content is {record.content.state.value}")
+        elif present and self._verdict_too_old(record):
+            assert self.rescanner is not None
+            try:
+                await self.rescanner.verify(record.content)
+                # Read again: a verdict another replica recorded while this one scanned
+                # (with newer signatures, or a delete) wins over the clean one seen here.
+                record = await index_call(self.index.get(_owner(actor), file_id))
+                if record is None:
+                    exc = errors.NotFound("no such file")
+                elif not record.content.present:
+                    state = record.content.state.value
+                    exc = errors.ContentNotAvailable(f"the file's content is {state}")
+            except errors.FileshareError as no:
+                exc = no
         refused = action or refused_as
         if exc is not None:
             if refused is not None:
@@ -253,6 +275,12 @@ class FileService:
                 actor.event(action, file_id=record.id, sha256=record.content.sha256)
             )
         return record
+
+    def _verdict_too_old(self, record: FileRecord) -> bool:
+        if self.rescanner is None or self.rescan_on_download is None:
+            return False
+        scanned = record.content.scan.scanned_at  # None: unknown, the oldest
+        return scanned is None or scanned < self.clock() - self.rescan_on_download
 
     async def _not_recorded(self, owner: str, file_id: str) -> errors.FileshareError:
         """Why there is no record: none (404), or the owner's direct upload that is to

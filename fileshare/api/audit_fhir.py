@@ -119,6 +119,9 @@ KINDS: Mapping[Action, Kind] = {
     Action.GRANT_CREATE: Kind(SECURITY_ALERT, "C", (SECURITY_ROLES_CHANGED, _rest("update"))),
     Action.GRANT_DELETE: Kind(SECURITY_ALERT, "D", (SECURITY_ROLES_CHANGED, _rest("delete"))),
     Action.AUDIT_READ: Kind(AUDIT_LOG_USED, "E", (_rest("search-type"),)),
+    Action.WEBHOOK_CREATE: Kind(APPLICATION_ACTIVITY, "C", (_rest("create"),)),
+    Action.WEBHOOK_DELETE: Kind(APPLICATION_ACTIVITY, "D", (_rest("delete"),)),
+    Action.WEBHOOK_RETRY: Kind(APPLICATION_ACTIVITY, "E"),
 }
 #: A refusal after authentication (403: a scope or role short) is a security alert, as an
 #: owner refused is (``access.deny``), not a failed login.

@@ -20,6 +20,7 @@ from fileshare.index.identity import IdentityStore
 from fileshare.links import LinkService
 from fileshare.metrics import Metrics
 from fileshare.service import FileService
+from fileshare.webhooks.registry import Webhooks
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", FileService)
@@ -34,6 +35,8 @@ POLICY = web.AppKey("policy", Policy)
 AUDIT = web.AppKey("audit", AuditStore)
 IDENTITY = web.AppKey("identity", IdentityStore)
 REGISTRY = web.AppKey("registry", Registry)
+#: Webhook endpoints and their deliveries.
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
 #: fileshare's own token endpoint, and the keys it publishes (and verifies its tokens by).
 TOKEN_ISSUER = web.AppKey("token_issuer", TokenIssuer)
 TOKEN_KEYS = web.AppKey("token_keys", PublishedKeys)

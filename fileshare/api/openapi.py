@@ -1161,6 +1161,7 @@ def _audit_paths() -> dict[str, Schema]:
 def document(base_url: str) -> dict[str, Any]:
     # Here, not at the top: that module builds on this one's helpers.
     from fileshare.api.openapi_uploads import upload_paths, upload_schemas
+    from fileshare.api.openapi_webhooks import webhook_messages, webhook_paths, webhook_schemas
 
     return {
         "openapi": "3.1.0",
@@ -1190,7 +1191,14 @@ def document(base_url: str) -> dict[str, Any]:
             | upload_schemas()
             | _oauth_schemas()
             | _admin_schemas()
-            | _audit_schemas(),
+            | _audit_schemas()
+            | webhook_schemas(),
         },
-        "paths": _paths() | upload_paths() | _oauth_paths() | _admin_paths() | _audit_paths(),
+        "paths": _paths()
+        | upload_paths()
+        | _oauth_paths()
+        | _admin_paths()
+        | _audit_paths()
+        | webhook_paths(),
+        "webhooks": webhook_messages(),
     }

@@ -62,6 +62,13 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("DELETE", "/v1/tags/{tag}"): Scope.TAGS_WRITE,
     # the audit trail
     ("GET", "/v1/audit"): Scope.AUDIT_READ,
+    # webhooks: whoever may read files may hear of them (each client of its own endpoints)
+    ("GET", "/v1/webhooks"): Scope.FILES_READ,
+    ("POST", "/v1/webhooks"): Scope.FILES_READ,
+    ("GET", "/v1/webhooks/{webhook_id}"): Scope.FILES_READ,
+    ("DELETE", "/v1/webhooks/{webhook_id}"): Scope.FILES_READ,
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Scope.FILES_READ,
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{message_id}/retry"): Scope.FILES_READ,
     # administration: clients, their keys, grants
     ("GET", "/v1/admin/clients"): Scope.ADMIN,
     ("POST", "/v1/admin/clients"): Scope.ADMIN,
@@ -73,6 +80,8 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("GET", "/v1/admin/grants"): Scope.ADMIN,
     ("PUT", "/v1/admin/grants/{grantee}/{owner}"): Scope.ADMIN,
     ("DELETE", "/v1/admin/grants/{grantee}/{owner}"): Scope.ADMIN,
+    ("GET", "/v1/admin/webhooks"): Scope.ADMIN,
+    ("GET", "/v1/admin/webhooks/deliveries"): Scope.ADMIN,
 }
 
 

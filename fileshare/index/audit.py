@@ -45,6 +45,7 @@ from sqlalchemy import (
 )
 
 from fileshare.audit import Action, AuditEvent, AuditRecord, Result
+from fileshare.index import outbox
 from fileshare.index.base import Transactor
 from fileshare.index.tables import audit_events, audit_head
 
@@ -221,12 +222,17 @@ def append(conn: Connection, events: Sequence[AuditEvent], now: datetime) -> lis
     their ``seq``s.
 
     Call it last in a transaction: the head row stays locked until commit, and every
-    audited transaction queues on it for that long."""
+    audited transaction queues on it for that long.
+
+    The events that are webhook messages are put in the outbox here too (``outbox``):
+    every audited change passes through, so none can be recorded and not reported."""
     if not events:
         return []
     at = utc(now)
-    # Before the lock: a detail that is not JSON fails here, holding nothing.
+    # Before the lock: a detail that is not JSON fails here, holding nothing; and who is
+    # to hear of these events is read here, not while every audited transaction waits.
     prepared = [canonical(e) for e in events]
+    planned = outbox.plan(conn, events)
     if conn.dialect.name == "sqlite":
         fast = _sqlite.get(conn.dialect)
         if fast is None:
@@ -242,7 +248,9 @@ def append(conn: Connection, events: Sequence[AuditEvent], now: datetime) -> lis
         rows = _chain(prepared, at, int(head.seq), str(head.hash))
         conn.execute(_INSERT_ROW, rows)
         conn.execute(_MOVE_HEAD, {"head_seq": rows[-1]["seq"], "head_hash": rows[-1]["hash"]})
-    return [r["seq"] for r in rows]
+    seqs = [r["seq"] for r in rows]
+    outbox.write(conn, planned, events, seqs, at)
+    return seqs
 
 
 #: The details a log line may repeat: codes, counts, states and the ids of files, clients,
@@ -263,6 +271,7 @@ LOGGED_DETAIL = frozenset(
         "format",
         "jti",
         "key_id",
+        "message_id",
         "method",
         "reason",
         "role",
@@ -278,6 +287,7 @@ LOGGED_DETAIL = frozenset(
         "trigger",
         "until",
         "upload_id",
+        "webhook_id",
         "write",
     }
 )

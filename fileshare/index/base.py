@@ -192,7 +192,8 @@ class FileIndex(Protocol):
         until: datetime,
         limit: int,
     ) -> list[Content]:
-        """Up to ``limit`` clean, stored contents to scan again, oldest verdict first: those
+        """Up to ``limit`` stored contents to scan again: first every one left ``failed``
+        (migration 0002), then clean ones, oldest verdict first: those
         scanned before ``scanned_before``, or (``older_db``) with a signature database
         older than that version and made before ``round_started`` (a verdict of unknown
         database is due by age only; one of unknown time, the first release's, always).
@@ -204,12 +205,15 @@ class FileIndex(Protocol):
     async def record_rescan(
         self, content: Content, scan: ScanRecord, *, audit: AuditEvent
     ) -> list[tuple[str, str]]:
-        """The verdict of a rescan of ``content`` (as ``lease_rescans`` gave it), and its
-        lease released. Clean: the provenance is brought up to date. Otherwise the content
-        takes that state at once (no record of it is served from then on; the object stays
-        as evidence) and one ``audit`` row per record of it (owner, file id) is written in
-        the same transaction. Nothing changes if the content moved meanwhile (deleted,
-        promoted again). Returns the (owner, file id) of the records it changed."""
+        """The verdict of a rescan of ``content`` (as ``lease_rescans`` gave it, with the
+        sha1 and size the rescan hashed), and its lease released; its sha1 and size are
+        recorded too. The same state (clean again): the provenance is brought up to date.
+        Otherwise the content takes the new state at once — infected or unscannable: no
+        record of it is served from then on, the object stays as evidence; a ``failed``
+        content found clean is served again — and one ``audit`` row per record of it
+        (owner, file id) is written in the same transaction. Nothing changes if the content
+        moved meanwhile (deleted, promoted again, judged). Returns the (owner, file id) of
+        the records it changed."""
 
     async def commit(
         self,

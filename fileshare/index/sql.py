@@ -36,6 +36,7 @@ from sqlalchemy import (
     Executable,
     Row,
     RowMapping,
+    Select,
     Text,
     and_,
     bindparam,
@@ -502,21 +503,25 @@ class SqlIndex:
             # Only verdicts made before this round: one made in it with a database that
             # went back (a sidecar restarted on an older one) is not due again at once.
             stale.append(and_(c.signature_db < older_db, c.scanned_at < round_started))
-        due = select(contents).where(
-            c.state == ScanState.CLEAN.value,
-            c.object_key.is_not(None),
-            or_(c.rescan_until.is_(None), c.rescan_until < now),
-            or_(*stale),
-        )
-        # Oldest verdict first; skip rows another replica's transaction holds right now.
-        query = (
-            due.order_by(c.scanned_at.asc().nulls_first(), c.sha256)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        free = [c.object_key.is_not(None), or_(c.rescan_until.is_(None), c.rescan_until < now)]
+        # Stored content left failed (migration 0002: its records disagreed about its sha1
+        # or size) has no verdict at all: always due, before any clean one.
+        failed = select(contents).where(c.state == ScanState.FAILED.value, *free)
+        due = select(contents).where(c.state == ScanState.CLEAN.value, *free, or_(*stale))
+
+        def query(candidates: Select[Any], n: int) -> Select[Any]:
+            # Oldest verdict first; skip rows another replica's transaction holds right now.
+            return (
+                candidates.order_by(c.scanned_at.asc().nulls_first(), c.sha256)
+                .limit(n)
+                .with_for_update(skip_locked=True)
+            )
 
         def run(conn: Connection) -> list[Content]:
-            leased = [_content(row._mapping) for row in conn.execute(query)]
+            leased = [_content(row._mapping) for row in conn.execute(query(failed, limit))]
+            if len(leased) < limit:
+                rows = conn.execute(query(due, limit - len(leased)))
+                leased += [_content(row._mapping) for row in rows]
             if leased:
                 conn.execute(
                     update(contents)
@@ -540,13 +545,21 @@ class SqlIndex:
             if (
                 row is None
                 or row._mapping["object_key"] != content.key
-                or row._mapping["state"] != ScanState.CLEAN.value
+                or row._mapping["state"] != content.state.value
+                or content.state not in (ScanState.CLEAN, ScanState.FAILED)
             ):
                 return []  # deleted, promoted again or judged meanwhile: not this verdict's
-            values: dict[str, object] = {"scanned_at": scan.scanned_at, "rescan_until": None}
+            values: dict[str, object] = {
+                "scanned_at": scan.scanned_at,
+                "rescan_until": None,
+                # What the rescan hashed under this sha256 (a failed content's records
+                # disagreed about them).
+                "sha1": content.sha1,
+                "size": content.size,
+            }
             if scan.scanner is not None:  # otherwise the old provenance is the better one
                 values |= {"scanner": scan.scanner, "signature_db": signature_db(scan.scanner)}
-            if scan.state is not ScanState.CLEAN:
+            if scan.state is not content.state:
                 values |= {"state": scan.state.value, "signature": scan.signature}
                 held = select(files.c.owner, files.c.id).where(files.c.sha256 == content.sha256)
                 changed.extend((owner, file_id) for owner, file_id in conn.execute(held))

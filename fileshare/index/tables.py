@@ -335,3 +335,52 @@ audit_head = Table(
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# ------------------------------------------------------------------ webhooks
+
+#: Callback URLs a client registered (issue 13): every outcome of the files its client may
+#: read is posted there, signed with ``secret`` (Standard Webhooks). The secret signs, so
+#: it is kept as itself, like the signing keys' private halves.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("client_id", String(OWNER_MAX), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("secret", Text, nullable=False),
+    #: The event types it wants (a JSON list); None: every type.
+    Column("events", JSON),
+    Column("created", UtcDateTime, nullable=False),
+    ForeignKeyConstraint(["client_id"], ["clients.id"], name="webhook_endpoints_client_fkey"),
+    Index("webhook_endpoints_client", "client_id"),
+)
+
+#: The outbox: one row per message and endpoint, written in the transaction of the change
+#: it reports (with its audit row), delivered at least once by whichever replica leases
+#: it. ``body`` is the exact JSON sent, so every retry signs the same bytes.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("endpoint_id", String(40), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("body", Text, nullable=False),
+    #: pending | delivered | dead
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt", UtcDateTime, nullable=False),
+    Column("lease_until", UtcDateTime),
+    #: The last attempt's HTTP status (None: no answer) and what went wrong, in words.
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("created", UtcDateTime, nullable=False),
+    Column("delivered", UtcDateTime),
+    ForeignKeyConstraint(
+        ["endpoint_id"],
+        ["webhook_endpoints.id"],
+        name="webhook_deliveries_endpoint_fkey",
+        ondelete="CASCADE",
+    ),
+    Index("webhook_deliveries_due", "state", "next_attempt"),
+    Index("webhook_deliveries_endpoint", "endpoint_id", "created"),
+)

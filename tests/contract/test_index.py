@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select, update
 
 from fileshare.audit import Action, AuditEvent, Result
 from fileshare.config import Settings
@@ -32,7 +32,7 @@ from fileshare.index.base import (
 )
 from fileshare.index.factory import open_index
 from fileshare.index.sql import CommitOutcomeUnknown, SqlIndex
-from fileshare.index.tables import doomed_objects
+from fileshare.index.tables import audit_events, contents, doomed_objects
 from fileshare.models import Content, FileRecord, ScanRecord, ScanState, new_object_key
 from tests.servers import Postgres
 
@@ -883,3 +883,132 @@ async def test_a_clean_verdict_of_an_older_database_does_not_undo_a_newer_one(
         await post(index, lagging)
     assert stands.value.signature == "Newer.Signature"
     assert await index.find_clean(c.sha256) is None
+
+
+async def left_failed(index: FileIndex, c: Content) -> None:
+    """What migration 0002 leaves of first-release records of one sha256 that disagree
+    about its sha1 or size: the content stored, ``failed``, of unknown provenance, with
+    the sha1 of one of them."""
+    assert isinstance(index, SqlIndex)
+
+    def run(conn: Any) -> None:
+        conn.execute(
+            update(contents)
+            .where(contents.c.sha256 == c.sha256)
+            .values(
+                state="failed", sha1=bytes(20), scanner=None, signature_db=None, scanned_at=None
+            )
+        )
+
+    await index.run(run, write=True)
+
+
+async def verdict_rows(index: FileIndex, sha256: str) -> list[Any]:
+    assert isinstance(index, SqlIndex)
+
+    def run(conn: Any) -> list[Any]:
+        query = select(audit_events).where(audit_events.c.sha256 == sha256)
+        return list(conn.execute(query.order_by(audit_events.c.seq)).mappings())
+
+    return await index.run(run)
+
+
+async def test_stored_content_left_failed_is_rescanned_first_whatever_its_age(
+    index: FileIndex,
+) -> None:
+    """Migration 0002 promised it: never served, rescanned first."""
+    old = replace(content(21), scan=ScanRecord(ScanState.CLEAN, scanner=SCANNER, scanned_at=NOW))
+    await post(index, old)
+    broken = content(22)
+    record = (await post(index, broken)).record
+    await left_failed(index, broken)
+    # Failed without an object (a verdict for bytes never stored): nothing to read back.
+    unstored = replace(content(23), key=None, scan=ScanRecord(ScanState.FAILED))
+    await index.record_verdict(unstored)
+    got = await index.get("alice", record.id)
+    assert got is not None
+    assert not got.content.present
+
+    def lease(now: datetime, **kw: Any) -> Any:
+        args = {
+            "scanned_before": NOW - HOUR,  # no clean verdict is due by age
+            "older_db": None,
+            "round_started": now,
+            "now": now,
+            "until": now + HOUR,
+            "limit": 10,
+        }
+        return index.lease_rescans(**(args | kw))
+
+    assert [c.sha256 for c in await lease(NOW)] == [broken.sha256]
+    assert await lease(NOW) == []  # leased: once
+    due = await lease(NOW + 2 * HOUR, scanned_before=NOW + HOUR)
+    assert [c.sha256 for c in due] == [broken.sha256, old.sha256]  # failed before clean
+    again = await lease(NOW + 4 * HOUR, scanned_before=NOW + HOUR, limit=1)
+    assert [c.sha256 for c in again] == [broken.sha256]
+
+
+async def test_a_failed_content_rescanned_clean_is_served_again_as_hashed(
+    index: FileIndex,
+) -> None:
+    c = content(24)
+    mine = (await post(index, c)).record
+    theirs = (await post(index, c, owner="bob", held=True)).record
+    await left_failed(index, c)
+    (leased,) = await lease_all(index)
+    assert leased.state is ScanState.FAILED
+    assert leased.sha1 == bytes(20)
+    clean = ScanRecord(ScanState.CLEAN, scanner=SCANNER, scanned_at=NOW + HOUR)
+    event = AuditEvent(action=Action.SCAN_VERDICT, detail={"state": "clean"})
+    hashed = replace(leased, sha1=c.sha1, size=c.size)
+    changed = await index.record_rescan(hashed, clean, audit=event)
+    assert sorted(changed) == sorted([("alice", mine.id), ("bob", theirs.id)])
+    got = await index.get("bob", theirs.id)
+    assert got is not None
+    assert got.content.present
+    assert (got.content.sha1, got.content.size, got.content.key) == (c.sha1, c.size, c.key)
+    assert got.content.scan.scanned_at == NOW + HOUR
+    assert await index.find_clean(c.sha256) == got.content
+    rows = await verdict_rows(index, c.sha256)
+    assert sorted((r["owner"], r["file_id"]) for r in rows if r["action"] == "scan.verdict") == (
+        sorted([("alice", mine.id), ("bob", theirs.id)])
+    )
+    # Clean now, verdicted an hour later: not due before; a later clean rescan changes no
+    # record.
+    assert await lease_all(index) == []
+    (leased,) = await lease_all(index, NOW + 2 * HOUR)
+    later = replace(clean, scanned_at=NOW + 3 * HOUR)
+    assert await index.record_rescan(leased, later, audit=event) == []
+
+
+async def test_a_failed_content_rescanned_infected_stays_unserved(index: FileIndex) -> None:
+    c = content(25)
+    record = (await post(index, c)).record
+    await left_failed(index, c)
+    (leased,) = await lease_all(index)
+    infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
+    event = AuditEvent(action=Action.SCAN_VERDICT, result=Result.DENIED)
+    assert await index.record_rescan(leased, infected, audit=event) == [("alice", record.id)]
+    got = await index.get("alice", record.id)
+    assert got is not None
+    assert got.content.scan.state is ScanState.INFECTED
+    assert not got.content.present
+    assert await lease_all(index, NOW + 8 * HOUR) == []
+
+
+async def test_a_rescan_verdict_for_a_state_that_changed_meanwhile_changes_nothing(
+    index: FileIndex,
+) -> None:
+    """Leased failed, then an upload of the same bytes committed them clean: the rescan's
+    verdict (made for the failed content) is not that content's any more."""
+    c = content(26)
+    await post(index, c)
+    await left_failed(index, c)
+    (leased,) = await lease_all(index)
+    again = replace(c, key=new_object_key(c.sha256))
+    assert (await post(index, again)).record.content.present
+    infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
+    moved = replace(leased, key=again.key)  # even under the content's key of now
+    event = AuditEvent(action=Action.SCAN_VERDICT)
+    assert await index.record_rescan(moved, infected, audit=event) == []
+    assert await index.find_clean(c.sha256) is not None

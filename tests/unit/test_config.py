@@ -45,6 +45,8 @@ def test_sizes_and_addresses_parse() -> None:
         ({"FILESHARE_RESCAN_INTERVAL": "-1"}, "FILESHARE_RESCAN_INTERVAL"),
         ({"FILESHARE_RESCAN_AFTER": "0"}, "FILESHARE_RESCAN_AFTER"),
         ({"FILESHARE_RESCAN_AFTER": "soon"}, "not a number"),
+        ({"FILESHARE_RESCAN_ON_DOWNLOAD": "-1"}, "FILESHARE_RESCAN_ON_DOWNLOAD"),
+        ({"FILESHARE_RESCAN_ON_DOWNLOAD": "inf"}, "FILESHARE_RESCAN_ON_DOWNLOAD"),
     ],
 )
 def test_bad_settings_fail_fast_with_a_clear_message(env: dict[str, str], message: str) -> None:

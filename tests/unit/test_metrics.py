@@ -9,6 +9,7 @@ from fileshare.metrics import Metrics
 UNITLESS_GAUGES = {
     "fileshare_uploads_in_flight",
     "fileshare_clamav_database_version",
+    "fileshare_webhook_outbox_messages",
     "process_open_fds",
     "process_max_fds",
 }
