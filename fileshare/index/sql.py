@@ -511,8 +511,11 @@ class SqlIndex:
 
         def query(candidates: Select[Any], n: int) -> Select[Any]:
             # Oldest verdict first; skip rows another replica's transaction holds right now.
+            # No tie-break: ``contents_rescan`` (state, scanned_at) then gives the order
+            # without a sort, where one of every row with the oldest time (all the first
+            # release's contents have none) cost each lease 85 ms at 100k such rows.
             return (
-                candidates.order_by(c.scanned_at.asc().nulls_first(), c.sha256)
+                candidates.order_by(c.scanned_at.asc().nulls_first())
                 .limit(n)
                 .with_for_update(skip_locked=True)
             )
