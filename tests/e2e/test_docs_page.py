@@ -36,9 +36,12 @@ CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/pn
 
 
 def _operations() -> set[tuple[str, str]]:
+    """Every operation, and every webhook (Swagger UI draws one as its name)."""
+    described = document("https://x.test")
     return {
         (method, path)
-        for path, item in document("https://x.test")["paths"].items()
+        for section in ("paths", "webhooks")
+        for path, item in described[section].items()
         for method in item
         if method != "parameters"
     }
