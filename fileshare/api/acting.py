@@ -36,3 +36,8 @@ async def actor(request: web.Request, *, write: bool) -> Actor:
             log.warning("audit.write_failed", action=str(event.action), error=str(failure))
         raise
     return Actor(principal, owner, source=request.remote, request_id=request[REQUEST_ID])
+
+
+def unscoped(request: web.Request) -> Actor:
+    """The actor of a request about no owner's files (clients, keys, grants, webhooks)."""
+    return Actor(request[PRINCIPAL], None, source=request.remote, request_id=request[REQUEST_ID])

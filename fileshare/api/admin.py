@@ -10,21 +10,16 @@ from aiohttp import hdrs, web
 
 from fileshare import errors
 from fileshare.api import params
+from fileshare.api.acting import unscoped
 from fileshare.api.body import json_members
-from fileshare.api.context import PRINCIPAL, REQUEST_ID
 from fileshare.api.files import timestamp
 from fileshare.api.keys import REGISTRY, SETTINGS
-from fileshare.audit import Actor
 from fileshare.auth.principal import scope_text
 from fileshare.index.identity import ApiKey, Client, Grant
 
 routes = web.RouteTableDef()
 #: No-store: answers may hold a secret shown once.
 _NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
-
-
-def _actor(request: web.Request) -> Actor:
-    return Actor(request[PRINCIPAL], None, source=request.remote, request_id=request[REQUEST_ID])
 
 
 def render_client(c: Client) -> dict[str, object]:
@@ -80,7 +75,7 @@ async def create_client(request: web.Request) -> web.Response:
     if not isinstance(with_secret, bool):
         raise errors.ValidationFailed("secret must be true or false")
     made = await request.app[REGISTRY].create_client(
-        _actor(request),
+        unscoped(request),
         params.string_member(body, "id", required=True) or "",
         role=params.string_member(body, "role", required=True) or "",
         scopes=params.string_member(body, "scopes"),
@@ -106,7 +101,7 @@ async def get_client(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/admin/clients/{client_id}")
 async def revoke_client(request: web.Request) -> web.Response:
-    await request.app[REGISTRY].revoke_client(_actor(request), request.match_info["client_id"])
+    await request.app[REGISTRY].revoke_client(unscoped(request), request.match_info["client_id"])
     return web.Response(status=204)
 
 
@@ -131,7 +126,7 @@ async def create_key(request: web.Request) -> web.Response:
         except OverflowError:  # past timedelta's range: past any lifetime allowed too
             raise errors.ValidationFailed("expiresIn is longer than a key may live") from None
     made = await request.app[REGISTRY].create_key(
-        _actor(request), request.match_info["client_id"], lifetime=lifetime
+        unscoped(request), request.match_info["client_id"], lifetime=lifetime
     )
     answer = render_key(made.key) | {"key": made.presented}
     return web.json_response(answer, status=201, headers=_NO_STORE)
@@ -139,7 +134,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/admin/keys/{key_id}")
 async def revoke_key(request: web.Request) -> web.Response:
-    await request.app[REGISTRY].revoke_key(_actor(request), request.match_info["key_id"])
+    await request.app[REGISTRY].revoke_key(unscoped(request), request.match_info["key_id"])
     return web.Response(status=204)
 
 
@@ -158,7 +153,7 @@ async def put_grant(request: web.Request) -> web.Response:
     body = await json_members(request, {"access"})
     access = params.string_member(body, "access", required=True) or ""
     grant = await request.app[REGISTRY].put_grant(
-        _actor(request), request.match_info["grantee"], request.match_info["owner"], access
+        unscoped(request), request.match_info["grantee"], request.match_info["owner"], access
     )
     return web.json_response(render_grant(grant))
 
@@ -166,6 +161,6 @@ async def put_grant(request: web.Request) -> web.Response:
 @routes.delete("/v1/admin/grants/{grantee}/{owner}")
 async def delete_grant(request: web.Request) -> web.Response:
     await request.app[REGISTRY].delete_grant(
-        _actor(request), request.match_info["grantee"], request.match_info["owner"]
+        unscoped(request), request.match_info["grantee"], request.match_info["owner"]
     )
     return web.Response(status=204)

@@ -10,20 +10,16 @@ from aiohttp import hdrs, web
 
 from fileshare import errors
 from fileshare.api import params
+from fileshare.api.acting import unscoped
 from fileshare.api.body import json_members
-from fileshare.api.context import PRINCIPAL, REQUEST_ID
+from fileshare.api.context import PRINCIPAL
 from fileshare.api.files import timestamp
 from fileshare.api.keys import SETTINGS, WEBHOOKS
-from fileshare.audit import Actor
 from fileshare.index.outbox import Delivery, DeliveryState
 from fileshare.index.webhooks import Endpoint
 
 routes = web.RouteTableDef()
 _NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
-
-
-def _actor(request: web.Request) -> Actor:
-    return Actor(request[PRINCIPAL], None, source=request.remote, request_id=request[REQUEST_ID])
 
 
 def render_endpoint(e: Endpoint) -> dict[str, object]:
@@ -79,7 +75,7 @@ async def create_webhook(request: web.Request) -> web.Response:
     body = await json_members(request, {"url", "events"})
     url = params.string_member(body, "url", required=True) or ""
     made = await request.app[WEBHOOKS].register(
-        _actor(request), request[PRINCIPAL], url, body.get("events")
+        unscoped(request), request[PRINCIPAL], url, body.get("events")
     )
     answer = render_endpoint(made.endpoint) | {"secret": made.secret}
     location = f"{request.app[SETTINGS].base_url}/v1/webhooks/{made.endpoint.id}"
@@ -97,7 +93,7 @@ async def get_webhook(request: web.Request) -> web.Response:
 @routes.delete("/v1/webhooks/{webhook_id}")
 async def delete_webhook(request: web.Request) -> web.Response:
     await request.app[WEBHOOKS].delete(
-        _actor(request), request[PRINCIPAL], request.match_info["webhook_id"]
+        unscoped(request), request[PRINCIPAL], request.match_info["webhook_id"]
     )
     return web.Response(status=204)
 
@@ -114,7 +110,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 @routes.post("/v1/webhooks/{webhook_id}/deliveries/{message_id}/retry")
 async def retry_delivery(request: web.Request) -> web.Response:
     await request.app[WEBHOOKS].retry(
-        _actor(request),
+        unscoped(request),
         request[PRINCIPAL],
         request.match_info["webhook_id"],
         request.match_info["message_id"],

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, select
@@ -23,18 +22,9 @@ from fileshare.index.outbox import Attempt, DeliveryState, Outbox
 from fileshare.index.sql import SqlIndex
 from fileshare.index.tables import webhook_deliveries
 from fileshare.index.webhooks import Endpoint, WebhookStore
-from tests.contract.test_index import API_KEYS, HOUR, NOW, fresh_database
+from tests.contract.test_index import HOUR, NOW, settings
 
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(api_keys=API_KEYS, data_dir=tmp_path, index_path=tmp_path / "i.sqlite3")
-    return Settings(
-        api_keys=API_KEYS,
-        data_dir=tmp_path,
-        index_url=fresh_database(request.getfixturevalue("postgres")),
-    )
+__all__ = ["settings"]  # the index contract's fixture: SQLite and PostgreSQL
 
 
 @pytest.fixture
