@@ -30,6 +30,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from fileshare.app import RESCANNER
 from fileshare.audit import Action
 from fileshare.config import ClamdAddress
+from fileshare.index.outbox import Due
+from fileshare.webhooks import signing
+from fileshare.webhooks.deliver import Deliverer
+from fileshare.webhooks.targets import Targets
 from tests.e2e.conftest import ALICE, ALICE_KEY, BOB_KEY, Env
 from tests.e2e.test_access import ROOT, ROOT_KEY, grant, register, status
 from tests.e2e.test_rescan import SIGNATURE, _learn, _marker, growing_clamd
@@ -398,3 +402,42 @@ async def test_a_rescan_that_finds_a_served_file_infected_tells_its_readers(
     items = await deliveries(env, clinic, made["id"])
     assert [d["payload"]["data"]["fileId"] for d in items] == [kept["id"]]
     assert fine["id"] != kept["id"]
+
+
+async def test_each_attempt_checks_its_target_again_and_connects_only_where_allowed(
+    receiver: Receiver,
+) -> None:
+    """The rules at delivery, not registration's: a callback that was allowed (loopback,
+    listed) and is no longer — an operator narrowed FILESHARE_WEBHOOK_PRIVATE_HOSTS, or a
+    name now resolves inside — is not reached, by literal or by name."""
+    await receiver.start()
+    now = datetime.now(UTC)
+
+    def message(url: str) -> Due:
+        return Due("msg_1", "wh_1", url, signing.new_secret(), "file.clean", "{}", 0, now, False)
+
+    allowed = Targets.of(["127.0.0.1"], frozenset())
+    narrowed = Targets.of([], frozenset())
+    by_name = receiver.url.replace("127.0.0.1", "localhost")
+    for targets, url, error in (
+        (allowed, receiver.url, None),
+        (allowed, by_name, None),
+        # The literal: refused before any connection.
+        (narrowed, receiver.url, "the callback URL targets 127.0.0.1"),
+        # The name: its loopback address dropped by the resolver, nothing left to connect to.
+        (narrowed, by_name, "no connection"),
+    ):
+        worker = Deliverer(
+            outbox=None,  # type: ignore[arg-type] (only _post runs: nothing is leased)
+            targets=targets,
+            attempts=1,
+            backoff=1.0,
+            timeout=5.0,
+            metrics=None,
+            clock=lambda: datetime.now(UTC),
+        )
+        async with worker:
+            attempt = await worker._post(message(url))
+        assert attempt.delivered is (error is None), (url, attempt)
+        assert (attempt.error or "").startswith(error or ""), attempt
+    assert len(receiver.got) == 2
