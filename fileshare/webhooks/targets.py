@@ -131,12 +131,6 @@ class Targets:
         literal = _address(host)
         if literal is not None and not self.allowed(host, literal):
             return f"targets {literal}, a {_kind(literal)} address"
-        if (
-            literal is None
-            and normal_host(host) == "localhost"
-            and not self.allowed(host, ipaddress.ip_address("127.0.0.1"))
-        ):
-            return "targets localhost, a loopback address"
         return None
 
     async def check(self, url: str) -> str | None:

@@ -132,7 +132,6 @@ NONE = Targets.of([], frozenset())
     [
         "https://127.0.0.1/hook",
         "https://127.1.2.3/hook",
-        "https://localhost/hook",
         "https://169.254.169.254/latest/meta-data/",
         "https://10.1.2.3/",
         "https://172.16.0.1/",
