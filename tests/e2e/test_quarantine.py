@@ -30,7 +30,7 @@ from tests.unscannable_files import encrypted_zip
 KEYS = {"alice": ALICE_KEY, "bob": BOB_KEY, "root": ROOT_KEY}
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gcs"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -40,6 +40,8 @@ def quarantine_bucket(backend: str, request: pytest.FixtureRequest) -> str:
     name = f"quarantine-{uuid.uuid4().hex[:10]}"
     if backend == "s3":
         request.getfixturevalue("seaweed").create_bucket(name)
+    elif backend == "gcs":
+        request.getfixturevalue("fake_gcs").create_bucket(name)
     return name
 
 
@@ -282,3 +284,23 @@ async def test_a_release_that_rescans_clean_promotes_it_as_the_owners_file(
     assert (item["releasedBy"], item["releasedFileId"]) == ("root", "report-7")
     resp = await env.client.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT)
     assert (await _json(resp, 409))["code"] == "not_quarantined"
+
+
+@pytest.mark.parametrize("backend", ["s3"])
+async def test_a_direct_upload_refused_is_kept_too(make_env: Any, quarantine_bucket: str) -> None:
+    from tests.e2e.test_direct_uploads import complete, curl_put, intent
+
+    env = await _env(make_env, quarantine_bucket)
+    data = b"%PDF-1.4 padding " * 1000 + EICAR
+    issued = await intent(env, data)
+    assert curl_put(issued, data) == 200
+    done = await _json(await complete(env, issued), 200)
+    assert done["state"] == "infected"
+    listed = await _json(await env.client.get("/v1/admin/quarantine", headers=ROOT), 200)
+    [item] = listed["items"]
+    assert (item["owner"], item["fileId"]) == ("alice", issued["fileId"])
+    assert item["name"] == "scan report.pdf"
+    assert item["contentType"] == "application/pdf"
+    assert await _kept(env) == {f"quarantine/{item['id']}": data}
+    # Nothing promoted; the staged object is the direct upload's to remove, as before.
+    assert await env.permanent_keys() == []
