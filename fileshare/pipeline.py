@@ -5,10 +5,13 @@
     end -> index knows it clean?  yes -> drop staging and scan, answer
                                   no  -> verdict (a server-side copy into an invisible
                                          target runs meanwhile) -> clean: make it visible
-                                         otherwise: throw everything away
+                                         otherwise: throw everything away (with a
+                                         quarantine: copy the refused bytes there first)
 
 Every failure path throws away what was staged: nothing unscanned is ever promoted, and
-nothing is left behind but what the unscanned bucket's lifecycle rule will expire.
+nothing is left behind but what the unscanned bucket's lifecycle rule will expire. A
+quarantine (``FILESHARE_QUARANTINE_BUCKET``) keeps a copy of what clamd refused, listed in
+the index for the admin API, never in the permanent bucket.
 
 Whether bytes are already held is the index's answer (a content row, clean, with its
 object key), not the bucket's: a HEAD would say yes for an object a concurrent DELETE is

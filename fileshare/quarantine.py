@@ -32,16 +32,22 @@ log = structlog.get_logger(__name__)
 
 #: Item ids are fileshare's own (uuid4 hex): anything else is no item.
 ITEM_ID = re.compile(r"[0-9a-f]{32}")
-#: What an administrator must say when taking quarantined bytes.
+#: What an administrator must say when taking quarantined bytes: at most this long, no
+#: control characters, not blank. One pattern for the server and the OpenAPI document (a
+#: character-class regex that Python and ECMAScript read alike).
 REASON_MAX = 500
+_TEXT = r"[^\u0000-\u001f\u007f-\u009f]"
+_VISIBLE = r"[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+REASON_PATTERN = f"^{_TEXT}*{_VISIBLE}{_TEXT}*$"
+_REASON = re.compile(REASON_PATTERN)
 
 
 def check_reason(value: str | None) -> str:
-    """A forced download's reason: required, one line of printable text."""
-    reason = (value or "").strip()
-    if not reason or len(reason) > REASON_MAX or not reason.isprintable():
+    """A forced download's reason: required, one line of text that is not blank."""
+    reason = value or ""
+    if len(reason) > REASON_MAX or not _REASON.fullmatch(reason):
         raise errors.InvalidParameter(
-            f"reason is required: why the bytes are taken, 1-{REASON_MAX} printable characters"
+            f"reason is required: why the bytes are taken, 1-{REASON_MAX} characters of text"
         )
     return reason
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fileshare.api import params
 from fileshare.api.openapi import _LOCATION, Schema, _errors, _json, _query, _ref
-from fileshare.quarantine import REASON_MAX
+from fileshare.quarantine import REASON_MAX, REASON_PATTERN
 
 _STAMP: Schema = {"type": "string", "format": "date-time"}
 _ID: Schema = {
@@ -78,7 +78,7 @@ def quarantine_paths() -> dict[str, Schema]:
     reason = _query(
         "reason",
         "Why the bytes are taken (audited with who took them)",
-        {"type": "string", "minLength": 1, "maxLength": REASON_MAX},
+        {"type": "string", "minLength": 1, "maxLength": REASON_MAX, "pattern": REASON_PATTERN},
         required=True,
     )
     return {
