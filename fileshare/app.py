@@ -27,6 +27,7 @@ from fileshare.api import audit as audit_api
 from fileshare.api import (
     events as events_api,
 )
+from fileshare.api import quarantine as quarantine_api
 from fileshare.api import webhooks as webhooks_api
 from fileshare.api.keys import (
     AUDIT,
@@ -39,6 +40,8 @@ from fileshare.api.keys import (
     LINKS,
     METRICS,
     POLICY,
+    QUARANTINE,
+    QUARANTINE_STORE,
     REGISTRY,
     SERVICE,
     SETTINGS,
@@ -73,12 +76,14 @@ from fileshare.index.factory import open_index
 from fileshare.index.identity import IdentityStore
 from fileshare.index.links import LinkStore
 from fileshare.index.outbox import Outbox
+from fileshare.index.quarantine import QuarantineStore
 from fileshare.index.signing import SigningKeyStore
 from fileshare.index.uploads import UploadStore
 from fileshare.index.webhooks import WebhookStore
 from fileshare.links import LinkService
 from fileshare.metrics import CONTENT_TYPE, Metrics
-from fileshare.pipeline import Pipeline
+from fileshare.pipeline import Pipeline, Quarantine
+from fileshare.quarantine import QuarantineAdmin
 from fileshare.recovery import StagingSweeper
 from fileshare.rescan import Rescanner
 from fileshare.scan.clamd import ClamdScanner
@@ -194,6 +199,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(oauth.routes)
     app.add_routes(audit_api.routes)  # GET /v1/audit
     app.add_routes(webhooks_api.routes)
+    app.add_routes(quarantine_api.routes)  # /v1/admin/quarantine
     edge.meet_expectations_late(app)
     return app
 
@@ -211,6 +217,7 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
         app[AUDIT] = AuditStore(index)
         app[UPLOADS] = UploadStore(index)
         app[LINK_STORE] = LinkStore(index)
+        app[QUARANTINE_STORE] = QuarantineStore(index)
         identity = app[IDENTITY] = IdentityStore(index)
         targets = Targets.of(settings.webhook_private_hosts, settings.plaintext_hosts)
         app[WEBHOOKS] = Webhooks(WebhookStore(index), Outbox(index), targets, _now)
@@ -316,6 +323,9 @@ async def _check_clamd(app: web.Application) -> None:
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    quarantine = None
+    if settings.quarantine_bucket is not None:
+        quarantine = Quarantine(settings.quarantine_bucket, app[QUARANTINE_STORE])
     pipeline = Pipeline(
         storage=app[STORAGE],
         scanner=app[SCANNER],
@@ -329,6 +339,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         single_write=settings.promotion == "single-write",
         types=TypePolicy(settings.type_check, settings.allowed_types),
+        quarantine=quarantine,
     )
     rescanner = app[RESCANNER] = Rescanner(
         pipeline=pipeline,
@@ -347,6 +358,14 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         rescanner=rescanner,
         rescan_on_download=timedelta(seconds=settings.rescan_on_download),
     )
+    if quarantine is not None:
+        app[QUARANTINE] = QuarantineAdmin(
+            store=quarantine.store,
+            storage=app[STORAGE],
+            bucket=quarantine.bucket,
+            pipeline=pipeline,
+            files=service,
+        )
     direct = app[DIRECT] = DirectUploads(
         pipeline=pipeline,
         files=service,

@@ -52,6 +52,14 @@ class Action(enum.StrEnum):
     WEBHOOK_CREATE = "webhook.create"
     WEBHOOK_DELETE = "webhook.delete"
     WEBHOOK_RETRY = "webhook.retry"
+    #: Quarantine: refused bytes kept as evidence; an admin's list, read, release (a rescan
+    #: that promotes), forced download (with its reason) and delete.
+    QUARANTINE_KEEP = "quarantine.keep"
+    QUARANTINE_LIST = "quarantine.list"
+    QUARANTINE_READ = "quarantine.read"
+    QUARANTINE_RELEASE = "quarantine.release"
+    QUARANTINE_DOWNLOAD = "quarantine.download"
+    QUARANTINE_DELETE = "quarantine.delete"
 
 
 class Result(enum.StrEnum):

@@ -214,6 +214,9 @@ class Settings:
     redirect_ttl: int = 300
     #: The bucket of partner links (seed 003: ``POST /v1/links``); unset: no links.
     links_bucket: str | None = None
+    #: Where infected and unscannable uploads are kept as evidence (``quarantine/<id>``),
+    #: for the admin API to examine, release or delete; unset: they are thrown away.
+    quarantine_bucket: str | None = None
     #: The scope external tokens carry for partner links (taken as ``links:write``).
     links_scope: str = "private_contracts:write"
     #: Storage events, a trigger of direct uploads' ingestion: an SQS queue of S3 event
@@ -300,10 +303,24 @@ class Settings:
                 )
         if self.unscanned_bucket == self.permanent_bucket:
             raise ConfigError("the unscanned and permanent buckets must differ")
-        for variable, name in (
+        buckets = [
             ("FILESHARE_UNSCANNED_BUCKET", self.unscanned_bucket),
             ("FILESHARE_PERMANENT_BUCKET", self.permanent_bucket),
-        ):
+        ]
+        if self.quarantine_bucket is not None:
+            if self.quarantine_bucket in (self.unscanned_bucket, self.permanent_bucket):
+                raise ConfigError(
+                    "FILESHARE_QUARANTINE_BUCKET must differ from the unscanned and permanent "
+                    "buckets"
+                )
+            if self.promotion == "single-write":
+                # Single-write streams a big body into an invisible upload under the
+                # permanent key: no staged object is left to quarantine from.
+                raise ConfigError(
+                    "FILESHARE_QUARANTINE_BUCKET needs FILESHARE_PROMOTION=copy, not single-write"
+                )
+            buckets.append(("FILESHARE_QUARANTINE_BUCKET", self.quarantine_bucket))
+        for variable, name in buckets:
             problem = bucket_name_problem(name, self.storage)
             if problem is not None:
                 raise ConfigError(f"{variable}: {name[:80]!r} {problem}")
@@ -716,6 +733,7 @@ _STRINGS = {
     "STORAGE_ENCRYPTION": "storage_encryption",
     "STORAGE_KMS_KEY": "storage_kms_key",
     "LINKS_BUCKET": "links_bucket",
+    "QUARANTINE_BUCKET": "quarantine_bucket",
     "LINKS_SCOPE": "links_scope",
     "SQS_QUEUE_URL": "sqs_queue_url",
     "SQS_ENDPOINT": "sqs_endpoint",

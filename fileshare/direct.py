@@ -30,7 +30,7 @@ from fileshare.boundary import index_call, storage_call
 from fileshare.index.base import Cursor, Placement
 from fileshare.index.uploads import Outcome, Upload, UploadStore
 from fileshare.models import UploadState
-from fileshare.pipeline import Pipeline
+from fileshare.pipeline import Origin, Pipeline
 from fileshare.service import FileService
 from fileshare.storage.base import (
     DIRECT_PREFIX,
@@ -424,6 +424,7 @@ class DirectUploads:
                 content_type=upload.content_type,
                 expected_sha256=upload.sha256,
                 audit=event,
+                origin=Origin(upload.owner, upload.file_id, upload.name, upload.created_by),
             )
         except errors.DigestMismatch:
             return Outcome(

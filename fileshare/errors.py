@@ -242,14 +242,26 @@ class RangeNotSatisfiable(FileshareError):
         self.headers = {"Content-Range": f"bytes */{size}"}
 
 
+def _kept(quarantine_id: str | None) -> dict[str, object]:
+    """The problem members saying the refused bytes were kept in quarantine."""
+    return {} if quarantine_id is None else {"quarantined": True, "quarantineId": quarantine_id}
+
+
 class Infected(FileshareError):
-    """The virus scanner found malware, named in `signature`; the file was not kept."""
+    """The virus scanner found malware, named in `signature`; the file was not kept as a file.
+    With a quarantine configured the bytes were kept for an administrator to examine
+    (`quarantined: true`, `quarantineId`); nobody else can read them."""
 
     status, code, title = 422, "infected", "The file contains malware"
 
-    def __init__(self, signature: str) -> None:
-        super().__init__(f"rejected by the virus scanner: {signature}", signature=signature)
+    def __init__(self, signature: str, quarantine_id: str | None = None) -> None:
+        super().__init__(
+            f"rejected by the virus scanner: {signature}",
+            signature=signature,
+            **_kept(quarantine_id),
+        )
         self.signature = signature
+        self.quarantine_id = quarantine_id
 
 
 class TypeNotAllowed(FileshareError):
@@ -284,11 +296,29 @@ class Unscannable(FileshareError):
 
     status, code, title = 422, "unscannable", "The file could not be scanned"
 
-    def __init__(self, signature: str) -> None:
+    def __init__(self, signature: str, quarantine_id: str | None = None) -> None:
         super().__init__(
-            f"the virus scanner could not scan it through: {signature}", signature=signature
+            f"the virus scanner could not scan it through: {signature}",
+            signature=signature,
+            **_kept(quarantine_id),
         )
         self.signature = signature
+        self.quarantine_id = quarantine_id
+
+
+class NotQuarantined(FileshareError):
+    """The quarantined item's bytes are gone: released into a file, deleted, or expired by the
+    quarantine bucket's retention rule. Its record stays readable."""
+
+    status, code, title = 409, "not_quarantined", "No longer in quarantine"
+
+
+class StillRefused(FileshareError):
+    """A quarantined item's release rescanned it and the scanner still refuses it (`state`,
+    `signature`): it stays in quarantine, with the new verdict recorded. Its bytes can only
+    be handed to an administrator (`GET /v1/admin/quarantine/{id}/content`), never promoted."""
+
+    status, code, title = 409, "quarantine_still_refused", "Still refused by the virus scanner"
 
 
 class ValidationFailed(FileshareError):

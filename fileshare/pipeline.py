@@ -5,10 +5,13 @@
     end -> index knows it clean?  yes -> drop staging and scan, answer
                                   no  -> verdict (a server-side copy into an invisible
                                          target runs meanwhile) -> clean: make it visible
-                                         otherwise: throw everything away
+                                         otherwise: throw everything away (with a
+                                         quarantine: copy the refused bytes there first)
 
 Every failure path throws away what was staged: nothing unscanned is ever promoted, and
-nothing is left behind but what the unscanned bucket's lifecycle rule will expire.
+nothing is left behind but what the unscanned bucket's lifecycle rule will expire. A
+quarantine (``FILESHARE_QUARANTINE_BUCKET``) keeps a copy of what clamd refused, listed in
+the index for the admin API, never in the permanent bucket.
 
 Whether bytes are already held is the index's answer (a content row, clean, with its
 object key), not the bucket's: a HEAD would say yes for an object a concurrent DELETE is
@@ -36,6 +39,7 @@ from fileshare import errors
 from fileshare.audit import Action, AuditEvent, Result
 from fileshare.boundary import domain_error, index_call, storage_call
 from fileshare.budget import MemoryBudget
+from fileshare.index.quarantine import QUARANTINE_PREFIX, Item, QuarantineStore
 from fileshare.metrics import Metrics
 from fileshare.models import Content, ScanRecord, ScanState, new_object_key, new_upload_key
 from fileshare.scan.base import (
@@ -82,6 +86,24 @@ class ContentCatalog(Protocol):
     ) -> None:
         """Remember a verdict that is not clean (and release the claimed key), with its
         audit row in the same transaction."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Whose upload it is, as its quarantine row records it (``FILESHARE_QUARANTINE_BUCKET``)."""
+
+    owner: str
+    file_id: str | None = None
+    name: str | None = None
+    created_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """Where refused bytes are kept instead of being thrown away."""
+
+    bucket: str
+    store: QuarantineStore
 
 
 @dataclass(frozen=True)
@@ -142,6 +164,7 @@ class Pipeline:
         metrics: Metrics,
         single_write: bool = False,
         types: TypePolicy | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.storage = storage
         self.scanner = scanner
@@ -158,6 +181,8 @@ class Pipeline:
         self.single_write = single_write
         #: Content-Type checks (``sniff``) on bodies fileshare is handed to keep.
         self.types = types or TypePolicy()
+        #: Unset: refused bytes are thrown away like every other leftover.
+        self.quarantine = quarantine
         self._cleanups: set[asyncio.Future[None]] = set()
         #: Uploads in progress (``seal_small``).
         self.active = 0
@@ -172,13 +197,15 @@ class Pipeline:
         declared_size: int | None = None,
         expected_sha256: str | None = None,
         audit: AuditEvent | None = None,
+        origin: Origin | None = None,
     ) -> IngestResult:
         """Stream ``chunks`` through hashing, staging and scanning; promote if clean.
 
         ``expected_sha256`` (hex, from the client's ``Content-Digest``) lets a re-upload
         of content already held skip staging and scanning; a body that does not match it
         is refused. ``audit``: the upload's audit event, from which the row of a verdict
-        that is not clean is made.
+        that is not clean is made. ``origin``: whose upload it is; with a quarantine
+        configured, bytes refused by the scanner are kept for it (None: never).
 
         Raises ``PayloadTooLarge``, ``TruncatedBody``, ``Infected``, ``Unscannable``,
         ``ScannerUnavailable`` or ``StorageUnavailable``; in every case nothing is left
@@ -186,7 +213,7 @@ class Pipeline:
         """
         if declared_size is not None and declared_size > self.max_size:
             raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
-        upload = _Upload(self, content_type, audit)
+        upload = _Upload(self, content_type, audit, origin=origin)
         return await self._run(upload, lambda: upload.run(chunks, declared_size, expected_sha256))
 
     async def ingest_staged(
@@ -196,14 +223,24 @@ class Pipeline:
         content_type: str,
         expected_sha256: str | None = None,
         audit: AuditEvent | None = None,
+        origin: Origin | None = None,
+        bucket: str | None = None,
     ) -> IngestResult:
-        """Ingest an object that was uploaded straight into the unscanned bucket: read it
-        back once (pinned to ``staged.version``) through the hashers and clamd, then
-        dedup and promote exactly as ``ingest`` does. The staging object is the caller's
-        to delete once the outcome is recorded. Raises what ``ingest`` raises."""
+        """Ingest an object that was uploaded straight into the unscanned bucket (or is in
+        ``bucket``: a quarantined one released): read it back once (pinned to
+        ``staged.version``) through the hashers and clamd, then dedup and promote exactly
+        as ``ingest`` does. The staged object is the caller's to delete once the outcome
+        is recorded. Raises what ``ingest`` raises."""
         if staged.size > self.max_size:
             raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
-        upload = _Upload(self, content_type, audit, staging_key=staged.key)
+        upload = _Upload(
+            self,
+            content_type,
+            audit,
+            staging_key=staged.key,
+            origin=origin,
+            source_bucket=bucket,
+        )
         return await self._run(upload, lambda: upload.run_staged(staged, expected_sha256))
 
     async def scan_stored(self, bucket: str, stored: ObjectInfo) -> tuple[Content, ScanRecord]:
@@ -294,10 +331,16 @@ class _Upload:
         audit: AuditEvent | None,
         *,
         staging_key: str | None = None,
+        origin: Origin | None = None,
+        source_bucket: str | None = None,
     ) -> None:
         self.p = pipeline
         self.content_type = content_type
         self.audit = audit
+        self.origin = origin
+        #: Where the staged bytes are: the unscanned bucket, unless a release reads them
+        #: from the quarantine bucket.
+        self.source_bucket = source_bucket or pipeline.unscanned
         self.staging_key = staging_key or f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.writer: Writer | None = None
         #: The permanent key the writer streams under (single-write), else None.
@@ -346,7 +389,7 @@ class _Upload:
         p = self.p
         self._check_declared()
         self.scan = await self._open_scan()
-        chunks = p.storage.read(p.unscanned, staged.key, version=staged.version)
+        chunks = p.storage.read(self.source_bucket, staged.key, version=staged.version)
         try:
             digest = await self._receive(
                 chunks, staged.size, (self.scan.feed,), head_check=self._check_head
@@ -412,7 +455,7 @@ class _Upload:
         if scan.state is not ScanState.CLEAN:
             self.log.warning(f"scan.{scan.state.value}", signature=scan.signature)
             await self._remember(replace(digest, scan=scan), released=key)
-            raise refusal(scan)
+            raise refusal(scan, await self._quarantine(replace(digest, scan=scan), staged_version))
         self.log.info("scan.clean")
 
         promote_started = time.perf_counter()
@@ -430,7 +473,7 @@ class _Upload:
             p.storage,
             self.writer,
             staged_version=staged_version,
-            staging=Location(p.unscanned, self.staging_key),
+            staging=Location(self.source_bucket, self.staging_key),
             target=Location(p.permanent, key),
             size=digest.size,
             content_type=self.content_type,
@@ -457,6 +500,93 @@ class _Upload:
             await self.p.catalog.record_verdict(content, released=released, audit=event)
         except Exception as exc:  # the answer stays the verdict, not an index error
             self.log.error("index.verdict_not_recorded", error=str(exc))
+
+    async def _quarantine(self, content: Content, staged_version: str | None) -> str | None:
+        """Keep refused bytes in the quarantine bucket and list them; the item's id, or None
+        when there is no quarantine or keeping them failed (logged: the upload is refused
+        exactly as it would be without one)."""
+        q = self.p.quarantine
+        if q is None or self.origin is None:
+            return None
+        item_id = uuid.uuid4().hex
+        key = f"{QUARANTINE_PREFIX}{item_id}"
+        try:
+            await self._keep(q.bucket, key, content, staged_version)
+        except Exception as exc:  # fail closed: refused all the same, just not kept
+            self.log.error("quarantine.copy_failed", error=str(exc))
+            return None
+        o = self.origin
+        item = Item(
+            id=item_id,
+            owner=o.owner,
+            file_id=o.file_id,
+            name=o.name,
+            content_type=self.content_type,
+            sha256=content.sha256,
+            size=content.size,
+            scan=content.scan,
+            object_key=key,
+            created=datetime.now(UTC),
+            created_by=o.created_by,
+        )
+        event = None
+        if self.audit is not None:
+            event = self.audit.but(
+                action=Action.QUARANTINE_KEEP,
+                result=Result.SUCCESS,
+                sha256=content.sha256,
+                detail={"quarantine_id": item_id, "state": content.scan.state.value},
+            )
+        try:
+            await q.store.add(item, event)
+        except Exception as exc:
+            self.log.error("quarantine.not_recorded", error=str(exc))
+            try:
+                await self.p.storage.delete(q.bucket, key)
+            except StorageError as gone:
+                # Nothing lists it: the quarantine bucket's retention rule expires it.
+                self.log.error("quarantine.delete_failed", key=key, error=str(gone))
+            return None
+        self.log.warning("quarantine.kept", quarantine_id=item_id)
+        return item_id
+
+    async def _keep(
+        self, bucket: str, key: str, content: Content, staged_version: str | None
+    ) -> None:
+        """The refused bytes into ``bucket``: written from memory when they never left it,
+        else a server-side copy of the staged object (pinned to the version scanned)."""
+        storage = self.p.storage
+        buffered = self.writer.buffered() if self.writer is not None else None
+        if buffered is not None:
+            await storage.put(
+                bucket,
+                key,
+                buffered,
+                content_type=self.content_type,
+                metadata=_metadata(content),
+                if_absent=True,
+            )
+            return
+        version = staged_version
+        if self.writer is not None:
+            assert isinstance(self.promotion, CopyPromotion)
+            assert self.promotion.staged
+            version = self.promotion.staged_version
+        copy = await storage.begin_copy(
+            self.source_bucket,
+            self.staging_key,
+            bucket,
+            key,
+            size=content.size,
+            content_type=self.content_type,
+            metadata=_metadata(content),
+            src_version=version,
+        )
+        try:
+            await copy.commit()
+        except BaseException:
+            await copy.abort()
+            raise
 
     async def _receive(
         self,
@@ -543,11 +673,12 @@ def _state(verdict: Verdict) -> ScanState:
     return ScanState.UNSCANNABLE if verdict.unscannable else ScanState.INFECTED
 
 
-def refusal(scan: ScanRecord) -> errors.FileshareError:
-    """The answer to bytes whose verdict is not clean: malware, or not scannable."""
+def refusal(scan: ScanRecord, quarantine_id: str | None = None) -> errors.FileshareError:
+    """The answer to bytes whose verdict is not clean: malware, or not scannable (and kept
+    in quarantine as ``quarantine_id``)."""
     if scan.state is ScanState.UNSCANNABLE:
-        return errors.Unscannable(scan.signature or "unknown")
-    return errors.Infected(scan.signature or "unknown")
+        return errors.Unscannable(scan.signature or "unknown", quarantine_id)
+    return errors.Infected(scan.signature or "unknown", quarantine_id)
 
 
 def _check_digest(content: Content, expected_sha256: str) -> None:

@@ -35,7 +35,7 @@ from fileshare.index.base import (
 )
 from fileshare.index.uploads import UploadStore
 from fileshare.models import FileRecord, ScanState, UploadState
-from fileshare.pipeline import IngestResult, Pipeline
+from fileshare.pipeline import IngestResult, Origin, Pipeline
 from fileshare.rescan import Rescanner
 from fileshare.storage.base import ObjectNotFound, Presigned, Presigner, Storage, StorageError
 
@@ -152,12 +152,20 @@ class FileService:
         target: Target | None,
     ) -> Uploaded:
         owner = _owner(actor)
+        created_by = actor.principal.subject if actor.principal else None
+        origin = Origin(
+            owner,
+            file_id=None if target is None else target.file_id,
+            name=name,
+            created_by=created_by,
+        )
         result = await self.pipeline.ingest(
             chunks,
             content_type=content_type,
             declared_size=declared_size,
             expected_sha256=sha256,
             audit=event,
+            origin=origin,
         )
         placement = Placement(
             file_id=None if target is None else target.file_id,
@@ -165,7 +173,6 @@ class FileService:
             if_match=() if target is None else target.if_match,
             if_none_match=target is not None and target.if_none_match,
         )
-        created_by = actor.principal.subject if actor.principal else None
         return await self.record_ingested(
             owner, result, event, name, content_type, placement, created_by=created_by
         )

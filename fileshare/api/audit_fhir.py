@@ -122,6 +122,12 @@ KINDS: Mapping[Action, Kind] = {
     Action.WEBHOOK_CREATE: Kind(APPLICATION_ACTIVITY, "C", (_rest("create"),)),
     Action.WEBHOOK_DELETE: Kind(APPLICATION_ACTIVITY, "D", (_rest("delete"),)),
     Action.WEBHOOK_RETRY: Kind(APPLICATION_ACTIVITY, "E"),
+    Action.QUARANTINE_KEEP: Kind(IMPORT, "C"),
+    Action.QUARANTINE_LIST: Kind(QUERY, "E", (_rest("search-type"),)),
+    Action.QUARANTINE_READ: Kind(PATIENT_RECORD, "R", (_rest("read"),)),
+    Action.QUARANTINE_RELEASE: Kind(PATIENT_RECORD, "C", (_rest("create"),)),
+    Action.QUARANTINE_DOWNLOAD: Kind(EXPORT, "E"),
+    Action.QUARANTINE_DELETE: Kind(PATIENT_RECORD, "D", (_rest("delete"),)),
 }
 #: A refusal after authentication (403: a scope or role short) is a security alert, as an
 #: owner refused is (``access.deny``), not a failed login.

@@ -17,8 +17,10 @@ from fileshare.events import EventDispatcher
 from fileshare.health import InFlight
 from fileshare.index.audit import AuditStore
 from fileshare.index.identity import IdentityStore
+from fileshare.index.quarantine import QuarantineStore
 from fileshare.links import LinkService
 from fileshare.metrics import Metrics
+from fileshare.quarantine import QuarantineAdmin
 from fileshare.service import FileService
 from fileshare.webhooks.registry import Webhooks
 
@@ -35,6 +37,9 @@ POLICY = web.AppKey("policy", Policy)
 AUDIT = web.AppKey("audit", AuditStore)
 IDENTITY = web.AppKey("identity", IdentityStore)
 REGISTRY = web.AppKey("registry", Registry)
+#: The quarantine's administration; absent without FILESHARE_QUARANTINE_BUCKET.
+QUARANTINE = web.AppKey("quarantine", QuarantineAdmin)
+QUARANTINE_STORE = web.AppKey("quarantine_store", QuarantineStore)
 #: Webhook endpoints and their deliveries.
 WEBHOOKS = web.AppKey("webhooks", Webhooks)
 #: fileshare's own token endpoint, and the keys it publishes (and verifies its tokens by).

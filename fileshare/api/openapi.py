@@ -303,6 +303,13 @@ def _schemas() -> dict[str, Schema]:
                 "instance": {"type": "string"},
                 "requestId": {"type": "string"},
                 "signature": {"type": "string"},
+                "quarantined": {
+                    "type": "boolean",
+                    "description": "The refused bytes were kept in quarantine for an "
+                    "administrator (never served to anyone else)",
+                },
+                "quarantineId": {"type": "string"},
+                "state": {"type": "string", "description": "A release's new verdict"},
             },
         },
         "Health": {
@@ -1160,6 +1167,7 @@ def _audit_paths() -> dict[str, Schema]:
 
 def document(base_url: str) -> dict[str, Any]:
     # Here, not at the top: that module builds on this one's helpers.
+    from fileshare.api.openapi_quarantine import quarantine_paths, quarantine_schemas
     from fileshare.api.openapi_uploads import upload_paths, upload_schemas
     from fileshare.api.openapi_webhooks import webhook_messages, webhook_paths, webhook_schemas
 
@@ -1192,13 +1200,15 @@ def document(base_url: str) -> dict[str, Any]:
             | _oauth_schemas()
             | _admin_schemas()
             | _audit_schemas()
-            | webhook_schemas(),
+            | webhook_schemas()
+            | quarantine_schemas(),
         },
         "paths": _paths()
         | upload_paths()
         | _oauth_paths()
         | _admin_paths()
         | _audit_paths()
-        | webhook_paths(),
+        | webhook_paths()
+        | quarantine_paths(),
         "webhooks": webhook_messages(),
     }

@@ -82,6 +82,12 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("DELETE", "/v1/admin/grants/{grantee}/{owner}"): Scope.ADMIN,
     ("GET", "/v1/admin/webhooks"): Scope.ADMIN,
     ("GET", "/v1/admin/webhooks/deliveries"): Scope.ADMIN,
+    # the quarantine: what the scanner refused, kept as evidence
+    ("GET", "/v1/admin/quarantine"): Scope.ADMIN,
+    ("GET", "/v1/admin/quarantine/{item_id}"): Scope.ADMIN,
+    ("DELETE", "/v1/admin/quarantine/{item_id}"): Scope.ADMIN,
+    ("POST", "/v1/admin/quarantine/{item_id}/release"): Scope.ADMIN,
+    ("GET", "/v1/admin/quarantine/{item_id}/content"): Scope.ADMIN,
 }
 
 

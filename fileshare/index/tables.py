@@ -384,3 +384,35 @@ webhook_deliveries = Table(
     Index("webhook_deliveries_due", "state", "next_attempt"),
     Index("webhook_deliveries_endpoint", "endpoint_id", "created"),
 )
+
+#: Quarantined uploads (issue 13): infected or unscannable bytes kept in the quarantine
+#: bucket under ``object_key`` as evidence, with the upload's facts and the latest verdict.
+#: ``object_key`` is None once the bytes are gone (released into the permanent bucket,
+#: or deleted); the row stays as the record of who did which.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(OWNER_MAX), nullable=False),
+    #: The id the upload asked for (PUT, a direct upload), else None.
+    Column("file_id", String(FILE_ID_MAX)),
+    Column("name", Text),
+    Column("content_type", String(CONTENT_TYPE_MAX), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    #: infected | unscannable (``models.ScanState``)
+    Column("state", String(16), nullable=False),
+    Column("signature", Text),
+    Column("scanner", Text),
+    Column("scanned_at", UtcDateTime),
+    Column("object_key", Text),
+    Column("created", UtcDateTime, nullable=False),
+    Column("created_by", String(OWNER_MAX)),
+    #: A release that rescanned it clean: when, by whom, and the file record it became.
+    Column("released", UtcDateTime),
+    Column("released_by", String(OWNER_MAX)),
+    Column("released_file_id", String(FILE_ID_MAX)),
+    Column("deleted", UtcDateTime),
+    Column("deleted_by", String(OWNER_MAX)),
+    Index("quarantine_created", "created", "id"),
+)

@@ -11,7 +11,9 @@ from fileshare.storage.base import Storage
 
 @asynccontextmanager
 async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
-    buckets = (settings.unscanned_bucket, settings.permanent_bucket)
+    buckets: tuple[str, ...] = (settings.unscanned_bucket, settings.permanent_bucket)
+    if settings.quarantine_bucket is not None:
+        buckets += (settings.quarantine_bucket,)
     storage: Storage
     if settings.storage == "local":
         from fileshare.storage.local import LocalStorage

@@ -84,6 +84,9 @@ class CopyPromotion:
         #: Set before the staging write is completed, since a completion whose answer was
         #: lost may still have made the object.
         self.staged = False
+        #: The version of the staging object this promotion completed (quarantine copies
+        #: exactly those bytes).
+        self.staged_version: str | None = None
 
     async def prepare(self) -> None:
         """Everything that can happen before the verdict. Raises ``StorageError``."""
@@ -108,6 +111,7 @@ class CopyPromotion:
                 return
             self.staged = True
             version = (await self._writer.commit()).version
+            self.staged_version = version
         self._copy = await self._storage.begin_copy(
             self.staging.bucket,
             self.staging.key,

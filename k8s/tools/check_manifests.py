@@ -758,6 +758,45 @@ def check_network_policies(
 # --------------------------------------------------------------------------- artifacts
 
 
+#: How long quarantined evidence is kept: long enough for an incident review, not forever.
+QUARANTINE_DAYS = 90
+
+
+def check_quarantine_retention(f: Findings, path: Path) -> None:
+    """The quarantine bucket expires its evidence after ``QUARANTINE_DAYS`` (S3 or GCS
+    form), and aborts unfinished uploads (an interrupted quarantine copy) after 1 day."""
+    w = str(path)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        f.add(w, f"unreadable: {exc}")
+        return
+    if "Rules" in cfg:
+        whole = [
+            r
+            for r in cfg["Rules"]
+            if r.get("Status") == "Enabled" and r.get("Filter", {}) in ({}, {"Prefix": ""})
+        ]
+        expire = {r.get("Expiration", {}).get("Days") for r in whole}
+        abort = {
+            r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") for r in whole
+        }
+    else:
+        rules = cfg.get("rule", [])
+        expire = {r["condition"].get("age") for r in rules if r["action"]["type"] == "Delete"}
+        abort = {
+            r["condition"].get("age")
+            for r in rules
+            if r["action"]["type"] == "AbortIncompleteMultipartUpload"
+        }
+    f.check(
+        QUARANTINE_DAYS in expire,
+        w,
+        f"needs a whole-bucket expiration after {QUARANTINE_DAYS} days",
+    )
+    f.check(1 in abort, w, "needs unfinished uploads aborted after 1 day")
+
+
 def check_lifecycle(f: Findings, k8s: Path, s3_env: dict[str, str] | None) -> None:
     try:
         import botocore.session
@@ -806,6 +845,8 @@ def check_lifecycle(f: Findings, k8s: Path, s3_env: dict[str, str] | None) -> No
                 w,
                 "the permanent bucket must never expire objects",
             )
+    for name in ("s3-quarantine-lifecycle.json", "gcs-quarantine-lifecycle.json"):
+        check_quarantine_retention(f, k8s / "lifecycle" / name)
     path = k8s / "lifecycle" / "gcs-unscanned-lifecycle.json"
     w = str(path)
     try:
@@ -900,6 +941,16 @@ def check_lifecycle(f: Findings, k8s: Path, s3_env: dict[str, str] | None) -> No
             },
             f"arn:aws:s3:::{permanent}": {"s3:ListBucket"},
         }
+        if quarantine := s3_env.get("FILESHARE_QUARANTINE_BUCKET", ""):
+            need |= {
+                f"arn:aws:s3:::{quarantine}/*": {
+                    "s3:PutObject",
+                    "s3:GetObject",
+                    "s3:DeleteObject",
+                    "s3:AbortMultipartUpload",
+                },
+                f"arn:aws:s3:::{quarantine}": {"s3:ListBucket"},
+            }
         for resource, actions in need.items():
             missing = actions - grants.get(resource, set())
             f.check(

@@ -328,6 +328,11 @@ def check_s3(f: Findings, k8s: Path, overlay: str, env: dict[str, str]) -> None:
             check_bucket_policy(
                 f, k8s / "iam" / f"s3-{role}-bucket-policy.json", bucket, algorithm, key
             )
+    if quarantine := env.get("FILESHARE_QUARANTINE_BUCKET", ""):
+        # Optional, but once set its evidence is protected like the other buckets.
+        check_bucket_policy(
+            f, k8s / "iam" / "s3-quarantine-bucket-policy.json", quarantine, algorithm, key
+        )
     check_default_encryption(f, k8s / "iam" / "s3-default-encryption.json", env, algorithm, key)
     if algorithm == "aws:kms" and key is not None:
         check_kms_grant(f, k8s / "iam" / "s3-fileshare-policy.json", key)

@@ -47,6 +47,12 @@ def test_sizes_and_addresses_parse() -> None:
         ({"FILESHARE_RESCAN_AFTER": "soon"}, "not a number"),
         ({"FILESHARE_RESCAN_ON_DOWNLOAD": "-1"}, "FILESHARE_RESCAN_ON_DOWNLOAD"),
         ({"FILESHARE_RESCAN_ON_DOWNLOAD": "inf"}, "FILESHARE_RESCAN_ON_DOWNLOAD"),
+        ({"FILESHARE_QUARANTINE_BUCKET": "permanent"}, "QUARANTINE_BUCKET must differ"),
+        ({"FILESHARE_QUARANTINE_BUCKET": "Bad_Name"}, "FILESHARE_QUARANTINE_BUCKET"),
+        (
+            {"FILESHARE_QUARANTINE_BUCKET": "held", "FILESHARE_PROMOTION": "single-write"},
+            "needs FILESHARE_PROMOTION=copy",
+        ),
     ],
 )
 def test_bad_settings_fail_fast_with_a_clear_message(env: dict[str, str], message: str) -> None:

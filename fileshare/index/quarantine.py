@@ -1,0 +1,196 @@
+"""Quarantined uploads in the index: one row per refused upload whose bytes were kept in
+the quarantine bucket. Every change is one transaction with its audit row
+(``quarantine.keep`` / ``.release`` / ``.delete``, and the verdict of a rescan), as the
+webhook store's are. A row outlives its bytes: released or deleted, it records who did it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, select, update
+
+from fileshare.audit import AuditEvent
+from fileshare.index import audit
+from fileshare.index.base import Transactor
+from fileshare.index.tables import quarantine
+from fileshare.models import ScanRecord, ScanState
+
+#: Where quarantined objects live in the quarantine bucket.
+QUARANTINE_PREFIX = "quarantine/"
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    owner: str
+    file_id: str | None
+    name: str | None
+    content_type: str
+    sha256: str
+    size: int
+    scan: ScanRecord
+    #: The object in the quarantine bucket; None once released or deleted.
+    object_key: str | None
+    created: datetime
+    created_by: str | None
+    released: datetime | None = None
+    released_by: str | None = None
+    released_file_id: str | None = None
+    deleted: datetime | None = None
+    deleted_by: str | None = None
+
+    @property
+    def held(self) -> bool:
+        """Its bytes are still in quarantine."""
+        return self.object_key is not None
+
+
+def _item(m: RowMapping) -> Item:
+    return Item(
+        id=m["id"],
+        owner=m["owner"],
+        file_id=m["file_id"],
+        name=m["name"],
+        content_type=m["content_type"],
+        sha256=m["sha256"],
+        size=m["size"],
+        scan=ScanRecord(
+            state=ScanState(m["state"]),
+            signature=m["signature"],
+            scanner=m["scanner"],
+            scanned_at=m["scanned_at"],
+        ),
+        object_key=m["object_key"],
+        created=m["created"],
+        created_by=m["created_by"],
+        released=m["released"],
+        released_by=m["released_by"],
+        released_file_id=m["released_file_id"],
+        deleted=m["deleted"],
+        deleted_by=m["deleted_by"],
+    )
+
+
+class QuarantineStore:
+    def __init__(self, db: Transactor) -> None:
+        self._db = db
+
+    async def _write(self, action: str, fn: Any, event: AuditEvent | None, now: datetime) -> Any:
+        return await audit.audited(self._db, action, fn, event, now)
+
+    async def add(self, item: Item, event: AuditEvent | None) -> None:
+        q = item.scan
+
+        def run(conn: Connection) -> None:
+            conn.execute(
+                quarantine.insert().values(
+                    id=item.id,
+                    owner=item.owner,
+                    file_id=item.file_id,
+                    name=item.name,
+                    content_type=item.content_type,
+                    sha256=item.sha256,
+                    size=item.size,
+                    state=q.state.value,
+                    signature=q.signature,
+                    scanner=q.scanner,
+                    scanned_at=q.scanned_at,
+                    object_key=item.object_key,
+                    created=item.created,
+                    created_by=item.created_by,
+                )
+            )
+
+        await self._write("quarantine upload", run, event, item.created)
+
+    async def get(self, item_id: str) -> Item | None:
+        query = select(quarantine).where(quarantine.c.id == item_id)
+
+        def run(conn: Connection) -> Item | None:
+            m = conn.execute(query).mappings().first()
+            return _item(m) if m else None
+
+        found: Item | None = await self._db.transact("read quarantine", run, write=False)
+        return found
+
+    async def page(self, limit: int) -> list[Item]:
+        """The newest ``limit`` items, newest first."""
+        c = quarantine.c
+        query = select(quarantine).order_by(c.created.desc(), c.id.desc()).limit(limit)
+
+        def run(conn: Connection) -> list[Item]:
+            return [_item(m) for m in conn.execute(query).mappings()]
+
+        found: list[Item] = await self._db.transact("list quarantine", run, write=False)
+        return found
+
+    async def rescanned(
+        self, item_id: str, scan: ScanRecord, now: datetime, event: AuditEvent | None
+    ) -> bool:
+        """A rescan's verdict that is still not clean; False if the item is gone."""
+        c = quarantine.c
+        stmt = (
+            update(quarantine)
+            .where(c.id == item_id, c.object_key.is_not(None))
+            .values(
+                state=scan.state.value,
+                signature=scan.signature,
+                scanner=scan.scanner,
+                scanned_at=scan.scanned_at,
+            )
+        )
+
+        def run(conn: Connection) -> bool:
+            return bool(conn.execute(stmt).rowcount)
+
+        return bool(await self._write("rescan quarantine", run, event, now))
+
+    async def released(
+        self,
+        item_id: str,
+        scan: ScanRecord,
+        file_id: str,
+        by: str | None,
+        now: datetime,
+        event: AuditEvent | None,
+    ) -> bool:
+        """Rescanned clean and recorded as ``file_id``: the bytes leave quarantine. False
+        when another release or a delete got there first."""
+        c = quarantine.c
+        stmt = (
+            update(quarantine)
+            .where(c.id == item_id, c.object_key.is_not(None))
+            .values(
+                object_key=None,
+                state=scan.state.value,
+                signature=scan.signature,
+                scanner=scan.scanner,
+                scanned_at=scan.scanned_at,
+                released=now,
+                released_by=by,
+                released_file_id=file_id,
+            )
+        )
+
+        def run(conn: Connection) -> bool:
+            return bool(conn.execute(stmt).rowcount)
+
+        return bool(await self._write("release quarantine", run, event, now))
+
+    async def deleted(
+        self, item_id: str, by: str | None, now: datetime, event: AuditEvent | None
+    ) -> bool:
+        """The bytes are being removed; the row stays. False unless they were held."""
+        c = quarantine.c
+        stmt = (
+            update(quarantine)
+            .where(c.id == item_id, c.object_key.is_not(None))
+            .values(object_key=None, deleted=now, deleted_by=by)
+        )
+
+        def run(conn: Connection) -> bool:
+            return bool(conn.execute(stmt).rowcount)
+
+        return bool(await self._write("delete quarantine", run, event, now))

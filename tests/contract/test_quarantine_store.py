@@ -1,0 +1,125 @@
+"""The quarantine store contract, on SQLite and PostgreSQL: a kept item reads back whole
+with its audit row; listing is newest first and bounded; a rescan, a release and a delete
+each change only an item whose bytes are still held, so that two admins racing cannot both
+win, and the row stays once the bytes are gone."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, select
+
+from fileshare.audit import Action, AuditEvent
+from fileshare.config import Settings
+from fileshare.index.factory import open_index
+from fileshare.index.quarantine import Item, QuarantineStore
+from fileshare.index.sql import SqlIndex
+from fileshare.index.tables import audit_events
+from fileshare.models import ScanRecord, ScanState
+from tests.contract.test_index import API_KEYS, NOW, fresh_database
+
+INFECTED = ScanRecord(ScanState.INFECTED, "Eicar-Test", "ClamAV 1.4.6", NOW)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
+        return Settings(api_keys=API_KEYS, data_dir=tmp_path, index_path=tmp_path / "i.sqlite3")
+    return Settings(
+        api_keys=API_KEYS,
+        data_dir=tmp_path,
+        index_url=fresh_database(request.getfixturevalue("postgres")),
+    )
+
+
+@pytest.fixture
+async def index(settings: Settings) -> AsyncIterator[SqlIndex]:
+    async with open_index(settings) as opened:
+        yield opened
+
+
+def item(minutes: int = 0, **changes: object) -> Item:
+    item_id = uuid.uuid4().hex
+    fields: dict[str, object] = {
+        "id": item_id,
+        "owner": "alice",
+        "file_id": None,
+        "name": "r.pdf",
+        "content_type": "application/pdf",
+        "sha256": "ab" * 32,
+        "size": 68,
+        "scan": INFECTED,
+        "object_key": f"quarantine/{item_id}",
+        "created": NOW + timedelta(minutes=minutes),
+        "created_by": "alice",
+    }
+    fields.update(changes)
+    return Item(**fields)  # type: ignore[arg-type]
+
+
+def event(action: Action) -> AuditEvent:
+    return AuditEvent(action=action, subject="root", owner="alice")
+
+
+async def actions(index: SqlIndex) -> list[str]:
+    def run(conn: Connection) -> list[str]:
+        query = select(audit_events.c.action).order_by(audit_events.c.seq)
+        return [r for (r,) in conn.execute(query)]
+
+    return await index.run(run)
+
+
+async def test_kept_items_read_back_newest_first(index: SqlIndex) -> None:
+    store = QuarantineStore(index)
+    kept = [item(minutes=i) for i in range(7)]
+    for one in kept:
+        await store.add(one, event(Action.QUARANTINE_KEEP))
+    assert await store.get(kept[0].id) == kept[0]
+    assert await store.get(uuid.uuid4().hex) is None
+    assert [i.id for i in await store.page(5)] == [i.id for i in kept[::-1][:5]]
+    assert await actions(index) == ["quarantine.keep"] * 7
+
+
+async def test_only_a_held_item_is_rescanned_released_or_deleted(index: SqlIndex) -> None:
+    store = QuarantineStore(index)
+    one, two = item(), item(minutes=1)
+    await store.add(one, None)
+    await store.add(two, None)
+    later = NOW + timedelta(hours=1)
+    unscannable = ScanRecord(ScanState.UNSCANNABLE, "Heuristics.Encrypted.Zip", "ClamAV 2", later)
+    assert await store.rescanned(one.id, unscannable, later, event(Action.QUARANTINE_RELEASE))
+    assert (await store.get(one.id)).scan == unscannable  # type: ignore[union-attr]
+
+    clean = ScanRecord(ScanState.CLEAN, None, "ClamAV 2", later)
+    assert await store.released(
+        one.id, clean, "f9", "root", later, event(Action.QUARANTINE_RELEASE)
+    )
+    # The loser of a race changes nothing, and writes no audit row.
+    assert not await store.released(one.id, clean, "f10", "bob", later, None)
+    assert not await store.deleted(one.id, "bob", later, event(Action.QUARANTINE_DELETE))
+    assert not await store.rescanned(one.id, INFECTED, later, None)
+    released = await store.get(one.id)
+    assert released is not None
+    assert not released.held
+    assert (released.released, released.released_by, released.released_file_id) == (
+        later,
+        "root",
+        "f9",
+    )
+    assert released.scan == clean
+
+    assert await store.deleted(two.id, "root", later, event(Action.QUARANTINE_DELETE))
+    assert not await store.released(two.id, clean, "f11", "root", later, None)
+    deleted = await store.get(two.id)
+    assert deleted is not None
+    assert deleted.object_key is None
+    assert (deleted.deleted, deleted.deleted_by, deleted.released) == (later, "root", None)
+    assert await actions(index) == [
+        "quarantine.release",
+        "quarantine.release",
+        "quarantine.delete",
+    ]

@@ -1,0 +1,306 @@
+"""Quarantine (issue 13): with ``FILESHARE_QUARANTINE_BUCKET`` the bytes clamd refused —
+infected or unscannable — are kept there instead of thrown away; the upload is still
+refused (422, saying so). Only an administrator sees them: listed, shown with their verdict,
+released after a rescan that finds them clean (then promoted as the owner's file), handed
+over as an attachment with an audited reason (never promoted), or deleted. Real clamd, real
+stores; a quarantine that cannot keep the bytes refuses the upload all the same."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from fileshare.app import INDEX, SCANNER
+from fileshare.config import ClamdAddress
+from fileshare.index.tables import audit_events
+from tests.e2e.conftest import ALICE, ALICE_KEY, BOB, BOB_KEY, PART, Env
+from tests.e2e.test_access import ROOT, ROOT_KEY
+from tests.e2e.test_rescan import _learn, _marker, growing_clamd  # noqa: F401 (a fixture)
+from tests.e2e.test_upload import EICAR, download, upload
+from tests.servers import Clamd
+from tests.unscannable_files import encrypted_zip
+
+KEYS = {"alice": ALICE_KEY, "bob": BOB_KEY, "root": ROOT_KEY}
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def quarantine_bucket(backend: str, request: pytest.FixtureRequest) -> str:
+    name = f"quarantine-{uuid.uuid4().hex[:10]}"
+    if backend == "s3":
+        request.getfixturevalue("seaweed").create_bucket(name)
+    elif backend == "gcs":
+        request.getfixturevalue("fake_gcs").create_bucket(name)
+    return name
+
+
+async def _env(make_env: Any, bucket: str | None, **overrides: Any) -> Env:
+    made: Env = await make_env(
+        api_keys=KEYS, admins=frozenset({"root"}), quarantine_bucket=bucket, **overrides
+    )
+    return made
+
+
+async def _json(resp: Any, status: int) -> Any:
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+async def _kept(env: Env) -> dict[str, bytes]:
+    """What the quarantine bucket holds, read through the store."""
+    bucket = env.settings.quarantine_bucket
+    assert bucket is not None
+    found = {}
+    for key in await env.keys(bucket):
+        found[key] = b"".join([c async for c in env.storage.read(bucket, key)])
+    return found
+
+
+async def _audit(env: Env, sha256: str) -> list[dict[str, Any]]:
+    def rows(conn: Any) -> list[dict[str, Any]]:
+        query = select(audit_events).where(audit_events.c.sha256 == sha256)
+        return [dict(r) for r in conn.execute(query.order_by(audit_events.c.seq)).mappings()]
+
+    found: list[dict[str, Any]] = await env.client.app[INDEX].run(rows)  # type: ignore[attr-defined]
+    return found
+
+
+async def _refused_and_kept(env: Env, data: bytes, code: str, **params: str) -> str:
+    problem = await _json(await upload(env, data, params=params), 422)
+    assert problem["code"] == code
+    assert problem["quarantined"] is True
+    item_id: str = problem["quarantineId"]
+    # Nothing of it became a file, nothing was left staged; it is in quarantine, whole.
+    await env.assert_nothing_left()
+    assert await _kept(env) == {f"quarantine/{item_id}": data}
+    return item_id
+
+
+@pytest.mark.parametrize("size", [0, 2 * PART + 3], ids=["in-memory", "staged"])
+async def test_infected_bytes_are_kept_for_admins_only_and_can_be_deleted(
+    make_env: Any, quarantine_bucket: str, size: int
+) -> None:
+    env = await _env(make_env, quarantine_bucket)
+    c = env.client
+    data = os.urandom(size) + EICAR
+    sha = hashlib.sha256(data).hexdigest()
+    item_id = await _refused_and_kept(env, data, "infected", name="invoice.pdf")
+
+    # Listed and shown to an admin, with the upload's facts and the verdict.
+    listed = await _json(await c.get("/v1/admin/quarantine", headers=ROOT), 200)
+    assert [i["id"] for i in listed["items"]] == [item_id]
+    item = await _json(await c.get(f"/v1/admin/quarantine/{item_id}", headers=ROOT), 200)
+    assert item["owner"] == "alice"
+    assert item["createdBy"] == "alice"
+    assert item["name"] == "invoice.pdf"
+    assert (item["size"], item["sha256"]) == (len(data), sha)
+    assert (item["state"], item["status"]) == ("infected", "held")
+    assert "EICAR" in item["signature"]
+    assert item["scanner"].startswith("ClamAV ")
+
+    # Never anyone else's: not the owner's, not through a file route.
+    for who in (ALICE, BOB):
+        resp = await c.get(f"/v1/admin/quarantine/{item_id}", headers=who)
+        assert resp.status == 403, await resp.text()
+        resp = await c.get(f"/v1/admin/quarantine/{item_id}/content?reason=x", headers=who)
+        assert resp.status == 403
+    assert (await _json(await c.get("/v1/files", headers=ALICE), 200))["items"] == []
+    assert (await download(env, item_id)).status == 404
+
+    # A release rescans it: still infected, so it stays, and says why.
+    refused = await _json(
+        await c.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT), 409
+    )
+    assert refused["code"] == "quarantine_still_refused"
+    assert refused["state"] == "infected"
+    assert refused["signature"] == item["signature"]
+    await env.assert_nothing_left()
+    assert list(await _kept(env)) == [f"quarantine/{item_id}"]
+
+    # The forced release: the bytes to this admin, with a reason, audited; nothing promoted.
+    for bad in ("", "?reason=", "?reason=%20", "?reason=a&reason=b", "?why=x"):
+        resp = await c.get(f"/v1/admin/quarantine/{item_id}/content{bad}", headers=ROOT)
+        problem = await _json(resp, 400)
+        assert problem["code"] == "invalid_parameter"
+    resp = await c.get(
+        f"/v1/admin/quarantine/{item_id}/content?reason=incident%2042%20forensics", headers=ROOT
+    )
+    assert resp.status == 200
+    assert await resp.read() == data
+    assert resp.headers["Content-Disposition"].startswith("attachment")
+    assert resp.headers["Content-Type"] == "application/octet-stream"
+    assert resp.headers["Cache-Control"] == "no-store"
+    await env.assert_nothing_left()
+    rows = await _audit(env, sha)
+    handed = [r for r in rows if r["action"] == "quarantine.download"]
+    assert len(handed) == 1
+    assert handed[0]["subject"] == "root"
+    assert handed[0]["detail"]["reason"] == "incident 42 forensics"
+    assert handed[0]["detail"]["quarantine_id"] == item_id
+    actions = [r["action"] for r in rows]
+    assert "quarantine.keep" in actions
+    assert "quarantine.release" in actions  # the refused release, as denied
+
+    # Deleted: the bytes go, the record stays with who did it.
+    assert (await c.delete(f"/v1/admin/quarantine/{item_id}", headers=ROOT)).status == 204
+    assert await _kept(env) == {}
+    item = await _json(await c.get(f"/v1/admin/quarantine/{item_id}", headers=ROOT), 200)
+    assert (item["status"], item["deletedBy"]) == ("deleted", "root")
+    for method, path in (
+        ("DELETE", ""),
+        ("POST", "/release"),
+        ("GET", "/content?reason=again"),
+    ):
+        resp = await c.request(method, f"/v1/admin/quarantine/{item_id}{path}", headers=ROOT)
+        assert (await _json(resp, 409))["code"] == "not_quarantined"
+    assert "quarantine.delete" in [r["action"] for r in await _audit(env, sha)]
+
+    # Unknown and malformed ids are 404; bad listing parameters 400.
+    for other in (uuid.uuid4().hex, "nope", "../x"):
+        resp = await c.get(f"/v1/admin/quarantine/{other}", headers=ROOT)
+        assert (await _json(resp, 404))["code"] == "not_found"
+    for bad in ("?pageSize=0", "?pageSize=x", "?state=held"):
+        resp = await c.get(f"/v1/admin/quarantine{bad}", headers=ROOT)
+        assert (await _json(resp, 400))["code"] == "invalid_parameter"
+
+
+async def test_unscannable_bytes_are_kept_too(make_env: Any, quarantine_bucket: str) -> None:
+    env = await _env(make_env, quarantine_bucket)
+    data = encrypted_zip()
+    item_id = await _refused_and_kept(env, data, "unscannable")
+    item = await _json(await env.client.get(f"/v1/admin/quarantine/{item_id}", headers=ROOT), 200)
+    assert item["state"] == "unscannable"
+    assert item["signature"].startswith("Heuristics.Encrypted.Zip")
+    resp = await env.client.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT)
+    assert (await _json(resp, 409))["state"] == "unscannable"
+
+
+async def test_newest_first_and_paged(make_env: Any, quarantine_bucket: str) -> None:
+    env = await _env(make_env, quarantine_bucket)
+    ids = [await _refused_and_kept_many(env, i) for i in range(6)]
+    page = await _json(await env.client.get("/v1/admin/quarantine?pageSize=5", headers=ROOT), 200)
+    assert [i["id"] for i in page["items"]] == ids[::-1][:5]
+
+
+async def _refused_and_kept_many(env: Env, i: int) -> str:
+    problem = await _json(await upload(env, str(i).encode() + EICAR), 422)
+    return str(problem["quarantineId"])
+
+
+@pytest.mark.parametrize("backend", ["local"])
+async def test_without_a_quarantine_nothing_is_kept(make_env: Any) -> None:
+    env = await _env(make_env, None)
+    problem = await _json(await upload(env, EICAR), 422)
+    assert problem["code"] == "infected"
+    assert "quarantined" not in problem
+    await env.assert_nothing_left()
+    resp = await env.client.get("/v1/admin/quarantine", headers=ROOT)
+    assert (await _json(resp, 404))["code"] == "not_found"
+
+
+@pytest.mark.parametrize("backend", ["s3"])
+async def test_a_quarantine_that_cannot_keep_still_refuses_and_leaks_nothing(
+    make_env: Any, quarantine_bucket: str
+) -> None:
+    env = await _env(make_env, quarantine_bucket)
+    env.s3.delete_bucket(Bucket=quarantine_bucket)  # every write into it now fails
+    for data in (EICAR, os.urandom(2 * PART) + EICAR):
+        problem = await _json(await upload(env, data), 422)
+        assert problem["code"] == "infected"
+        assert "quarantined" not in problem
+        await env.assert_nothing_left()
+    listed = await _json(await env.client.get("/v1/admin/quarantine", headers=ROOT), 200)
+    assert listed["items"] == []
+
+
+async def _forget(clamd: Clamd, env: Env, marker: bytes) -> None:
+    """Remove the signature ``_learn`` added and reload clamd; returns once clamd finds
+    ``marker`` clean again (polled under a deadline)."""
+    assert clamd.workdir is not None
+    (clamd.workdir / "db" / "rescan.ndb").unlink()
+    with socket.create_connection((clamd.host, clamd.port), timeout=10) as sock:
+        sock.sendall(b"zRELOAD\0")
+        assert sock.recv(64).startswith(b"RELOADING")
+    scanner = env.client.app[SCANNER]
+    deadline = time.monotonic() + 60
+    while True:
+        session = await scanner.open()
+        await session.feed(b"probe " + marker + os.urandom(8))
+        if (await session.verdict()).clean:
+            return
+        assert time.monotonic() < deadline, "clamd never dropped the signature"
+        await _pause()
+
+
+async def _pause() -> None:
+    import asyncio
+
+    await asyncio.sleep(0.2)  # clamd reloads in the background: poll, with a deadline
+
+
+@pytest.mark.parametrize("size", [1000, 2 * PART], ids=["in-memory", "staged"])
+async def test_a_release_that_rescans_clean_promotes_it_as_the_owners_file(
+    make_env: Any,
+    quarantine_bucket: str,
+    growing_clamd: Clamd,  # noqa: F811 (the fixture)
+    size: int,
+) -> None:
+    env = await _env(
+        make_env,
+        quarantine_bucket,
+        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
+    )
+    marker = _marker()
+    await _learn(growing_clamd, env, marker)
+    data = os.urandom(size) + marker
+    resp = await env.client.put("/v1/files/report-7?name=r.bin", data=data, headers=ALICE)
+    problem = await _json(resp, 422)
+    item_id = problem["quarantineId"]
+    await _forget(growing_clamd, env, marker)
+
+    resp = await env.client.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT)
+    record = await _json(resp, 201)
+    assert record["id"] == "report-7"  # the id the upload asked for
+    assert record["state"] == "clean"
+    assert record["name"] == "r.bin"
+    assert resp.headers["Location"].endswith("/v1/files/report-7?owner=alice")
+    got = await download(env, "report-7")
+    assert got.status == 200
+    assert await got.read() == data
+    assert await _kept(env) == {}
+    item = await _json(await env.client.get(f"/v1/admin/quarantine/{item_id}", headers=ROOT), 200)
+    assert (item["status"], item["state"]) == ("released", "clean")
+    assert (item["releasedBy"], item["releasedFileId"]) == ("root", "report-7")
+    resp = await env.client.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT)
+    assert (await _json(resp, 409))["code"] == "not_quarantined"
+
+
+@pytest.mark.parametrize("backend", ["s3"])
+async def test_a_direct_upload_refused_is_kept_too(make_env: Any, quarantine_bucket: str) -> None:
+    from tests.e2e.test_direct_uploads import complete, curl_put, intent
+
+    env = await _env(make_env, quarantine_bucket)
+    data = b"%PDF-1.4 padding " * 1000 + EICAR
+    issued = await intent(env, data)
+    assert curl_put(issued, data) == 200
+    done = await _json(await complete(env, issued), 200)
+    assert done["state"] == "infected"
+    listed = await _json(await env.client.get("/v1/admin/quarantine", headers=ROOT), 200)
+    [item] = listed["items"]
+    assert (item["owner"], item["fileId"]) == ("alice", issued["fileId"])
+    assert item["name"] == "scan report.pdf"
+    assert item["contentType"] == "application/pdf"
+    assert await _kept(env) == {f"quarantine/{item['id']}": data}
+    # Nothing promoted; the staged object is the direct upload's to remove, as before.
+    assert await env.permanent_keys() == []
