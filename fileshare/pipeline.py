@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -183,7 +183,7 @@ class Pipeline:
         self.types = types or TypePolicy()
         #: Unset: refused bytes are thrown away like every other leftover.
         self.quarantine = quarantine
-        self._cleanups: set[asyncio.Future[None]] = set()
+        self._cleanups: set[asyncio.Future[Any]] = set()
         #: Uploads in progress (``seal_small``).
         self.active = 0
         #: See ``seal_small``; a test may lower it.
@@ -455,7 +455,14 @@ class _Upload:
         if scan.state is not ScanState.CLEAN:
             self.log.warning(f"scan.{scan.state.value}", signature=scan.signature)
             await self._remember(replace(digest, scan=scan), released=key)
-            raise refusal(scan, await self._quarantine(replace(digest, scan=scan), staged_version))
+            # Shielded: a client leaving (or a shutdown) while its bytes are being kept
+            # must not leave a copy in the quarantine bucket that no row lists.
+            keeping = asyncio.ensure_future(
+                self._quarantine(replace(digest, scan=scan), staged_version)
+            )
+            p._cleanups.add(keeping)
+            keeping.add_done_callback(p._cleanups.discard)
+            raise refusal(scan, await asyncio.shield(keeping))
         self.log.info("scan.clean")
 
         promote_started = time.perf_counter()
@@ -514,6 +521,7 @@ class _Upload:
             await self._keep(q.bucket, key, content, staged_version)
         except Exception as exc:  # fail closed: refused all the same, just not kept
             self.log.error("quarantine.copy_failed", error=str(exc))
+            await self._unkeep(q.bucket, key)  # a write whose answer was lost may have landed
             return None
         o = self.origin
         item = Item(
@@ -541,14 +549,17 @@ class _Upload:
             await q.store.add(item, event)
         except Exception as exc:
             self.log.error("quarantine.not_recorded", error=str(exc))
-            try:
-                await self.p.storage.delete(q.bucket, key)
-            except StorageError as gone:
-                # Nothing lists it: the quarantine bucket's retention rule expires it.
-                self.log.error("quarantine.delete_failed", key=key, error=str(gone))
+            await self._unkeep(q.bucket, key)
             return None
         self.log.warning("quarantine.kept", quarantine_id=item_id)
         return item_id
+
+    async def _unkeep(self, bucket: str, key: str) -> None:
+        try:
+            await self.p.storage.delete(bucket, key)
+        except StorageError as gone:
+            # Nothing lists it: the quarantine bucket's retention rule expires it.
+            self.log.error("quarantine.delete_failed", key=key, error=str(gone))
 
     async def _keep(
         self, bucket: str, key: str, content: Content, staged_version: str | None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -30,6 +30,8 @@ from fileshare.storage.base import ObjectNotFound, Storage, StorageError
 
 log = structlog.get_logger(__name__)
 
+#: How long a release holds its item: longer than the rescan of the largest upload.
+RELEASE_HOLD = timedelta(hours=1)
 #: Item ids are fileshare's own (uuid4 hex): anything else is no item.
 ITEM_ID = re.compile(r"[0-9a-f]{32}")
 #: What an administrator must say when taking quarantined bytes: at most this long, no
@@ -110,8 +112,24 @@ class QuarantineAdmin:
 
     async def release(self, actor: Actor, item_id: str) -> Uploaded:
         """Rescan; clean: promote and record the owner's file as the upload would have been.
-        Raises ``StillRefused`` (the new verdict recorded) otherwise."""
+        Raises ``StillRefused`` (the new verdict recorded) otherwise. One release of an
+        item at a time, and no delete while it runs: each holds the item first."""
         item, key = await self._held(item_id)
+        now = self._now()
+        until = now + RELEASE_HOLD
+        if not await index_call(self.store.claim(item.id, now, until)):
+            raise errors.NotQuarantined("the item is being released, or was released or deleted")
+        try:
+            return await self._release(actor, item, key)
+        finally:
+            # A release that ended holds nothing any more (released, rescanned clear it):
+            # this lets go of one that failed, so that the next may try.
+            try:
+                await index_call(self.store.unclaim(item.id, until))
+            except errors.FileshareError as exc:  # the hold runs out instead
+                log.warning("quarantine.unclaim_failed", error=type(exc).__name__)
+
+    async def _release(self, actor: Actor, item: Item, key: str) -> Uploaded:
         admin = self._event(actor, Action.QUARANTINE_RELEASE, item)
         try:
             info = await storage_call(
@@ -142,10 +160,14 @@ class QuarantineAdmin:
             state = (
                 ScanState.UNSCANNABLE if isinstance(exc, errors.Unscannable) else ScanState.INFECTED
             )
+            try:
+                scanner: str | None = await self.pipeline.scanner.provenance()
+            except Exception:  # the verdict stands; only its provenance is unknown
+                scanner = None
             scan = ScanRecord(
                 state=state,
                 signature=exc.signature,
-                scanner=await self.pipeline.scanner.provenance(),
+                scanner=scanner,
                 scanned_at=datetime.now(UTC),
             )
             refused = admin.but(
@@ -167,21 +189,28 @@ class QuarantineAdmin:
             # Never over a record the owner made meanwhile under the id it asked for.
             if_none_match=item.file_id is not None,
         )
-        uploaded = await self.files.record_ingested(
-            item.owner,
-            result,
-            upload,
-            item.name,
-            item.content_type,
-            placement,
-            created_by=item.created_by,
-        )
+        try:
+            uploaded = await self.files.record_ingested(
+                item.owner,
+                result,
+                upload,
+                item.name,
+                item.content_type,
+                placement,
+                created_by=item.created_by,
+            )
+        except errors.FileshareError as exc:  # 412: the owner took the id meanwhile...
+            await self.files.audit_refusal(admin, exc)
+            raise
         admin = admin.but(detail={**admin.detail, "released_file_id": uploaded.record.id})
-        await index_call(
+        released = await index_call(
             self.store.released(
                 item.id, result.content.scan, uploaded.record.id, by, self._now(), admin
             )
         )
+        if not released:  # the hold ran out and another release or a delete came first
+            log.error("quarantine.release_overtaken", quarantine_id=item.id)
+            return uploaded
         await self._remove(key)
         return uploaded
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, select, update
+from sqlalchemy import Connection, RowMapping, or_, select, update
 
 from fileshare.audit import AuditEvent
 from fileshare.index import audit
@@ -126,6 +126,39 @@ class QuarantineStore:
         found: list[Item] = await self._db.transact("list quarantine", run, write=False)
         return found
 
+    async def claim(self, item_id: str, now: datetime, until: datetime) -> bool:
+        """Hold a held item for one release until ``until``; False when it is not held or
+        another release holds it."""
+        c = quarantine.c
+        stmt = (
+            update(quarantine)
+            .where(
+                c.id == item_id,
+                c.object_key.is_not(None),
+                or_(c.release_until.is_(None), c.release_until < now),
+            )
+            .values(release_until=until)
+        )
+
+        def run(conn: Connection) -> bool:
+            return bool(conn.execute(stmt).rowcount)
+
+        return bool(await self._db.transact("claim quarantine", run, write=True))
+
+    async def unclaim(self, item_id: str, until: datetime) -> None:
+        """Let go of a release that did not end (the claim's ``until`` is its token)."""
+        c = quarantine.c
+        stmt = (
+            update(quarantine)
+            .where(c.id == item_id, c.release_until == until)
+            .values(release_until=None)
+        )
+
+        def run(conn: Connection) -> None:
+            conn.execute(stmt)
+
+        await self._db.transact("unclaim quarantine", run, write=True)
+
     async def rescanned(
         self, item_id: str, scan: ScanRecord, now: datetime, event: AuditEvent | None
     ) -> bool:
@@ -139,6 +172,7 @@ class QuarantineStore:
                 signature=scan.signature,
                 scanner=scan.scanner,
                 scanned_at=scan.scanned_at,
+                release_until=None,
             )
         )
 
@@ -171,6 +205,7 @@ class QuarantineStore:
                 released=now,
                 released_by=by,
                 released_file_id=file_id,
+                release_until=None,
             )
         )
 
@@ -182,11 +217,16 @@ class QuarantineStore:
     async def deleted(
         self, item_id: str, by: str | None, now: datetime, event: AuditEvent | None
     ) -> bool:
-        """The bytes are being removed; the row stays. False unless they were held."""
+        """The bytes are being removed; the row stays. False unless they were held and no
+        release holds them."""
         c = quarantine.c
         stmt = (
             update(quarantine)
-            .where(c.id == item_id, c.object_key.is_not(None))
+            .where(
+                c.id == item_id,
+                c.object_key.is_not(None),
+                or_(c.release_until.is_(None), c.release_until < now),
+            )
             .values(object_key=None, deleted=now, deleted_by=by)
         )
 

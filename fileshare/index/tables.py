@@ -414,5 +414,8 @@ quarantine = Table(
     Column("released_file_id", String(FILE_ID_MAX)),
     Column("deleted", UtcDateTime),
     Column("deleted_by", String(OWNER_MAX)),
+    #: While a release rescans it: until when that release holds it (one at a time, and
+    #: no delete meanwhile).
+    Column("release_until", UtcDateTime),
     Index("quarantine_created", "created", "id"),
 )

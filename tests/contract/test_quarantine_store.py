@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, select
@@ -20,20 +19,11 @@ from fileshare.index.quarantine import Item, QuarantineStore
 from fileshare.index.sql import SqlIndex
 from fileshare.index.tables import audit_events
 from fileshare.models import ScanRecord, ScanState
-from tests.contract.test_index import API_KEYS, NOW, fresh_database
+from tests.contract.test_index import NOW, settings
+
+__all__ = ["settings"]  # the index contract's fixture: SQLite and PostgreSQL
 
 INFECTED = ScanRecord(ScanState.INFECTED, "Eicar-Test", "ClamAV 1.4.6", NOW)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(api_keys=API_KEYS, data_dir=tmp_path, index_path=tmp_path / "i.sqlite3")
-    return Settings(
-        api_keys=API_KEYS,
-        data_dir=tmp_path,
-        index_url=fresh_database(request.getfixturevalue("postgres")),
-    )
 
 
 @pytest.fixture
@@ -123,3 +113,28 @@ async def test_only_a_held_item_is_rescanned_released_or_deleted(index: SqlIndex
         "quarantine.release",
         "quarantine.delete",
     ]
+
+
+async def test_one_release_at_a_time_holds_an_item_and_no_delete_meanwhile(
+    index: SqlIndex,
+) -> None:
+    store = QuarantineStore(index)
+    one = item()
+    await store.add(one, None)
+    hold = NOW + timedelta(hours=1)
+    assert await store.claim(one.id, NOW, hold)
+    # A second release, and a delete, while the first holds it: refused.
+    assert not await store.claim(one.id, NOW + timedelta(minutes=5), hold)
+    assert not await store.deleted(one.id, "bob", NOW + timedelta(minutes=5), None)
+    # The first fails and lets go: the next may try; a stale token lets go of nothing.
+    await store.unclaim(one.id, hold)
+    second = NOW + timedelta(hours=2)
+    assert await store.claim(one.id, NOW + timedelta(minutes=6), second)
+    await store.unclaim(one.id, hold)
+    assert not await store.claim(one.id, NOW + timedelta(minutes=7), second)
+    # A hold that ran out (its replica died) is taken over.
+    assert await store.claim(one.id, second + timedelta(seconds=1), second + timedelta(hours=1))
+    # A release clears its hold with the bytes: nothing is left to claim or delete.
+    clean = ScanRecord(ScanState.CLEAN, None, "ClamAV 2", second)
+    assert await store.released(one.id, clean, "f1", "root", second, None)
+    assert not await store.claim(one.id, second + timedelta(hours=3), second + timedelta(hours=4))

@@ -7,6 +7,7 @@ stores; a quarantine that cannot keep the bytes refuses the upload all the same.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -244,8 +245,6 @@ async def _forget(clamd: Clamd, env: Env, marker: bytes) -> None:
 
 
 async def _pause() -> None:
-    import asyncio
-
     await asyncio.sleep(0.2)  # clamd reloads in the background: poll, with a deadline
 
 
@@ -269,7 +268,18 @@ async def test_a_release_that_rescans_clean_promotes_it_as_the_owners_file(
     item_id = problem["quarantineId"]
     await _forget(growing_clamd, env, marker)
 
-    resp = await env.client.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT)
+    # Two admins release it at once while a third deletes it: one release wins, whole.
+    path = f"/v1/admin/quarantine/{item_id}"
+    answers = await asyncio.gather(
+        env.client.post(f"{path}/release", headers=ROOT),
+        env.client.post(f"{path}/release", headers=ROOT),
+        env.client.delete(path, headers=ROOT),
+    )
+    assert sorted(r.status for r in answers) == [201, 409, 409], [r.status for r in answers]
+    resp = next(r for r in answers if r.status == 201)
+    for lost in answers:
+        if lost is not resp:
+            assert (await _json(lost, 409))["code"] == "not_quarantined"
     record = await _json(resp, 201)
     assert record["id"] == "report-7"  # the id the upload asked for
     assert record["state"] == "clean"

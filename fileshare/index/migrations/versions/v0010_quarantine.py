@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("released_file_id", sa.String(128)),
         sa.Column("deleted", TS),
         sa.Column("deleted_by", sa.String(255)),
+        sa.Column("release_until", TS),
     )
     op.create_index("quarantine_created", "quarantine", ["created", "id"])
 
