@@ -4,7 +4,7 @@ search, patch, tag, delete. Thin: parse, authorize, call, render."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from types import EllipsisType
 
@@ -319,6 +319,18 @@ async def download(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
     stream = await service.open_content(record, start, end)
+    return await stream_out(request, response, stream, "download.failed", file_id=record.id)
+
+
+async def stream_out(
+    request: web.Request,
+    response: web.StreamResponse,
+    stream: AsyncIterator[bytes],
+    failed: str,
+    **ids: str,
+) -> web.StreamResponse:
+    """Send ``stream`` as the body of ``response`` (its headers set), counted in the
+    download metric, and close the stream whatever happens."""
     try:
         await response.prepare(request)
         sent = request.app[METRICS].bytes_out
@@ -329,9 +341,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     except errors.FileshareError as exc:
         # Headers are gone: the only honest signal left is a cut connection, which the
         # client sees as a body shorter than Content-Length.
-        log.error("download.failed", file_id=record.id, code=exc.code)
+        log.error(failed, code=exc.code, **ids)
         if request.transport is not None:
             request.transport.close()
     finally:
-        await stream.aclose()
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
     return response

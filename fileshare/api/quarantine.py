@@ -11,11 +11,10 @@ from aiohttp import hdrs, web
 
 from fileshare import errors
 from fileshare.api import params
-from fileshare.api.context import PRINCIPAL, REQUEST_ID
-from fileshare.api.files import render, timestamp
-from fileshare.api.keys import METRICS, QUARANTINE, SETTINGS
+from fileshare.api.acting import unscoped
+from fileshare.api.files import render, stream_out, timestamp
+from fileshare.api.keys import QUARANTINE, SETTINGS
 from fileshare.api.names import content_disposition
-from fileshare.audit import Actor
 from fileshare.index.quarantine import Item
 from fileshare.quarantine import QuarantineAdmin, check_reason
 
@@ -28,10 +27,6 @@ def _admin(request: web.Request) -> QuarantineAdmin:
     if found is None:
         raise errors.NotFound("no quarantine is configured (FILESHARE_QUARANTINE_BUCKET)")
     return found
-
-
-def _actor(request: web.Request) -> Actor:
-    return Actor(request[PRINCIPAL], None, source=request.remote, request_id=request[REQUEST_ID])
 
 
 def _only(request: web.Request, *allowed: str) -> None:
@@ -82,21 +77,21 @@ def render_item(item: Item) -> dict[str, object]:
 @routes.get("/v1/admin/quarantine")
 async def list_quarantine(request: web.Request) -> web.Response:
     _only(request, "pageSize")
-    found = await _admin(request).page(_actor(request), params.page_size(request.query))
+    found = await _admin(request).page(unscoped(request), params.page_size(request.query))
     return web.json_response({"items": [render_item(i) for i in found]})
 
 
 @routes.get("/v1/admin/quarantine/{item_id}")
 async def get_quarantined(request: web.Request) -> web.Response:
     _only(request)
-    item = await _admin(request).get(_actor(request), request.match_info["item_id"])
+    item = await _admin(request).get(unscoped(request), request.match_info["item_id"])
     return web.json_response(render_item(item))
 
 
 @routes.post("/v1/admin/quarantine/{item_id}/release")
 async def release_quarantined(request: web.Request) -> web.Response:
     _only(request)
-    uploaded = await _admin(request).release(_actor(request), request.match_info["item_id"])
+    uploaded = await _admin(request).release(unscoped(request), request.match_info["item_id"])
     record = uploaded.record
     owner = quote(record.owner, safe="")
     location = f"{request.app[SETTINGS].base_url}/v1/files/{record.id}?owner={owner}"
@@ -110,7 +105,7 @@ async def quarantined_content(request: web.Request) -> web.StreamResponse:
         raise errors.InvalidParameter("reason may be given once")
     reason = check_reason(request.query.get("reason"))
     item, stream = await _admin(request).open_content(
-        _actor(request), request.match_info["item_id"], reason
+        unscoped(request), request.match_info["item_id"], reason
     )
     headers = {
         hdrs.CACHE_CONTROL: "no-store",
@@ -122,26 +117,13 @@ async def quarantined_content(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers=headers)
     response.content_type = "application/octet-stream"
     response.content_length = item.size
-    try:
-        await response.prepare(request)
-        sent = request.app[METRICS].bytes_out
-        async for chunk in stream:
-            await response.write(chunk)
-            sent.inc(len(chunk))
-        await response.write_eof()
-    except errors.FileshareError as exc:
-        log.error("quarantine.download_failed", quarantine_id=item.id, code=exc.code)
-        if request.transport is not None:
-            request.transport.close()
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    return response
+    return await stream_out(
+        request, response, stream, "quarantine.download_failed", quarantine_id=item.id
+    )
 
 
 @routes.delete("/v1/admin/quarantine/{item_id}")
 async def delete_quarantined(request: web.Request) -> web.Response:
     _only(request)
-    await _admin(request).delete(_actor(request), request.match_info["item_id"])
+    await _admin(request).delete(unscoped(request), request.match_info["item_id"])
     return web.Response(status=204)
