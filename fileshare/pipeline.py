@@ -347,6 +347,8 @@ class _Upload:
         self.sealed_key: str | None = None
         self.scan: ScanSession | None = None
         self.promotion: Promotion | None = None
+        #: Keeping refused bytes in the quarantine bucket, once begun.
+        self.keeping: asyncio.Future[str | None] | None = None
         self.log = log.bind(staging_key=self.staging_key)
 
     async def run(
@@ -456,8 +458,9 @@ class _Upload:
             self.log.warning(f"scan.{scan.state.value}", signature=scan.signature)
             await self._remember(replace(digest, scan=scan), released=key)
             # Shielded: a client leaving (or a shutdown) while its bytes are being kept
-            # must not leave a copy in the quarantine bucket that no row lists.
-            keeping = asyncio.ensure_future(
+            # must not leave a copy in the quarantine bucket that no row lists; and the
+            # cleanup, which removes the staged object the copy reads, waits for it.
+            keeping = self.keeping = asyncio.ensure_future(
                 self._quarantine(replace(digest, scan=scan), staged_version)
             )
             p._cleanups.add(keeping)
@@ -557,7 +560,7 @@ class _Upload:
     async def _unkeep(self, bucket: str, key: str) -> None:
         try:
             await self.p.storage.delete(bucket, key)
-        except StorageError as gone:
+        except Exception as gone:  # the refusal stands whatever this does
             # Nothing lists it: the quarantine bucket's retention rule expires it.
             self.log.error("quarantine.delete_failed", key=key, error=str(gone))
 
@@ -650,6 +653,8 @@ class _Upload:
 
     async def cleanup(self) -> None:
         """Throw away everything this upload left; never raises."""
+        if self.keeping is not None:
+            await asyncio.wait([self.keeping])  # it copies from what is removed below
         if self.promotion is not None:
             await self.promotion.abort()
         if self.scan is not None:

@@ -11,6 +11,7 @@ and stays in quarantine.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -24,7 +25,7 @@ from fileshare.boundary import index_call, storage_call
 from fileshare.index.base import Placement
 from fileshare.index.quarantine import Item, QuarantineStore
 from fileshare.models import ScanRecord, ScanState
-from fileshare.pipeline import Pipeline
+from fileshare.pipeline import IngestResult, Pipeline
 from fileshare.service import FileService, Uploaded
 from fileshare.storage.base import ObjectNotFound, Storage, StorageError
 
@@ -115,21 +116,34 @@ class QuarantineAdmin:
         Raises ``StillRefused`` (the new verdict recorded) otherwise. One release of an
         item at a time, and no delete while it runs: each holds the item first."""
         item, key = await self._held(item_id)
+        # Shielded whole: a client leaving mid-release must not cut it between the file's
+        # record and the item's release, nor let go of the hold while either runs.
+        return await asyncio.shield(asyncio.ensure_future(self._held_release(actor, item, key)))
+
+    async def _held_release(self, actor: Actor, item: Item, key: str) -> Uploaded:
         now = self._now()
         until = now + RELEASE_HOLD
-        if not await index_call(self.store.claim(item.id, now, until)):
+        try:
+            claimed = await index_call(self.store.claim(item.id, now, until))
+        except errors.FileshareError:
+            await self._unclaim(item.id, until)  # its commit may have happened
+            raise
+        if not claimed:
             raise errors.NotQuarantined("the item is being released, or was released or deleted")
         try:
-            return await self._release(actor, item, key)
+            return await self._release(actor, item, key, until)
         finally:
             # A release that ended holds nothing any more (released, rescanned clear it):
             # this lets go of one that failed, so that the next may try.
-            try:
-                await index_call(self.store.unclaim(item.id, until))
-            except errors.FileshareError as exc:  # the hold runs out instead
-                log.warning("quarantine.unclaim_failed", error=type(exc).__name__)
+            await self._unclaim(item.id, until)
 
-    async def _release(self, actor: Actor, item: Item, key: str) -> Uploaded:
+    async def _unclaim(self, item_id: str, until: datetime) -> None:
+        try:
+            await index_call(self.store.unclaim(item_id, until))
+        except errors.FileshareError as exc:  # the hold runs out instead
+            log.warning("quarantine.unclaim_failed", error=type(exc).__name__)
+
+    async def _release(self, actor: Actor, item: Item, key: str, until: datetime) -> Uploaded:
         admin = self._event(actor, Action.QUARANTINE_RELEASE, item)
         try:
             info = await storage_call(
@@ -174,7 +188,7 @@ class QuarantineAdmin:
                 result=Result.DENIED,
                 detail={**admin.detail, "state": state.value, "signature": exc.signature},
             )
-            await index_call(self.store.rescanned(item.id, scan, self._now(), refused))
+            await index_call(self.store.rescanned(item.id, scan, self._now(), refused, held=until))
             raise errors.StillRefused(
                 f"rescanned: still {state.value} ({exc.signature}); it stays in quarantine",
                 state=state.value,
@@ -183,12 +197,28 @@ class QuarantineAdmin:
         except errors.FileshareError as exc:
             await self.files.audit_refusal(admin, exc)
             raise
+        if self._now() >= until:
+            # Another release may hold it now: this one must not make a file too.
+            raise errors.NotQuarantined("the rescan took longer than a release may hold")
         placement = Placement(
             file_id=item.file_id,
             new_id=uuid.uuid4().hex,
             # Never over a record the owner made meanwhile under the id it asked for.
             if_none_match=item.file_id is not None,
         )
+        return await self._record(admin, item, key, until, result, upload, placement, by)
+
+    async def _record(
+        self,
+        admin: AuditEvent,
+        item: Item,
+        key: str,
+        until: datetime,
+        result: IngestResult,
+        upload: AuditEvent,
+        placement: Placement,
+        by: str | None,
+    ) -> Uploaded:
         try:
             uploaded = await self.files.record_ingested(
                 item.owner,
@@ -205,7 +235,7 @@ class QuarantineAdmin:
         admin = admin.but(detail={**admin.detail, "released_file_id": uploaded.record.id})
         released = await index_call(
             self.store.released(
-                item.id, result.content.scan, uploaded.record.id, by, self._now(), admin
+                item.id, result.content.scan, uploaded.record.id, by, self._now(), admin, held=until
             )
         )
         if not released:  # the hold ran out and another release or a delete came first

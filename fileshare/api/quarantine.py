@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import structlog
 from aiohttp import hdrs, web
 
 from fileshare import errors
@@ -18,7 +17,6 @@ from fileshare.api.names import content_disposition
 from fileshare.index.quarantine import Item
 from fileshare.quarantine import QuarantineAdmin, check_reason
 
-log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 

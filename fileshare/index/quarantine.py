@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, or_, select, update
+from sqlalchemy import ColumnElement, Connection, RowMapping, or_, select, update
 
 from fileshare.audit import AuditEvent
 from fileshare.index import audit
@@ -71,6 +71,11 @@ def _item(m: RowMapping) -> Item:
         deleted=m["deleted"],
         deleted_by=m["deleted_by"],
     )
+
+
+def _holding(held: datetime | None) -> list[ColumnElement[bool]]:
+    """The condition that the claim ``held`` (its ``until``) still holds the item."""
+    return [] if held is None else [quarantine.c.release_until == held]
 
 
 class QuarantineStore:
@@ -160,13 +165,20 @@ class QuarantineStore:
         await self._db.transact("unclaim quarantine", run, write=True)
 
     async def rescanned(
-        self, item_id: str, scan: ScanRecord, now: datetime, event: AuditEvent | None
+        self,
+        item_id: str,
+        scan: ScanRecord,
+        now: datetime,
+        event: AuditEvent | None,
+        *,
+        held: datetime | None = None,
     ) -> bool:
-        """A rescan's verdict that is still not clean; False if the item is gone."""
+        """A rescan's verdict that is still not clean; False if the item is gone (or, with
+        ``held``, no longer held by that claim)."""
         c = quarantine.c
         stmt = (
             update(quarantine)
-            .where(c.id == item_id, c.object_key.is_not(None))
+            .where(c.id == item_id, c.object_key.is_not(None), *_holding(held))
             .values(
                 state=scan.state.value,
                 signature=scan.signature,
@@ -189,13 +201,16 @@ class QuarantineStore:
         by: str | None,
         now: datetime,
         event: AuditEvent | None,
+        *,
+        held: datetime | None = None,
     ) -> bool:
         """Rescanned clean and recorded as ``file_id``: the bytes leave quarantine. False
-        when another release or a delete got there first."""
+        when another release or a delete got there first (with ``held``: when that claim
+        no longer holds the item)."""
         c = quarantine.c
         stmt = (
             update(quarantine)
-            .where(c.id == item_id, c.object_key.is_not(None))
+            .where(c.id == item_id, c.object_key.is_not(None), *_holding(held))
             .values(
                 object_key=None,
                 state=scan.state.value,

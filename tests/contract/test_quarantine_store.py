@@ -134,7 +134,11 @@ async def test_one_release_at_a_time_holds_an_item_and_no_delete_meanwhile(
     assert not await store.claim(one.id, NOW + timedelta(minutes=7), second)
     # A hold that ran out (its replica died) is taken over.
     assert await store.claim(one.id, second + timedelta(seconds=1), second + timedelta(hours=1))
-    # A release clears its hold with the bytes: nothing is left to claim or delete.
+    # A release whose hold was taken over records nothing; the holder's clears its hold
+    # with the bytes: nothing is left to claim or delete.
     clean = ScanRecord(ScanState.CLEAN, None, "ClamAV 2", second)
-    assert await store.released(one.id, clean, "f1", "root", second, None)
+    assert not await store.released(one.id, clean, "f0", "bob", second, None, held=second)
+    assert not await store.rescanned(one.id, INFECTED, second, None, held=second)
+    took = second + timedelta(hours=1)
+    assert await store.released(one.id, clean, "f1", "root", second, None, held=took)
     assert not await store.claim(one.id, second + timedelta(hours=3), second + timedelta(hours=4))
