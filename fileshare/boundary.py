@@ -8,7 +8,7 @@ and never with the backend's text in the client's answer.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 import structlog
@@ -20,6 +20,30 @@ from fileshare.storage.base import StorageError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+
+async def prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """A storage stream whose first chunk was read ahead (so that a missing object or a
+    fault became an error before any header went out): that chunk, then the rest, a
+    failure mid-way a 503; the stream is closed however it ends, which releases its
+    connection when the client goes away."""
+    try:
+        if first:
+            yield first
+        try:
+            async for chunk in rest:
+                yield chunk
+        except StorageError as exc:
+            log.warning("storage.failed", error=str(exc))
+            raise errors.StorageUnavailable() from None
+    finally:
+        await close_stream(rest)
+
+
+async def close_stream(stream: AsyncIterator[bytes]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def storage_call(

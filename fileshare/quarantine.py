@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from fileshare import errors
 from fileshare.audit import Action, Actor, AuditEvent, Result
-from fileshare.boundary import index_call, storage_call
+from fileshare.boundary import close_stream, index_call, prepended, storage_call
 from fileshare.index.base import Placement
 from fileshare.index.quarantine import Item, QuarantineStore
 from fileshare.models import ScanRecord, ScanState
@@ -263,10 +263,10 @@ class QuarantineAdmin:
                 self._event(actor, Action.QUARANTINE_DOWNLOAD, item, reason=reason)
             )
         except BaseException:
-            await _close(stream)
+            await close_stream(stream)
             raise
         log.warning("quarantine.handed_out", quarantine_id=item.id)
-        return item, _prepend(first, stream)
+        return item, prepended(first, stream)
 
     async def delete(self, actor: Actor, item_id: str) -> None:
         item, key = await self._held(item_id)
@@ -282,19 +282,3 @@ class QuarantineAdmin:
         except StorageError as exc:
             # Listed nowhere any more: the quarantine bucket's retention rule expires it.
             log.error("quarantine.delete_failed", key=key, error=str(exc))
-
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    try:
-        if first:
-            yield first
-        async for chunk in rest:
-            yield chunk
-    finally:
-        await _close(rest)
-
-
-async def _close(stream: AsyncIterator[bytes]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()

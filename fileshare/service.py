@@ -19,7 +19,7 @@ import structlog
 
 from fileshare import errors
 from fileshare.audit import Action, Actor, AuditEvent, Result
-from fileshare.boundary import index_call, storage_call
+from fileshare.boundary import index_call, prepended, storage_call
 from fileshare.index.audit import AuditStore
 from fileshare.index.base import (
     ContentGone,
@@ -453,7 +453,7 @@ class FileService:
         except StorageError as exc:
             log.warning("storage.failed", error=str(exc))
             raise errors.StorageUnavailable() from None
-        return _prepend(first, stream)
+        return prepended(first, stream)
 
     async def sweep(self) -> int:
         """Remove objects the index forgot but the store may still hold (a delete whose
@@ -501,20 +501,3 @@ def _check_conditions(current: FileRecord | None, target: Target) -> None:
         or ("*" not in target.if_match and current.content.sha256 not in target.if_match)
     ):
         raise errors.PreconditionFailed("the file's current ETag does not match If-Match")
-
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    try:
-        if first:
-            yield first
-        try:
-            async for chunk in rest:
-                yield chunk
-        except StorageError as exc:
-            log.warning("storage.failed", error=str(exc))
-            raise errors.StorageUnavailable() from None
-    finally:
-        # Closing the storage stream releases its connection when the client goes away.
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            await aclose()

@@ -19,6 +19,7 @@ from fileshare.api.keys import METRICS, SERVICE, SETTINGS
 from fileshare.api.names import content_disposition, validate_name
 from fileshare.api.ranges import parse_range
 from fileshare.audit import Action
+from fileshare.boundary import close_stream
 from fileshare.index.base import FilePatch, Page
 from fileshare.models import FileRecord
 from fileshare.service import MAX_TAGS_PER_FILE, Target, Uploaded
@@ -345,7 +346,5 @@ async def stream_out(
         if request.transport is not None:
             request.transport.close()
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close_stream(stream)
     return response
