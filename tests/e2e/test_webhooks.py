@@ -441,3 +441,43 @@ async def test_each_attempt_checks_its_target_again_and_connects_only_where_allo
         assert attempt.delivered is (error is None), (url, attempt)
         assert (attempt.error or "").startswith(error or ""), attempt
     assert len(receiver.got) == 2
+
+
+async def test_bad_webhook_requests_get_problems_and_register_nothing(
+    env: Env, receiver: Receiver
+) -> None:
+    clinic = await register(env, "clinic", "participant")
+    c = env.client
+    for body, code in (
+        ({"url": receiver.url, "events": "file.clean"}, "validation_failed"),
+        ({"url": receiver.url, "events": []}, "validation_failed"),
+        ({"url": receiver.url, "events": ["file.exploded"]}, "validation_failed"),
+        ({"url": receiver.url, "secret": "mine"}, "validation_failed"),
+        ({"url": 42}, "validation_failed"),
+        ({}, "validation_failed"),
+    ):
+        problem = await status(await c.post("/v1/webhooks", json=body, headers=clinic), 422)
+        assert problem["code"] == code, (body, problem)
+    problem = await status(
+        await c.post(
+            "/v1/webhooks",
+            data=b"{not json",
+            headers={**clinic, "Content-Type": "application/json"},
+        ),
+        400,
+    )
+    assert problem["code"] == "invalid_json"
+    assert (await status(await c.get("/v1/webhooks", headers=clinic), 200))["items"] == []
+
+    made = await hook(env, clinic, receiver.url)
+    path = f"/v1/webhooks/{made['id']}/deliveries"
+    for query in (
+        {"state": "bogus"},
+        {"pageSize": "0"},
+        {"other": "1"},
+        {"state": ["dead", "pending"]},
+    ):
+        problem = await status(await c.get(path, params=query, headers=clinic), 400)
+        assert problem["code"] == "invalid_parameter", (query, problem)
+    missing = f"/v1/webhooks/{made['id']}/deliveries/msg_{'0' * 32}/retry"
+    assert (await status(await c.post(missing, headers=clinic), 404))["code"] == "not_found"
