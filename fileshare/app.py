@@ -222,7 +222,11 @@ async def _index_ctx(app: web.Application) -> AsyncIterator[None]:
         targets = Targets.of(settings.webhook_private_hosts, settings.plaintext_hosts)
         app[WEBHOOKS] = Webhooks(WebhookStore(index), Outbox(index), targets, _now)
         app[POLICY] = Policy(identity)
-        app[REGISTRY] = Registry(identity, frozenset(settings.api_keys))
+        app[REGISTRY] = Registry(
+            identity,
+            frozenset(settings.api_keys),
+            can_quarantine=settings.quarantine_bucket is not None,
+        )
         issuers: tuple[TrustedIssuer, ...] = app[TRUSTED_ISSUERS]
         own = await _token_endpoint(app, index, identity)
         bootstrap = {n: bootstrap_principal(n, settings.admins) for n in settings.api_keys}
@@ -325,7 +329,9 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     quarantine = None
     if settings.quarantine_bucket is not None:
-        quarantine = Quarantine(settings.quarantine_bucket, app[QUARANTINE_STORE])
+        quarantine = Quarantine(
+            settings.quarantine_bucket, app[QUARANTINE_STORE], settings.unscannable_policy
+        )
     pipeline = Pipeline(
         storage=app[STORAGE],
         scanner=app[SCANNER],

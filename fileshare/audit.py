@@ -43,6 +43,8 @@ class Action(enum.StrEnum):
     ACCESS_DENY = "access.deny"
     CLIENT_CREATE = "client.create"
     CLIENT_REVOKE = "client.revoke"
+    #: Its upload policy changed.
+    CLIENT_UPDATE = "client.update"
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
     GRANT_CREATE = "grant.create"

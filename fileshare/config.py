@@ -18,7 +18,7 @@ from typing import Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fileshare.auth.principal import Role
-from fileshare.sniff import TypeCheck, media_type
+from fileshare.sniff import MEDIA_PATTERN, TypeCheck, media_type
 from fileshare.storage.encryption import Encryption, EncryptionMode, default_mode
 from fileshare.transport import (
     Plaintext,
@@ -30,6 +30,7 @@ from fileshare.transport import (
     postgres_authority_host,
     postgres_problem,
 )
+from fileshare.upload_policy import Unscannable
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -45,8 +46,6 @@ GCS_CHUNK_QUANTUM = 256 * 1024
 StorageKind = Literal["local", "s3", "gcs"]
 LogFormat = Literal["json", "console"]
 PromotionKind = Literal["copy", "single-write"]
-#: An entry of FILESHARE_ALLOWED_TYPES (lower case, as ``sniff.media_type`` leaves it).
-_MEDIA_PATTERN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)")
 
 
 class ConfigError(ValueError):
@@ -217,6 +216,10 @@ class Settings:
     #: Where infected and unscannable uploads are kept as evidence (``quarantine/<id>``),
     #: for the admin API to examine, release or delete; unset: they are thrown away.
     quarantine_bucket: str | None = None
+    #: What unscannable uploads become (a client's policy may say otherwise): reject (their
+    #: bytes are thrown away) or quarantine (kept there, as infected ones are); unset:
+    #: quarantine when there is a quarantine bucket, else reject.
+    unscannable: Unscannable | None = None
     #: The scope external tokens carry for partner links (taken as ``links:write``).
     links_scope: str = "private_contracts:write"
     #: Storage events, a trigger of direct uploads' ingestion: an SQS queue of S3 event
@@ -297,7 +300,7 @@ class Settings:
                 f"FILESHARE_TYPE_CHECK must be enforce, report or off, not {self.type_check!r}"
             )
         for pattern in self.allowed_types:
-            if not _MEDIA_PATTERN.fullmatch(pattern):
+            if not MEDIA_PATTERN.fullmatch(pattern):
                 raise ConfigError(
                     f"FILESHARE_ALLOWED_TYPES: {pattern[:60]!r} is not type/subtype or type/*"
                 )
@@ -320,6 +323,8 @@ class Settings:
                     "FILESHARE_QUARANTINE_BUCKET needs FILESHARE_PROMOTION=copy, not single-write"
                 )
             buckets.append(("FILESHARE_QUARANTINE_BUCKET", self.quarantine_bucket))
+        elif self.unscannable is Unscannable.QUARANTINE:
+            raise ConfigError("FILESHARE_UNSCANNABLE=quarantine needs FILESHARE_QUARANTINE_BUCKET")
         for variable, name in buckets:
             problem = bucket_name_problem(name, self.storage)
             if problem is not None:
@@ -525,6 +530,12 @@ class Settings:
         sent, plus one socket chunk. At least three parts: a body that fits in one part
         is held as its pieces, their join, and the HTTP client's copy while it is PUT."""
         return self.part_size * (max(self.parts_in_flight, 2) + 1) + MiB
+
+    @property
+    def unscannable_policy(self) -> Unscannable:
+        if self.unscannable is not None:
+            return self.unscannable
+        return Unscannable.REJECT if self.quarantine_bucket is None else Unscannable.QUARANTINE
 
     @property
     def sqlite_path(self) -> Path:
@@ -734,6 +745,7 @@ _STRINGS = {
     "STORAGE_KMS_KEY": "storage_kms_key",
     "LINKS_BUCKET": "links_bucket",
     "QUARANTINE_BUCKET": "quarantine_bucket",
+    "UNSCANNABLE": "unscannable",
     "LINKS_SCOPE": "links_scope",
     "SQS_QUEUE_URL": "sqs_queue_url",
     "SQS_ENDPOINT": "sqs_endpoint",
@@ -850,6 +862,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kwargs["s3_bucket_key"] = _parse_bool(v, "FILESHARE_S3_BUCKET_KEY")
     if v := get("DOWNLOAD_REDIRECT"):
         kwargs["download_redirect"] = _parse_bool(v, "FILESHARE_DOWNLOAD_REDIRECT")
+    if v := get("UNSCANNABLE"):
+        try:
+            kwargs["unscannable"] = Unscannable(v)
+        except ValueError:
+            raise ConfigError(
+                f"FILESHARE_UNSCANNABLE must be reject or quarantine, not {v[:40]!r}"
+            ) from None
     if v := get("ALLOWED_TYPES"):
         kwargs["allowed_types"] = frozenset(filter(None, (media_type(t) for t in v.split(","))))
     if v := get("PLAINTEXT_HOSTS"):

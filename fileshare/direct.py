@@ -48,6 +48,7 @@ from fileshare.storage.base import (
     Storage,
     StorageError,
 )
+from fileshare.upload_policy import NO_POLICY, UploadPolicy
 
 log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
@@ -148,8 +149,13 @@ class DirectUploads:
             if intent.size > self.max_size:
                 raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
             # The allow-list before any URL: not after the client has sent every byte.
-            if (refusal := self.pipeline.types.check_declared(intent.content_type)) is not None:
-                raise refusal
+            policy = actor.principal.policy if actor.principal else NO_POLICY
+            for refusal in (
+                self.pipeline.types.check_declared(intent.content_type),
+                policy.check_type(intent.content_type),
+            ):
+                if refusal is not None:
+                    raise refusal
             multipart = intent.size > self.put_max
             if intent.form and (multipart or self.forms is None):
                 raise errors.ValidationFailed(
@@ -174,6 +180,7 @@ class DirectUploads:
                 created=now,
                 expires=now + timedelta(seconds=self.url_ttl),
                 created_by=actor.principal.subject if actor.principal else None,
+                unscannable=policy.unscannable,
             )
             if multipart and self.multipart is None and self.sessions is not None:
                 session = await storage_call(
@@ -425,6 +432,7 @@ class DirectUploads:
                 expected_sha256=upload.sha256,
                 audit=event,
                 origin=Origin(upload.owner, upload.file_id, upload.name, upload.created_by),
+                policy=UploadPolicy(unscannable=upload.unscannable),
             )
         except errors.DigestMismatch:
             return Outcome(

@@ -266,7 +266,8 @@ class Infected(FileshareError):
 
 class TypeNotAllowed(FileshareError):
     """The declared `Content-Type` is not among the types this deployment accepts
-    (`FILESHARE_ALLOWED_TYPES`). Nothing was read or stored."""
+    (`FILESHARE_ALLOWED_TYPES`), or those the uploading client may send (its `allowedTypes`);
+    `detail` says which list. Nothing was read or stored."""
 
     status, code, title = 415, "type_not_allowed", "Content type not accepted"
 
@@ -319,6 +320,13 @@ class StillRefused(FileshareError):
     be handed to an administrator (`GET /v1/admin/quarantine/{id}/content`), never promoted."""
 
     status, code, title = 409, "quarantine_still_refused", "Still refused by the virus scanner"
+
+
+class NoQuarantine(FileshareError):
+    """A client's policy asked to keep its unscannable uploads in quarantine, and this
+    deployment has no quarantine bucket (`FILESHARE_QUARANTINE_BUCKET`). Nothing changed."""
+
+    status, code, title = 409, "no_quarantine", "This deployment has no quarantine"
 
 
 class ValidationFailed(FileshareError):

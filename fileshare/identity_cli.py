@@ -38,7 +38,11 @@ def add_commands(sub: Any) -> None:
     add.add_argument("--owner", help="the namespace of its own files (default: the id)")
     add.add_argument("--secret", action="store_true", help="generate a client secret")
     add.add_argument("--jwks", help="a file with its public JWK Set (private_key_jwt)")
+    _policy_arguments(add)
     c.add_parser("list", help="list clients")
+    policy = c.add_parser("policy", help="change what a client's uploads are held to")
+    policy.add_argument("id")
+    _policy_arguments(policy)
     revoke = c.add_parser("revoke", help="revoke a client and its keys")
     revoke.add_argument("id")
 
@@ -64,6 +68,22 @@ def add_commands(sub: Any) -> None:
     gremove = g.add_parser("remove", help="take a grant back")
     gremove.add_argument("grantee")
     gremove.add_argument("owner")
+
+
+def _policy_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--allowed-types",
+        help="comma-separated media types or type/* it may upload ('': the deployment's)",
+    )
+    parser.add_argument(
+        "--unscannable",
+        choices=["reject", "quarantine", "default"],
+        help="what its unscannable uploads become (default: the deployment's choice)",
+    )
+
+
+def _types(value: str) -> list[str]:
+    return [t for t in (v.strip() for v in value.split(",")) if t]
 
 
 def _lifetime(value: str | None) -> timedelta | None:
@@ -99,7 +119,11 @@ async def _run(args: argparse.Namespace) -> int:
     # stdout is the command's answer; the audit events it logs are in the index already.
     configure_logging(settings.log_format, "WARNING")
     async with open_index(settings) as index:
-        registry = Registry(IdentityStore(index), frozenset(settings.api_keys))
+        registry = Registry(
+            IdentityStore(index),
+            frozenset(settings.api_keys),
+            can_quarantine=settings.quarantine_bucket is not None,
+        )
         actor = _operator()
         out: Any
         if args.command == "clients":
@@ -112,12 +136,23 @@ async def _run(args: argparse.Namespace) -> int:
                     owner=args.owner,
                     with_secret=args.secret,
                     jwks=args.jwks_value,
+                    allowed_types=_types(args.allowed_types or ""),
+                    unscannable=None if args.unscannable == "default" else args.unscannable,
                 )
                 out = _client(made.client)
                 if made.secret:
                     out["clientSecret"] = made.secret
             elif args.action == "list":
                 out = [_client(c) for c in await registry.clients()]
+            elif args.action == "policy":
+                changes: dict[str, Any] = {}
+                if args.allowed_types is not None:
+                    changes["allowed_types"] = _types(args.allowed_types)
+                if args.unscannable is not None:
+                    changes["unscannable"] = (
+                        None if args.unscannable == "default" else args.unscannable
+                    )
+                out = _client(await registry.update_policy(actor, args.id, **changes))
             else:
                 await registry.revoke_client(actor, args.id)
                 out = {"revoked": args.id}
@@ -164,6 +199,8 @@ def _client(c: Any) -> dict[str, Any]:
         "scopes": scope_text(c.scopes),
         "owner": c.owner,
         "active": c.active,
+        "allowedTypes": sorted(c.policy.allowed_types),
+        "unscannable": c.policy.unscannable.value if c.policy.unscannable else None,
     }
 
 

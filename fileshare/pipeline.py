@@ -53,6 +53,7 @@ from fileshare.scan.base import (
 from fileshare.sniff import HEAD_SIZE, TypePolicy
 from fileshare.storage.base import STAGING_PREFIX, ObjectInfo, Storage, StorageError, Writer
 from fileshare.storage.promotion import CopyPromotion, Location, Promotion, SealedPromotion
+from fileshare.upload_policy import NO_POLICY, Unscannable, UploadPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +105,9 @@ class Quarantine:
 
     bucket: str
     store: QuarantineStore
+    #: Whether unscannable uploads are kept too (infected ones always are), unless the
+    #: uploading client's policy says otherwise (``FILESHARE_UNSCANNABLE``).
+    unscannable: Unscannable = Unscannable.QUARANTINE
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,7 @@ class Pipeline:
         expected_sha256: str | None = None,
         audit: AuditEvent | None = None,
         origin: Origin | None = None,
+        policy: UploadPolicy = NO_POLICY,
     ) -> IngestResult:
         """Stream ``chunks`` through hashing, staging and scanning; promote if clean.
 
@@ -206,6 +211,8 @@ class Pipeline:
         is refused. ``audit``: the upload's audit event, from which the row of a verdict
         that is not clean is made. ``origin``: whose upload it is; with a quarantine
         configured, bytes refused by the scanner are kept for it (None: never).
+        ``policy``: the uploading client's (its types; whether its unscannable bytes are
+        kept).
 
         Raises ``PayloadTooLarge``, ``TruncatedBody``, ``Infected``, ``Unscannable``,
         ``ScannerUnavailable`` or ``StorageUnavailable``; in every case nothing is left
@@ -213,7 +220,7 @@ class Pipeline:
         """
         if declared_size is not None and declared_size > self.max_size:
             raise errors.PayloadTooLarge(f"the limit is {self.max_size} bytes")
-        upload = _Upload(self, content_type, audit, origin=origin)
+        upload = _Upload(self, content_type, audit, origin=origin, policy=policy)
         return await self._run(upload, lambda: upload.run(chunks, declared_size, expected_sha256))
 
     async def ingest_staged(
@@ -225,6 +232,7 @@ class Pipeline:
         audit: AuditEvent | None = None,
         origin: Origin | None = None,
         bucket: str | None = None,
+        policy: UploadPolicy = NO_POLICY,
     ) -> IngestResult:
         """Ingest an object that was uploaded straight into the unscanned bucket (or is in
         ``bucket``: a quarantined one released): read it back once (pinned to
@@ -240,6 +248,7 @@ class Pipeline:
             staging_key=staged.key,
             origin=origin,
             source_bucket=bucket,
+            policy=policy,
         )
         return await self._run(upload, lambda: upload.run_staged(staged, expected_sha256))
 
@@ -333,11 +342,13 @@ class _Upload:
         staging_key: str | None = None,
         origin: Origin | None = None,
         source_bucket: str | None = None,
+        policy: UploadPolicy = NO_POLICY,
     ) -> None:
         self.p = pipeline
         self.content_type = content_type
         self.audit = audit
         self.origin = origin
+        self.policy = policy
         #: Where the staged bytes are: the unscanned bucket, unless a release reads them
         #: from the quarantine bucket.
         self.source_bucket = source_bucket or pipeline.unscanned
@@ -404,8 +415,10 @@ class _Upload:
         return await self._settle(digest, staged.version)
 
     def _check_declared(self) -> None:
-        # An allow-list is always enforced, whatever the mode.
+        # An allow-list is always enforced, whatever the mode: the deployment's, then the
+        # client's.
         self._apply(self.p.types.check_declared(self.content_type), enforce=True)
+        self._apply(self.policy.check_type(self.content_type), enforce=True)
 
     def _check_head(self, head: bytes) -> None:
         refusal = self.p.types.check_head(head, self.content_type)
@@ -517,6 +530,11 @@ class _Upload:
         exactly as it would be without one)."""
         q = self.p.quarantine
         if q is None or self.origin is None:
+            return None
+        if content.scan.state is ScanState.UNSCANNABLE and not self.policy.keeps_unscannable(
+            q.unscannable
+        ):
+            self.log.info("quarantine.unscannable_rejected")
             return None
         item_id = uuid.uuid4().hex
         key = f"{QUARANTINE_PREFIX}{item_id}"

@@ -38,6 +38,7 @@ from fileshare.models import FileRecord, ScanState, UploadState
 from fileshare.pipeline import IngestResult, Origin, Pipeline
 from fileshare.rescan import Rescanner
 from fileshare.storage.base import ObjectNotFound, Presigned, Presigner, Storage, StorageError
+from fileshare.upload_policy import NO_POLICY
 
 log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
@@ -166,6 +167,7 @@ class FileService:
             expected_sha256=sha256,
             audit=event,
             origin=origin,
+            policy=actor.principal.policy if actor.principal else NO_POLICY,
         )
         placement = Placement(
             file_id=None if target is None else target.file_id,

@@ -21,6 +21,7 @@ through: it never refuses what it does not know. The bytes are still scanned.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -98,6 +99,16 @@ _ALIASES = {
 }
 
 
+#: A ``type/subtype`` or ``type/*`` allow-list entry, lower case (as ``media_type`` leaves
+#: it): ``FILESHARE_ALLOWED_TYPES`` and a client's ``allowedTypes``.
+MEDIA_PATTERN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)")
+
+
+def type_allowed(declared: str, patterns: Iterable[str]) -> bool:
+    """``declared`` (as ``media_type`` leaves it) matches an entry of ``patterns``."""
+    return any(fnmatch.fnmatchcase(declared, pattern) for pattern in patterns)
+
+
 def media_type(content_type: str) -> str:
     """``type/subtype``, lower case, without parameters, aliases resolved."""
     bare = content_type.split(";", 1)[0].strip().lower()
@@ -116,7 +127,7 @@ class TypePolicy:
         if not self.allowed:
             return None
         declared = media_type(content_type)
-        if any(fnmatch.fnmatchcase(declared, pattern) for pattern in self.allowed):
+        if type_allowed(declared, self.allowed):
             return None
         return errors.TypeNotAllowed(f"{declared} is not among the types this service accepts")
 

@@ -12,7 +12,7 @@ from fileshare import errors
 from fileshare.api import params
 from fileshare.api.acting import unscoped
 from fileshare.api.body import json_members
-from fileshare.api.files import timestamp
+from fileshare.api.files import MERGE_PATCH, timestamp
 from fileshare.api.keys import REGISTRY, SETTINGS
 from fileshare.auth.principal import scope_text
 from fileshare.index.identity import ApiKey, Client, Grant
@@ -32,6 +32,8 @@ def render_client(c: Client) -> dict[str, object]:
         "hasSecret": c.secret_hash is not None,
         "hasJwks": c.jwks is not None,
         "active": c.active,
+        "allowedTypes": sorted(c.policy.allowed_types),
+        "unscannable": c.policy.unscannable.value if c.policy.unscannable else None,
     }
     if c.revoked is not None:
         body["revoked"] = timestamp(c.revoked)
@@ -70,7 +72,10 @@ async def list_clients(request: web.Request) -> web.Response:
 
 @routes.post("/v1/admin/clients")
 async def create_client(request: web.Request) -> web.Response:
-    body = await json_members(request, {"id", "role", "scopes", "owner", "secret", "jwks"})
+    body = await json_members(
+        request,
+        {"id", "role", "scopes", "owner", "secret", "jwks", "allowedTypes", "unscannable"},
+    )
     with_secret = body.get("secret", False)
     if not isinstance(with_secret, bool):
         raise errors.ValidationFailed("secret must be true or false")
@@ -82,6 +87,8 @@ async def create_client(request: web.Request) -> web.Response:
         owner=params.string_member(body, "owner"),
         with_secret=with_secret,
         jwks=body.get("jwks"),
+        allowed_types=body.get("allowedTypes"),
+        unscannable=body.get("unscannable"),
     )
     answer = render_client(made.client)
     if made.secret is not None:
@@ -97,6 +104,23 @@ async def create_client(request: web.Request) -> web.Response:
 async def get_client(request: web.Request) -> web.Response:
     found = await request.app[REGISTRY].client(request.match_info["client_id"])
     return web.json_response(render_client(found))
+
+
+@routes.patch("/v1/admin/clients/{client_id}")
+async def update_client(request: web.Request) -> web.Response:
+    """A JSON merge patch (RFC 7396) of the client's upload policy: a member given replaces
+    it, null clears it."""
+    body = await json_members(request, {"allowedTypes", "unscannable"}, media_types=MERGE_PATCH)
+    updated = await request.app[REGISTRY].update_policy(
+        unscoped(request),
+        request.match_info["client_id"],
+        **{
+            name: body[member]
+            for member, name in (("allowedTypes", "allowed_types"), ("unscannable", "unscannable"))
+            if member in body
+        },
+    )
+    return web.json_response(render_client(updated))
 
 
 @routes.delete("/v1/admin/clients/{client_id}")

@@ -114,6 +114,7 @@ KINDS: Mapping[Action, Kind] = {
     Action.ACCESS_DENY: Kind(SECURITY_ALERT, "E", (RESTRICTED_FUNCTION,)),
     Action.CLIENT_CREATE: Kind(SECURITY_ALERT, "C", (USER_ATTRIBUTES_CHANGED, _rest("create"))),
     Action.CLIENT_REVOKE: Kind(SECURITY_ALERT, "D", (USER_ATTRIBUTES_CHANGED, _rest("delete"))),
+    Action.CLIENT_UPDATE: Kind(SECURITY_ALERT, "U", (USER_ATTRIBUTES_CHANGED, _rest("patch"))),
     Action.KEY_CREATE: Kind(SECURITY_ALERT, "C", (USER_ATTRIBUTES_CHANGED, _rest("create"))),
     Action.KEY_REVOKE: Kind(SECURITY_ALERT, "D", (USER_ATTRIBUTES_CHANGED, _rest("delete"))),
     Action.GRANT_CREATE: Kind(SECURITY_ALERT, "C", (SECURITY_ROLES_CHANGED, _rest("update"))),

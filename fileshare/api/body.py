@@ -204,9 +204,11 @@ async def read_json(request: web.Request, *, media_types: tuple[str, ...]) -> ob
         raise errors.InvalidJson("the body is not valid UTF-8 JSON") from None
 
 
-async def json_members(request: web.Request, allowed: set[str]) -> dict[str, object]:
+async def json_members(
+    request: web.Request, allowed: set[str], *, media_types: tuple[str, ...] = JSON
+) -> dict[str, object]:
     """A JSON object body with no members but ``allowed`` (none named in the answer)."""
-    body = dict(params.json_object(await read_json(request, media_types=JSON), "the body"))
+    body = dict(params.json_object(await read_json(request, media_types=media_types), "the body"))
     if set(body) - allowed:
         raise errors.ValidationFailed(
             f"an unknown member; the body takes {', '.join(sorted(allowed))}"

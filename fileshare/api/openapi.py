@@ -20,6 +20,7 @@ from fileshare.auth.principal import Role
 from fileshare.auth.registry import CLIENT_ID, MAX_KEY_LIFETIME
 from fileshare.index.tables import FILE_ID_MAX, TAG_MAX
 from fileshare.service import MAX_TAGS_PER_FILE
+from fileshare.upload_policy import MAX_TYPE_LENGTH, MAX_TYPES, TYPE_ENTRY
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -826,7 +827,18 @@ def _admin_schemas() -> dict[str, Schema]:
     stamp = {"type": "string", "format": "date-time"}
     client = {
         "type": "object",
-        "required": ["id", "role", "scopes", "owner", "created", "hasSecret", "hasJwks", "active"],
+        "required": [
+            "id",
+            "role",
+            "scopes",
+            "owner",
+            "created",
+            "hasSecret",
+            "hasJwks",
+            "active",
+            "allowedTypes",
+            "unscannable",
+        ],
         "properties": {
             "id": {"type": "string"},
             "role": {"type": "string", "enum": [r.value for r in Role]},
@@ -837,7 +849,36 @@ def _admin_schemas() -> dict[str, Schema]:
             "hasSecret": {"type": "boolean"},
             "hasJwks": {"type": "boolean"},
             "active": {"type": "boolean"},
+            "allowedTypes": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "What it may upload, beside FILESHARE_ALLOWED_TYPES; empty: "
+                "whatever the deployment accepts",
+            },
+            "unscannable": {
+                "type": ["string", "null"],
+                "enum": ["reject", "quarantine", None],
+                "description": "What its unscannable uploads become; null: the deployment's "
+                "FILESHARE_UNSCANNABLE",
+            },
             "clientSecret": {"type": "string", "description": "Only when created; shown once"},
+        },
+    }
+    policy: dict[str, Schema] = {
+        "allowedTypes": {
+            "type": ["array", "null"],
+            "maxItems": MAX_TYPES,
+            "items": {"type": "string", "maxLength": MAX_TYPE_LENGTH, "pattern": f"^{TYPE_ENTRY}$"},
+            "description": "Media types or type/* patterns the client may upload, checked "
+            "after FILESHARE_ALLOWED_TYPES (a type must pass both); null or []: whatever the "
+            "deployment accepts. Refused: 415 type_not_allowed",
+        },
+        "unscannable": {
+            "type": ["string", "null"],
+            "enum": ["reject", "quarantine", None],
+            "description": "What its unscannable uploads become, refused either way: reject "
+            "(thrown away) or quarantine (kept for the administrators; needs a quarantine "
+            "bucket); null: the deployment's FILESHARE_UNSCANNABLE",
         },
     }
     key = {
@@ -895,7 +936,14 @@ def _admin_schemas() -> dict[str, Schema]:
                         "keys": {"type": "array", "minItems": 1, "items": {"type": "object"}}
                     },
                 },
-            },
+            }
+            | policy,
+        },
+        "ClientPolicy": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "A JSON merge patch: a member given replaces it, null clears it",
+            "properties": policy,
         },
         "ApiKey": key,
         "ApiKeyList": items("ApiKey"),
@@ -964,6 +1012,22 @@ def _admin_paths() -> dict[str, Schema]:
                 "responses": {
                     "200": _json("The client", _ref("Client")),
                     **_errors(),
+                    "404": missing,
+                },
+            },
+            "patch": {
+                "tags": tag,
+                "summary": "Change what the client's uploads are held to (from its next request)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/merge-patch+json": {"schema": _ref("ClientPolicy")},
+                        JSON: {"schema": _ref("ClientPolicy")},
+                    },
+                },
+                "responses": {
+                    "200": _json("The client", _ref("Client")),
+                    **_errors("409", "413", "415", "422"),
                     "404": missing,
                 },
             },

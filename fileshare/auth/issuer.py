@@ -475,6 +475,7 @@ def _principal(client: Client, method: str) -> Principal:
         owner=client.owner,
         method=method,
         registered=True,
+        policy=client.policy,
     )
 
 

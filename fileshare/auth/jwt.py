@@ -351,4 +351,5 @@ class JwtAuthenticator:
             method="jwt",
             issuer=issuer.issuer,
             registered=True,
+            policy=client.policy,
         )

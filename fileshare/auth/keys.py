@@ -107,4 +107,5 @@ class RegisteredKeys:
             owner=client.owner,
             method="api_key",
             registered=True,
+            policy=client.policy,
         )

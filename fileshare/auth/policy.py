@@ -73,6 +73,7 @@ ROUTES: Mapping[tuple[str, str], Scope | Public] = {
     ("GET", "/v1/admin/clients"): Scope.ADMIN,
     ("POST", "/v1/admin/clients"): Scope.ADMIN,
     ("GET", "/v1/admin/clients/{client_id}"): Scope.ADMIN,
+    ("PATCH", "/v1/admin/clients/{client_id}"): Scope.ADMIN,
     ("DELETE", "/v1/admin/clients/{client_id}"): Scope.ADMIN,
     ("GET", "/v1/admin/clients/{client_id}/keys"): Scope.ADMIN,
     ("POST", "/v1/admin/clients/{client_id}/keys"): Scope.ADMIN,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from fileshare.upload_policy import NO_POLICY, UploadPolicy
+
 
 class Role(enum.StrEnum):
     """Seed 000's roles. What each may reach is decided in ``auth.policy``."""
@@ -85,6 +87,8 @@ class Principal:
     #: Set for registered clients: checked again on every request so revocation is
     #: immediate.
     registered: bool = field(default=False, compare=False)
+    #: A registered client's upload policy, read with it on every request.
+    policy: UploadPolicy = field(default=NO_POLICY, compare=False)
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes

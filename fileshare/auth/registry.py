@@ -22,6 +22,12 @@ from fileshare.auth.secrets import hash_secret_async, new_secret
 from fileshare.auth.trust import ASYMMETRIC
 from fileshare.boundary import index_call
 from fileshare.index.identity import Access, ApiKey, Client, Grant, IdentityStore
+from fileshare.upload_policy import (
+    Unscannable,
+    UploadPolicy,
+    parse_types,
+    parse_unscannable,
+)
 
 #: Client ids and owners: what ``?owner=`` accepts (``api.params.OWNER``), shorter.
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~@:|-]{0,127}")
@@ -70,13 +76,44 @@ def _check_jwks(jwks: Any) -> dict[str, Any]:
     return {"keys": list(jwks["keys"])}
 
 
+#: Leave a policy member as it is (``update_policy``).
+UNCHANGED: Any = object()
+
+
+def _policy_detail(policy: UploadPolicy) -> dict[str, object]:
+    return {
+        "allowed_types": sorted(policy.allowed_types),
+        "unscannable": policy.unscannable.value if policy.unscannable else None,
+    }
+
+
 class Registry:
     """``reserved``: the bootstrap principals' names (``FILESHARE_API_KEYS``), which no
-    client may take as its id or owner: it would share their namespace unseen."""
+    client may take as its id or owner: it would share their namespace unseen.
+    ``can_quarantine``: there is a quarantine bucket, so a client's unscannable uploads may
+    be kept there."""
 
-    def __init__(self, store: IdentityStore, reserved: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        store: IdentityStore,
+        reserved: frozenset[str] = frozenset(),
+        *,
+        can_quarantine: bool = False,
+    ) -> None:
         self.store = store
         self.reserved = reserved
+        self.can_quarantine = can_quarantine
+
+    def _policy(self, allowed_types: object, unscannable: object) -> UploadPolicy:
+        """A policy from what a request or command gave (None: not given)."""
+        if allowed_types is not None and not isinstance(allowed_types, list | tuple):
+            raise errors.ValidationFailed("allowedTypes must be a list of media types")
+        policy = UploadPolicy(parse_types(allowed_types or ()), parse_unscannable(unscannable))
+        if policy.unscannable is Unscannable.QUARANTINE and not self.can_quarantine:
+            raise errors.NoQuarantine(
+                "unscannable: quarantine needs a quarantine bucket (FILESHARE_QUARANTINE_BUCKET)"
+            )
+        return policy
 
     async def create_client(
         self,
@@ -88,6 +125,8 @@ class Registry:
         owner: str | None = None,
         with_secret: bool = False,
         jwks: Any = None,
+        allowed_types: object = None,
+        unscannable: object = None,
     ) -> NewClient:
         _check_id(client_id, "id")
         if client_id in self.reserved or (owner is not None and owner in self.reserved):
@@ -104,6 +143,7 @@ class Registry:
                 f"a {the_role.value} cannot hold {', '.join(beyond)}; "
                 f"it may hold {', '.join(sorted(allowed))}"
             )
+        policy = self._policy(allowed_types, unscannable)
         secret = new_secret() if with_secret else None
         client = Client(
             id=client_id,
@@ -113,6 +153,7 @@ class Registry:
             created=datetime.now(UTC),
             secret_hash=await hash_secret_async(secret) if secret else None,
             jwks=_check_jwks(jwks) if jwks is not None else None,
+            policy=policy,
         )
         event = actor.event(
             Action.CLIENT_CREATE,
@@ -122,7 +163,8 @@ class Registry:
                 "scopes": sorted(wanted),
                 # The namespace of its own files: full access to it, like a grant.
                 "owner": client.owner,
-            },
+            }
+            | _policy_detail(policy),
         )
         try:
             await index_call(self.store.create_client(client, event))
@@ -138,6 +180,32 @@ class Registry:
 
     async def clients(self) -> list[Client]:
         return await index_call(self.store.clients())
+
+    async def update_policy(
+        self,
+        actor: Actor,
+        client_id: str,
+        *,
+        allowed_types: object = UNCHANGED,
+        unscannable: object = UNCHANGED,
+    ) -> Client:
+        """Change what an active client's uploads are held to from its next request on
+        (a direct upload already intended keeps the unscannable policy it began with). A
+        member left ``UNCHANGED`` stays; None clears it (the deployment's settings)."""
+        current = (await self.client(client_id)).policy
+        policy = self._policy(
+            sorted(current.allowed_types) if allowed_types is UNCHANGED else allowed_types,
+            current.unscannable if unscannable is UNCHANGED else unscannable,
+        )
+        event = actor.event(
+            Action.CLIENT_UPDATE, detail={"client_id": client_id} | _policy_detail(policy)
+        )
+        updated = await index_call(
+            self.store.set_policy(client_id, policy, datetime.now(UTC), event)
+        )
+        if updated is None:
+            raise errors.NotFound("no such active client")
+        return updated
 
     async def revoke_client(self, actor: Actor, client_id: str) -> None:
         event = actor.event(Action.CLIENT_REVOKE, detail={"client_id": client_id})

@@ -18,6 +18,7 @@ from fileshare.auth.principal import Role, parse_scopes, scope_text
 from fileshare.index import audit
 from fileshare.index.base import Conflict, Transactor
 from fileshare.index.tables import api_keys, clients, grants
+from fileshare.upload_policy import NO_POLICY, Unscannable, UploadPolicy
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Client:
     #: Public keys (a JWK Set) for ``private_key_jwt``.
     jwks: dict[str, Any] | None = None
     revoked: datetime | None = None
+    #: What its uploads are held to beyond the deployment's settings.
+    policy: UploadPolicy = NO_POLICY
 
     @property
     def active(self) -> bool:
@@ -74,7 +77,18 @@ def _client(m: RowMapping) -> Client:
         secret_hash=m["secret_hash"],
         jwks=m["jwks"],
         revoked=m["revoked"],
+        policy=UploadPolicy(
+            allowed_types=frozenset((m["allowed_types"] or "").split()),
+            unscannable=Unscannable(m["unscannable"]) if m["unscannable"] else None,
+        ),
     )
+
+
+def _policy_values(policy: UploadPolicy) -> dict[str, str | None]:
+    return {
+        "allowed_types": " ".join(sorted(policy.allowed_types)) or None,
+        "unscannable": policy.unscannable.value if policy.unscannable else None,
+    }
 
 
 def _key(m: RowMapping) -> ApiKey:
@@ -117,6 +131,7 @@ class IdentityStore:
                     jwks=client.jwks,
                     created=client.created,
                     revoked=None,
+                    **_policy_values(client.policy),
                 )
             )
 
@@ -136,6 +151,26 @@ class IdentityStore:
             return [_client(m) for m in rows]
 
         return await self._db.transact("list clients", run, write=False)
+
+    async def set_policy(
+        self, client_id: str, policy: UploadPolicy, now: datetime, event: AuditEvent | None
+    ) -> Client | None:
+        """Replace an active client's upload policy; the client as it is now, or None if
+        there is no active client."""
+
+        def run(conn: Connection) -> Client | None:
+            done = conn.execute(
+                update(clients)
+                .where(clients.c.id == client_id, clients.c.revoked.is_(None))
+                .values(**_policy_values(policy))
+            ).rowcount
+            if not done:
+                return None
+            m = conn.execute(select(clients).where(clients.c.id == client_id)).mappings().one()
+            return _client(m)
+
+        result: Client | None = await self._write("update client", run, event, now)
+        return result
 
     async def revoke_client(self, client_id: str, now: datetime, event: AuditEvent | None) -> bool:
         """Revoke the client and every key of it; False if there is no active client."""

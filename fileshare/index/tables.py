@@ -198,6 +198,9 @@ uploads = Table(
     Column("part_size", BigInteger),
     #: put | parts | form: how the bytes come (``index.uploads.Upload.kind``).
     Column("kind", String(8), nullable=False, server_default="put"),
+    #: The uploading client's unscannable policy when the intent was made (NULL: the
+    #: deployment's), for the ingestion, which has no principal.
+    Column("unscannable", String(16)),
     Index("uploads_owner", "owner", "created"),
     Index("uploads_state", "state", "expires"),
     Index("uploads_file", "owner", "file_id"),
@@ -241,6 +244,11 @@ clients = Table(
     Column("jwks", JSON),
     Column("created", UtcDateTime, nullable=False),
     Column("revoked", UtcDateTime),
+    #: Its upload policy (``upload_policy.UploadPolicy``): space-separated media types or
+    #: ``type/*`` patterns (NULL: whatever the deployment accepts), and reject | quarantine
+    #: (NULL: the deployment's).
+    Column("allowed_types", Text),
+    Column("unscannable", String(16)),
 )
 
 #: API keys of registered clients. A key is presented as ``fsk_<id>_<secret>``: the id

@@ -22,6 +22,7 @@ from fileshare.index import audit
 from fileshare.index.base import Cursor, Transactor
 from fileshare.index.tables import uploads
 from fileshare.models import UploadState
+from fileshare.upload_policy import Unscannable
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Upload:
     #: ``put``, ``parts`` or ``form`` (a POST policy: the one flow that can replace the
     #: staged object, so its object is copied away before it is read).
     kind: str = "put"
+    #: The uploading client's unscannable policy when the intent was made (None: the
+    #: deployment's): the ingestion has no principal to ask.
+    unscannable: Unscannable | None = None
 
     @property
     def part_sizes(self) -> list[int]:
@@ -92,6 +96,7 @@ def _upload(m: RowMapping) -> Upload:
         multipart_id=m["multipart_id"],
         part_size=m["part_size"],
         kind=m["kind"],
+        unscannable=Unscannable(m["unscannable"]) if m["unscannable"] else None,
     )
 
 
@@ -133,6 +138,7 @@ class UploadStore:
                     multipart_id=upload.multipart_id,
                     part_size=upload.part_size,
                     kind=upload.kind,
+                    unscannable=upload.unscannable.value if upload.unscannable else None,
                 )
             )
             return True

@@ -30,7 +30,7 @@ from tests.servers import Postgres, free_port
 API_KEYS = {"tester": "tester-key-0123456789"}
 PASSWORD = "Sup3r-secret/pw@x"  # needs percent-encoding in a DSN
 QUOTED_PASSWORD = "Sup3r-secret%2Fpw%40x"
-HEAD = "0010"
+HEAD = "0011"
 
 #: Rows as the first release wrote them: (id, owner, name, type, sha256, sha1, size, created).
 LEGACY_ROWS: list[tuple[str, str, str | None, str, str, bytes, int, datetime]] = [
