@@ -528,7 +528,8 @@ class _Upload:
         """Keep refused bytes in the quarantine bucket and list them; the item's id, or None
         when there is no quarantine or keeping them failed (logged: the upload is refused
         exactly as it would be without one)."""
-        q = self.p.quarantine
+        p = self.p
+        q = p.quarantine
         if q is None or self.origin is None:
             return None
         if content.scan.state is ScanState.UNSCANNABLE and not self.policy.keeps_unscannable(
@@ -538,12 +539,6 @@ class _Upload:
             return None
         item_id = uuid.uuid4().hex
         key = f"{QUARANTINE_PREFIX}{item_id}"
-        try:
-            await self._keep(q.bucket, key, content, staged_version)
-        except Exception as exc:  # fail closed: refused all the same, just not kept
-            self.log.error("quarantine.copy_failed", error=str(exc))
-            await self._unkeep(q.bucket, key)  # a write whose answer was lost may have landed
-            return None
         o = self.origin
         item = Item(
             id=item_id,
@@ -566,21 +561,8 @@ class _Upload:
                 sha256=content.sha256,
                 detail={"quarantine_id": item_id, "state": content.scan.state.value},
             )
-        try:
-            await q.store.add(item, event)
-        except Exception as exc:
-            self.log.error("quarantine.not_recorded", error=str(exc))
-            await self._unkeep(q.bucket, key)
-            return None
-        self.log.warning("quarantine.kept", quarantine_id=item_id)
-        return item_id
-
-    async def _unkeep(self, bucket: str, key: str) -> None:
-        try:
-            await self.p.storage.delete(bucket, key)
-        except Exception as gone:  # the refusal stands whatever this does
-            # Nothing lists it: the quarantine bucket's retention rule expires it.
-            self.log.error("quarantine.delete_failed", key=key, error=str(gone))
+        write = self._keep(q.bucket, key, content, staged_version)
+        return item_id if await keep(p.storage, q, item, write, event, self.log) else None
 
     async def _keep(
         self, bucket: str, key: str, content: Content, staged_version: str | None
@@ -604,21 +586,14 @@ class _Upload:
             assert isinstance(self.promotion, CopyPromotion)
             assert self.promotion.staged
             version = self.promotion.staged_version
-        copy = await storage.begin_copy(
-            self.source_bucket,
-            self.staging_key,
-            bucket,
-            key,
-            size=content.size,
+        await copy_object(
+            storage,
+            Location(self.source_bucket, self.staging_key),
+            Location(bucket, key),
+            content,
             content_type=self.content_type,
-            metadata=_metadata(content),
-            src_version=version,
+            version=version,
         )
-        try:
-            await copy.commit()
-        except BaseException:
-            await copy.abort()
-            raise
 
     async def _receive(
         self,
@@ -685,6 +660,72 @@ class _Upload:
             except StorageError as exc:
                 # The unscanned bucket's lifecycle rule expires it; say so loudly.
                 self.log.error("staging.delete_failed", error=str(exc))
+
+
+async def keep(
+    storage: Storage,
+    quarantine: Quarantine,
+    item: Item,
+    write: Awaitable[None],
+    event: AuditEvent | None,
+    bound: Any,
+) -> bool:
+    """Keep bytes in the quarantine: ``write`` puts them under ``item.object_key``, then the
+    item is listed with ``event`` (its ``quarantine.keep`` row). False when either failed,
+    logged on ``bound``: nothing is left behind, and the caller goes on as it would without
+    a quarantine (fail closed)."""
+    assert item.object_key is not None
+    try:
+        await write
+    except Exception as exc:
+        bound.error("quarantine.copy_failed", error=str(exc))
+        # A write whose answer was lost may have landed.
+        await _unkeep(storage, quarantine.bucket, item.object_key, bound)
+        return False
+    try:
+        await quarantine.store.add(item, event)
+    except Exception as exc:
+        bound.error("quarantine.not_recorded", error=str(exc))
+        await _unkeep(storage, quarantine.bucket, item.object_key, bound)
+        return False
+    bound.warning("quarantine.kept", quarantine_id=item.id)
+    return True
+
+
+async def _unkeep(storage: Storage, bucket: str, key: str, bound: Any) -> None:
+    try:
+        await storage.delete(bucket, key)
+    except Exception as gone:  # the refusal stands whatever this does
+        # Nothing lists it: the quarantine bucket's retention rule expires it.
+        bound.error("quarantine.delete_failed", key=key, error=str(gone))
+
+
+async def copy_object(
+    storage: Storage,
+    source: Location,
+    target: Location,
+    content: Content,
+    *,
+    content_type: str,
+    version: str | None,
+) -> None:
+    """A server-side copy of ``content``'s object, pinned to ``version`` (the one scanned),
+    visible once this returns; nothing of it is left if it fails."""
+    copy = await storage.begin_copy(
+        source.bucket,
+        source.key,
+        target.bucket,
+        target.key,
+        size=content.size,
+        content_type=content_type,
+        metadata=_metadata(content),
+        src_version=version,
+    )
+    try:
+        await copy.commit()
+    except BaseException:
+        await copy.abort()
+        raise
 
 
 def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:

@@ -15,6 +15,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -151,6 +152,7 @@ class QuarantineAdmin:
             )
         except ObjectNotFound:
             raise errors.NotQuarantined("the bytes expired from the quarantine bucket") from None
+        placement, target = await self._placement(item)
         by = actor.principal.subject if actor.principal else None
         # The file is the uploader's: its rows name the uploader, and the admin who let it in.
         upload = AuditEvent(
@@ -200,13 +202,27 @@ class QuarantineAdmin:
         if self._now() >= until:
             # Another release may hold it now: this one must not make a file too.
             raise errors.NotQuarantined("the rescan took longer than a release may hold")
+        return await self._record(admin, target, key, until, result, upload, placement, by)
+
+    async def _placement(self, item: Item) -> tuple[Placement, Item]:
+        """Where a release records its file, and the item as recorded. The owner's record
+        under the item's id that still names its bytes (a rescan took them from it, or a
+        ``PUT`` of bytes a rescan had refused) is served again as it is now: its name and
+        type kept, as every other record of those bytes is once they are clean and stored.
+        Otherwise a new record, as the upload would have made it."""
+        current = None
+        if item.file_id is not None:
+            current = await index_call(self.files.index.get(item.owner, item.file_id))
+        if current is not None and current.content.sha256 == item.sha256:
+            placement = Placement(file_id=item.file_id, if_match=(item.sha256,))
+            return placement, replace(item, name=current.name, content_type=current.content_type)
         placement = Placement(
             file_id=item.file_id,
             new_id=uuid.uuid4().hex,
             # Never over a record the owner made meanwhile under the id it asked for.
             if_none_match=item.file_id is not None,
         )
-        return await self._record(admin, item, key, until, result, upload, placement, by)
+        return placement, item
 
     async def _record(
         self,

@@ -8,8 +8,15 @@ at a time so that uploads keep the scanner's other slots; stored content left ``
 content is leased in the index while it is rescanned (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL), so replicas share the work. Content found infected or unscannable takes that
 state at once: none of its records is served from then on, and the audit trail gets one
-``scan.verdict`` row per record (``detail.trigger = "rescan"``). Its object stays in the
-permanent bucket as evidence (never served).
+``scan.verdict`` row per record (``detail.trigger = "rescan"``). Without a quarantine its
+object stays in the permanent bucket as evidence (never served). With one
+(``FILESHARE_QUARANTINE_BUCKET``), once the verdict is recorded the object is copied there
+(pinned to the version scanned) and listed as a quarantine item of the oldest record's
+(``quarantine.keep``, ``detail.trigger = "rescan"``), and only then removed from the
+permanent bucket and forgotten by the index (``lose``): presigned URLs issued before stop
+serving it, and a later upload of the bytes is scanned again. One attempt: if the copy or the
+item fails, the object stays as without a quarantine (logged); content judged so is never
+leased again.
 
 With ``FILESHARE_RESCAN_ON_DOWNLOAD`` a download of content whose verdict is older than
 that bound rescans it first, the same way (``verify``), and is served only if it is still
@@ -20,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -30,10 +39,12 @@ from fileshare import errors
 from fileshare.audit import Action, AuditEvent, Result
 from fileshare.boundary import index_call
 from fileshare.index.base import FileIndex
+from fileshare.index.quarantine import QUARANTINE_PREFIX, Item
 from fileshare.index.sql import signature_db
-from fileshare.models import Content, ScanState
-from fileshare.pipeline import Pipeline
-from fileshare.storage.base import ObjectNotFound, Storage, StorageError
+from fileshare.models import Content, FileRecord, ScanRecord, ScanState
+from fileshare.pipeline import Pipeline, copy_object, keep
+from fileshare.storage.base import ObjectInfo, ObjectNotFound, Storage, StorageError
+from fileshare.storage.promotion import Location
 
 log = structlog.get_logger(__name__)
 
@@ -237,4 +248,86 @@ class Rescanner:
                 bound.info("rescan.restored", files=len(changed))
             return Rescanned("clean")
         bound.warning(f"rescan.{scan.state.value}", signature=scan.signature, files=len(changed))
+        if changed and self.pipeline.quarantine is not None:
+            # Only now, the verdict recorded: no download is answered from the object any more.
+            await self._quarantine(hashed, stored, scan, changed, trigger, bound)
         return Rescanned(scan.state.value, files=len(changed))
+
+    async def _quarantine(
+        self,
+        content: Content,
+        stored: ObjectInfo,
+        scan: ScanRecord,
+        changed: list[tuple[str, str]],
+        trigger: str,
+        bound: Any,
+    ) -> None:
+        """Move the evidence into the quarantine: a copy (pinned to the version scanned),
+        its item (the oldest record's owner, id, name and type), and only then the permanent
+        object removed and forgotten, which ends presigned URLs issued before. Tried once:
+        content this rescan judged is never leased again, so a failure (logged) leaves the
+        object where it is, unserved, exactly as without a quarantine."""
+        q = self.pipeline.quarantine
+        assert q is not None
+        assert content.key is not None
+        try:
+            record = await self._oldest(changed)
+        except errors.FileshareError as exc:
+            bound.error("rescan.not_quarantined", error=type(exc).__name__)
+            return
+        owner, file_id = changed[0]
+        item_id = uuid.uuid4().hex
+        key = f"{QUARANTINE_PREFIX}{item_id}"
+        content_type = stored.content_type if record is None else record.content_type
+        item = Item(
+            id=item_id,
+            owner=owner if record is None else record.owner,
+            file_id=file_id if record is None else record.id,
+            name=None if record is None else record.name,
+            content_type=content_type,
+            sha256=content.sha256,
+            size=content.size,
+            scan=scan,
+            object_key=key,
+            created=self.clock(),
+            created_by=None,  # no one uploaded it: a rescan kept it (its audit row says so)
+        )
+        event = AuditEvent(
+            action=Action.QUARANTINE_KEEP,
+            owner=item.owner,
+            file_id=item.file_id,
+            sha256=content.sha256,
+            detail={"quarantine_id": item_id, "state": scan.state.value, "trigger": "rescan"}
+            | ({"cause": "download"} if trigger == "download" else {}),
+        )
+        write = copy_object(
+            self.storage,
+            Location(self.permanent, content.key),
+            Location(q.bucket, key),
+            content,
+            content_type=content_type,
+            version=stored.version,
+        )
+        if not await keep(self.storage, q, item, write, event, bound):
+            return
+        try:
+            await self.storage.delete(self.permanent, content.key)
+        except StorageError as exc:
+            # Kept twice: still unserved, and the index still names it, so a clean upload
+            # of these bytes or the deletion of their records removes it.
+            bound.error("rescan.evidence_not_removed", key=content.key, error=str(exc))
+            return
+        try:
+            await index_call(self.index.lose(content.sha256, content.key))
+        except errors.FileshareError as exc:
+            # The row names an object that is gone: unserved all the same, and a clean
+            # upload of these bytes or the deletion of their records drops the name.
+            bound.error("rescan.not_forgotten", key=content.key, error=type(exc).__name__)
+
+    async def _oldest(self, changed: list[tuple[str, str]]) -> FileRecord | None:
+        """The oldest record of those the verdict changed that still exists."""
+        for owner, file_id in changed:
+            record = await index_call(self.index.get(owner, file_id))
+            if record is not None:
+                return record
+        return None

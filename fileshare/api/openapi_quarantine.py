@@ -31,8 +31,14 @@ def quarantine_schemas() -> dict[str, Schema]:
         ],
         "properties": {
             "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-            "owner": {"type": "string", "description": "Whose upload it was"},
-            "fileId": {"type": "string", "description": "The id the upload asked for"},
+            "owner": {
+                "type": "string",
+                "description": "Whose upload it was (a rescan's: the oldest record's owner)",
+            },
+            "fileId": {
+                "type": "string",
+                "description": "The id the upload asked for (a rescan's: the oldest record's)",
+            },
             "name": {"type": "string"},
             "contentType": {"type": "string"},
             "size": {"type": "integer", "minimum": 0},
@@ -109,8 +115,9 @@ def quarantine_paths() -> dict[str, Schema]:
                 "tags": ["admin"],
                 "summary": "Rescan now; if clean, promote it as the owner's file",
                 "description": "Still infected or unscannable: `409 quarantine_still_refused` "
-                "with the new verdict, which is recorded. There is no forced promotion: see "
-                "`/content`.",
+                "with the new verdict, which is recorded. The owner's record under the item's id "
+                "that still names these bytes (an item a rescan kept) is served again as it "
+                "is, and answered. There is no forced promotion: see `/content`.",
                 "responses": {
                     "201": _json("The owner's file", _ref("File"), headers=_LOCATION),
                     **_errors("404", "409", "412", "413", "415", "422"),

@@ -209,11 +209,12 @@ class FileIndex(Protocol):
         sha1 and size the rescan hashed), and its lease released; its sha1 and size are
         recorded too. The same state (clean again): the provenance is brought up to date.
         Otherwise the content takes the new state at once — infected or unscannable: no
-        record of it is served from then on, the object stays as evidence; a ``failed``
-        content found clean is served again — and one ``audit`` row per record of it
-        (owner, file id) is written in the same transaction. Nothing changes if the content
-        moved meanwhile (deleted, promoted again, judged). Returns the (owner, file id) of
-        the records it changed."""
+        record of it is served from then on, the object stays (as evidence, or until the
+        rescanner moves it into the quarantine and ``lose``s it); a ``failed`` content
+        found clean is served again — and one ``audit`` row per record of it (owner, file
+        id) is written in the same transaction. Nothing changes if the content moved
+        meanwhile (deleted, promoted again, judged). Returns the (owner, file id) of the
+        records it changed, oldest record first."""
 
     async def commit(
         self,
@@ -292,8 +293,9 @@ class FileIndex(Protocol):
         when there is no such record, ``TooLarge`` when the file has ``max_tags``."""
 
     async def lose(self, sha256: str, key: str) -> None:
-        """The object was found missing from the store: the content is no longer present
-        (its records stay), and the next upload of its bytes stores them again."""
+        """The object was found missing from the store (or a rescan moved it into the
+        quarantine): the content is no longer present (its records and state stay), and
+        the next upload of its bytes is scanned and, clean, stores them again."""
 
     async def doomed(self, now: datetime, limit: int) -> list[str]:
         """Objects due for deletion from the permanent bucket at ``now``, oldest first."""

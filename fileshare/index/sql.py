@@ -564,7 +564,11 @@ class SqlIndex:
                 values |= {"scanner": scan.scanner, "signature_db": signature_db(scan.scanner)}
             if scan.state is not content.state:
                 values |= {"state": scan.state.value, "signature": scan.signature}
-                held = select(files.c.owner, files.c.id).where(files.c.sha256 == content.sha256)
+                held = (
+                    select(files.c.owner, files.c.id)
+                    .where(files.c.sha256 == content.sha256)
+                    .order_by(files.c.created, files.c.owner, files.c.id)  # oldest first
+                )
                 changed.extend((owner, file_id) for owner, file_id in conn.execute(held))
             conn.execute(update(contents).where(c.sha256 == content.sha256).values(values))
             return list(changed)

@@ -807,6 +807,53 @@ async def test_a_rescan_verdict_takes_effect_on_every_record_once(index: FileInd
     assert await lease_all(index, NOW + 8 * HOUR) == []
 
 
+async def test_a_rescan_verdict_names_the_records_oldest_first(index: FileIndex) -> None:
+    """The rescanner keeps the evidence as the oldest record's (quarantine item)."""
+    c = content(17)
+    zed = await post(index, c, owner="zed", now=NOW - 2 * HOUR)
+    bob = await post(index, c, owner="bob", held=True, now=NOW)
+    alice = await post(index, c, owner="alice", held=True, now=NOW - HOUR)
+    (leased,) = await lease_all(index)
+    infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
+    changed = await index.record_rescan(
+        leased, infected, audit=AuditEvent(action=Action.SCAN_VERDICT)
+    )
+    assert changed == [
+        ("zed", zed.record.id),
+        ("alice", alice.record.id),
+        ("bob", bob.record.id),
+    ]
+
+
+async def test_evidence_moved_to_the_quarantine_is_forgotten_and_stored_anew(
+    index: FileIndex,
+) -> None:
+    """The rescanner moved the infected object into the quarantine and ``lose``s it: the
+    content stays infected and unserved, a refused re-upload names no object, and bytes
+    committed clean later are stored anew (nothing doomed: the old object is gone)."""
+    c = content(18)
+    first = await post(index, c)
+    (leased,) = await lease_all(index)
+    infected = ScanRecord(ScanState.INFECTED, "Later.Signature", SCANNER, NOW + HOUR)
+    await index.record_rescan(leased, infected, audit=AuditEvent(action=Action.SCAN_VERDICT))
+    assert c.key is not None
+    await index.lose(c.sha256, c.key)
+    got = await index.get("alice", first.record.id)
+    assert got is not None
+    assert (got.content.scan.state, got.content.key) == (ScanState.INFECTED, None)
+    assert await index.find_clean(c.sha256) is None
+    await index.record_verdict(replace(c, key=None, scan=infected))
+    assert await lease_all(index, NOW + 8 * HOUR) == []
+    again = replace(c, key=new_object_key(c.sha256))
+    committed = await post(index, again)
+    assert committed.doomed == ()
+    assert committed.record.content.key == again.key
+    served = await index.get("alice", first.record.id)  # the old record is served again too
+    assert served is not None
+    assert served.content.present
+    assert served.content.key == again.key
+
+
 async def test_a_rescan_of_content_that_moved_changes_nothing(index: FileIndex) -> None:
     c = content(8)
     await post(index, c)

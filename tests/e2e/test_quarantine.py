@@ -13,15 +13,23 @@ import os
 import socket
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 
-from fileshare.app import SCANNER
+from fileshare.app import RESCANNER, SCANNER
 from fileshare.config import ClamdAddress
 from tests.e2e.conftest import ALICE, ALICE_KEY, BOB, BOB_KEY, PART, Env
 from tests.e2e.test_access import ROOT, ROOT_KEY
-from tests.e2e.test_rescan import _audit_rows, _learn, _marker, growing_clamd  # noqa: F401 (a fixture)
+from tests.e2e.test_rescan import (  # noqa: F401 (growing_clamd: a fixture)
+    SIGNATURE,
+    _audit_rows,
+    _learn,
+    _marker,
+    growing_clamd,
+)
 from tests.e2e.test_upload import EICAR, download, upload
 from tests.servers import Clamd
 from tests.unscannable_files import encrypted_zip
@@ -303,3 +311,202 @@ async def test_a_direct_upload_refused_is_kept_too(make_env: Any, quarantine_buc
     assert await _kept(env) == {f"quarantine/{item['id']}": data}
     # Nothing promoted; the staged object is the direct upload's to remove, as before.
     assert await env.permanent_keys() == []
+
+
+# ------------------------------------------------------------ rescans into the quarantine
+
+
+async def _tainted_and_rescanned(env: Env, clamd: Clamd) -> tuple[bytes, bytes, str, str | None]:
+    """Bytes stored clean as alice's ``scan-1`` (``a.bin``) and, later, bob's; a signature
+    for them learnt; a rescan round that finds them. Returns the bytes, the marker the
+    signature matches, their item's id, and a presigned URL of alice's record issued before
+    the rescan (S3 only)."""
+    marker = _marker()
+    data = os.urandom(300_000) + marker
+    put = await env.client.put("/v1/files/scan-1?name=a.bin", data=data, headers=ALICE)
+    assert (await _json(put, 201))["state"] == "clean"
+    assert (await env.client.post("/v1/files", data=data, headers=BOB)).status == 201
+    url = None
+    if env.backend == "s3":
+        moved = await env.client.get(
+            "/v1/files/scan-1", params={"redirect": "true"}, headers=ALICE, allow_redirects=False
+        )
+        assert moved.status == 302, await moved.text()
+        url = moved.headers["Location"]
+        assert await _fetch(url) == (200, data)
+    await _learn(clamd, env, marker)
+    report = await env.client.app[RESCANNER].run(scanned_before=datetime.now(UTC))
+    sha = hashlib.sha256(data).hexdigest()
+    assert (report.infected, report.failed, report.files_changed) == ([sha], [], 2)
+    listed = await _json(await env.client.get("/v1/admin/quarantine", headers=ROOT), 200)
+    [item] = listed["items"]
+    return data, marker, str(item["id"]), url
+
+
+async def _fetch(url: str) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as plain, plain.get(url) as got:
+        return got.status, await got.read()
+
+
+@pytest.mark.parametrize("backend", ["local", "s3", "gcs"])
+async def test_content_a_rescan_finds_infected_moves_into_the_quarantine(
+    make_env: Any,
+    quarantine_bucket: str,
+    growing_clamd: Clamd,  # noqa: F811 (the fixture)
+) -> None:
+    env = await _env(
+        make_env,
+        quarantine_bucket,
+        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
+    )
+    c = env.client
+    data, _, item_id, url = await _tainted_and_rescanned(env, growing_clamd)
+    sha = hashlib.sha256(data).hexdigest()
+
+    # Out of the permanent bucket: a URL issued before serves nothing any more.
+    assert await env.permanent_keys() == []
+    assert await _kept(env) == {f"quarantine/{item_id}": data}
+    if url is not None:
+        status, body = await _fetch(url)
+        assert status == 404, status
+        assert data not in body
+    meta = await _json(await c.get("/v1/files/scan-1/metadata", headers=ALICE), 200)
+    assert (meta["state"], meta["present"]) == ("infected", False)
+    got = await c.get("/v1/files/scan-1", headers=ALICE)
+    assert (await _json(got, 409))["code"] == "content_not_available"
+
+    # Listed as the oldest record's, with the rescan's verdict; its keeping audited so.
+    item = await _json(await c.get(f"/v1/admin/quarantine/{item_id}", headers=ROOT), 200)
+    assert (item["owner"], item["fileId"], item["name"]) == ("alice", "scan-1", "a.bin")
+    assert (item["sha256"], item["size"]) == (sha, len(data))
+    assert (item["state"], item["status"]) == ("infected", "held")
+    assert item["signature"] == f"{SIGNATURE}.UNOFFICIAL"
+    assert "createdBy" not in item
+    [kept] = [r for r in await _audit_rows(env, sha) if r["action"] == "quarantine.keep"]
+    assert (kept["owner"], kept["file_id"], kept["subject"]) == ("alice", "scan-1", None)
+    assert kept["detail"] == {"quarantine_id": item_id, "state": "infected", "trigger": "rescan"}
+
+    # Rounds do not take it again; an upload of the bytes is scanned again, and refused.
+    again = await c.app[RESCANNER].run(scanned_before=datetime.now(UTC))
+    assert again.scanned == again.failed == []
+    problem = await _json(await upload(env, data), 422)
+    assert (problem["code"], problem["quarantined"]) == ("infected", True)
+    assert await env.permanent_keys() == []
+
+    # Still refused on release; the forced release hands the bytes over; delete removes them.
+    refused = await _json(
+        await c.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT), 409
+    )
+    assert refused["code"] == "quarantine_still_refused"
+    resp = await c.get(f"/v1/admin/quarantine/{item_id}/content?reason=evidence", headers=ROOT)
+    assert resp.status == 200
+    assert await resp.read() == data
+    assert (await c.delete(f"/v1/admin/quarantine/{item_id}", headers=ROOT)).status == 204
+    assert f"quarantine/{item_id}" not in await _kept(env)
+    item = await _json(await c.get(f"/v1/admin/quarantine/{item_id}", headers=ROOT), 200)
+    assert item["status"] == "deleted"
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+@pytest.mark.parametrize("how", ["release", "upload"])
+async def test_rescan_evidence_found_clean_again_is_served_again_to_its_records(
+    make_env: Any,
+    quarantine_bucket: str,
+    growing_clamd: Clamd,  # noqa: F811 (the fixture)
+    how: str,
+) -> None:
+    env = await _env(
+        make_env,
+        quarantine_bucket,
+        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
+    )
+    c = env.client
+    data, marker, item_id, _ = await _tainted_and_rescanned(env, growing_clamd)
+    await _forget(growing_clamd, env, marker)
+    renamed = await c.patch(
+        "/v1/files/scan-1",
+        data=b'{"name": "renamed.bin"}',
+        headers=ALICE | {"Content-Type": "application/merge-patch+json"},
+    )
+    assert renamed.status == 200, await renamed.text()
+
+    if how == "release":
+        resp = await c.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT)
+        record = await _json(resp, 201)
+        # The record the bytes were taken from, as it is now: not a second one.
+        assert (record["id"], record["name"], record["state"]) == ("scan-1", "renamed.bin", "clean")
+        item = await _json(await c.get(f"/v1/admin/quarantine/{item_id}", headers=ROOT), 200)
+        assert (item["status"], item["releasedFileId"]) == ("released", "scan-1")
+        assert await _kept(env) == {}
+    else:
+        # A new upload of the bytes is scanned (clean now), stored and served as usual.
+        assert (await _json(await upload(env, data), 201))["state"] == "clean"
+    assert len(await env.permanent_keys()) == 1
+    listed = await _json(await c.get("/v1/files", headers=ALICE), 200)
+    assert len(listed["items"]) == (1 if how == "release" else 2)
+    for file_id, who in [("scan-1", ALICE)] + [
+        (i["id"], BOB) for i in (await _json(await c.get("/v1/files", headers=BOB), 200))["items"]
+    ]:
+        got = await c.get(f"/v1/files/{file_id}", headers=who)
+        assert got.status == 200, await got.text()
+        assert await got.read() == data
+
+
+@pytest.mark.parametrize("backend", ["s3"])
+async def test_a_rescan_that_cannot_quarantine_leaves_the_object_unserved(
+    make_env: Any,
+    quarantine_bucket: str,
+    growing_clamd: Clamd,  # noqa: F811 (the fixture)
+) -> None:
+    env = await _env(
+        make_env,
+        quarantine_bucket,
+        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
+    )
+    marker = _marker()
+    data = os.urandom(50_000) + marker
+    assert (await upload(env, data)).status == 201
+    [stored] = await env.permanent_keys()
+    await _learn(growing_clamd, env, marker)
+    env.s3.delete_bucket(Bucket=quarantine_bucket)  # every copy into it now fails
+    rescanner = env.client.app[RESCANNER]
+    report = await rescanner.run(scanned_before=datetime.now(UTC))
+    assert report.infected == [hashlib.sha256(data).hexdigest()]
+    # Fail closed: unserved, the object where it was, nothing listed; not tried again.
+    assert await env.permanent_keys() == [stored]
+    listed = await _json(await env.client.get("/v1/admin/quarantine", headers=ROOT), 200)
+    assert listed["items"] == []
+    again = await rescanner.run(scanned_before=datetime.now(UTC))
+    assert again.scanned == again.failed == []
+    assert await env.permanent_keys() == [stored]
+
+
+@pytest.mark.parametrize("backend", ["local"])
+async def test_a_downloads_rescan_moves_what_it_finds_into_the_quarantine(
+    make_env: Any,
+    quarantine_bucket: str,
+    growing_clamd: Clamd,  # noqa: F811 (the fixture)
+) -> None:
+    from tests.e2e.test_rescan import BOUND, _age
+
+    env = await _env(
+        make_env,
+        quarantine_bucket,
+        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
+        rescan_on_download=BOUND,
+    )
+    marker = _marker()
+    data = os.urandom(20_000) + marker
+    record = await _json(await upload(env, data, params={"name": "d.bin"}), 201)
+    sha = hashlib.sha256(data).hexdigest()
+    await _learn(growing_clamd, env, marker)
+    await _age(env, sha)
+    got = await download(env, record["id"])
+    assert (await _json(got, 409))["code"] == "content_not_available"
+    assert await env.permanent_keys() == []
+    [item] = (await _json(await env.client.get("/v1/admin/quarantine", headers=ROOT), 200))["items"]
+    assert (item["fileId"], item["name"], item["state"]) == (record["id"], "d.bin", "infected")
+    assert await _kept(env) == {f"quarantine/{item['id']}": data}
+    [kept] = [r for r in await _audit_rows(env, sha) if r["action"] == "quarantine.keep"]
+    assert kept["detail"]["trigger"] == "rescan"
+    assert kept["detail"]["cause"] == "download"

@@ -93,6 +93,8 @@ async def test_content_matched_by_a_later_signature_is_found_and_never_served_ag
     assert report.clean == [hashlib.sha256(other).hexdigest()]
     assert report.files_changed == 2
     assert report.failed == []
+    # Without a quarantine the object stays where it is, as evidence (never served).
+    assert len(await env.permanent_keys()) == 2
     metrics = await (await env.client.get("/metrics")).text()
     assert 'fileshare_rescans_total{outcome="infected"} 1.0' in metrics
     assert 'fileshare_rescans_total{outcome="clean"} 1.0' in metrics
