@@ -53,6 +53,8 @@ def test_sizes_and_addresses_parse() -> None:
             {"FILESHARE_QUARANTINE_BUCKET": "held", "FILESHARE_PROMOTION": "single-write"},
             "needs FILESHARE_PROMOTION=copy",
         ),
+        ({"FILESHARE_UNSCANNABLE": "accept"}, "reject or quarantine"),
+        ({"FILESHARE_UNSCANNABLE": "quarantine"}, "needs FILESHARE_QUARANTINE_BUCKET"),
     ],
 )
 def test_bad_settings_fail_fast_with_a_clear_message(env: dict[str, str], message: str) -> None:
@@ -218,3 +220,13 @@ def test_the_example_file_lists_every_setting_with_its_default() -> None:
     readme = (root / "README.md").read_text()
     for name in VARIABLES.values():
         assert f"`{name}`" in readme, name
+
+
+def test_unscannable_uploads_are_kept_by_default_only_where_there_is_a_quarantine() -> None:
+    from fileshare.upload_policy import Unscannable
+
+    assert load_settings(BASE).unscannable_policy is Unscannable.REJECT
+    held = BASE | {"FILESHARE_QUARANTINE_BUCKET": "held"}
+    assert load_settings(held).unscannable_policy is Unscannable.QUARANTINE
+    chosen = load_settings(held | {"FILESHARE_UNSCANNABLE": "reject"})
+    assert chosen.unscannable_policy is Unscannable.REJECT
