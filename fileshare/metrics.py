@@ -138,6 +138,24 @@ class Metrics:
         )
         for state in ("pending", "dead"):
             self.webhook_outbox.labels(state)
+        self.quarantined = Counter(
+            "fileshare_quarantined",
+            "Refused bytes kept in the quarantine bucket, by what found them (upload, rescan) "
+            "and their state (infected, unscannable)",
+            ["trigger", "state"],
+            registry=r,
+        )
+        self.quarantine_failures = Counter(
+            "fileshare_quarantine_failures",
+            "Refused bytes that could not be kept in the quarantine (copy or index row "
+            "failed; refused all the same), by what found them",
+            ["trigger"],
+            registry=r,
+        )
+        for trigger in ("upload", "rescan"):
+            self.quarantine_failures.labels(trigger)
+            for state in ("infected", "unscannable"):
+                self.quarantined.labels(trigger, state)
         self.clamd_errors = Counter(
             "fileshare_clamd_errors", "Scans that ended without a verdict", registry=r
         )

@@ -562,7 +562,8 @@ class _Upload:
                 detail={"quarantine_id": item_id, "state": content.scan.state.value},
             )
         write = self._keep(q.bucket, key, content, staged_version)
-        return item_id if await keep(p.storage, q, item, write, event, self.log) else None
+        kept = await keep(p.storage, q, item, write, event, self.log, p.metrics, trigger="upload")
+        return item_id if kept else None
 
     async def _keep(
         self, bucket: str, key: str, content: Content, staged_version: str | None
@@ -669,26 +670,33 @@ async def keep(
     write: Awaitable[None],
     event: AuditEvent | None,
     bound: Any,
+    metrics: Metrics,
+    *,
+    trigger: str,
 ) -> bool:
     """Keep bytes in the quarantine: ``write`` puts them under ``item.object_key``, then the
     item is listed with ``event`` (its ``quarantine.keep`` row). False when either failed,
     logged on ``bound``: nothing is left behind, and the caller goes on as it would without
-    a quarantine (fail closed)."""
+    a quarantine (fail closed). ``trigger``: upload or rescan, for the metrics."""
     assert item.object_key is not None
+    counted = metrics.quarantined.labels(trigger, item.scan.state.value)
     try:
         await write
     except Exception as exc:
         bound.error("quarantine.copy_failed", error=str(exc))
         # A write whose answer was lost may have landed.
         await _unkeep(storage, quarantine.bucket, item.object_key, bound)
+        metrics.quarantine_failures.labels(trigger).inc()
         return False
     try:
         await quarantine.store.add(item, event)
     except Exception as exc:
         bound.error("quarantine.not_recorded", error=str(exc))
         await _unkeep(storage, quarantine.bucket, item.object_key, bound)
+        metrics.quarantine_failures.labels(trigger).inc()
         return False
     bound.warning("quarantine.kept", quarantine_id=item.id)
+    counted.inc()
     return True
 
 

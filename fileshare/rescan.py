@@ -308,7 +308,10 @@ class Rescanner:
             content_type=content_type,
             version=stored.version,
         )
-        if not await keep(self.storage, q, item, write, event, bound):
+        kept = await keep(
+            self.storage, q, item, write, event, bound, self.pipeline.metrics, trigger="rescan"
+        )
+        if not kept:
             return
         try:
             await self.storage.delete(self.permanent, content.key)

@@ -23,6 +23,7 @@ from fileshare.app import RESCANNER, SCANNER
 from fileshare.config import ClamdAddress
 from tests.e2e.conftest import ALICE, ALICE_KEY, BOB, BOB_KEY, PART, Env
 from tests.e2e.test_access import ROOT, ROOT_KEY
+from tests.e2e.test_operations import metric
 from tests.e2e.test_rescan import (  # noqa: F401 (growing_clamd: a fixture)
     SIGNATURE,
     _audit_rows,
@@ -57,6 +58,13 @@ async def _env(make_env: Any, bucket: str | None, **overrides: Any) -> Env:
         api_keys=KEYS, admins=frozenset({"root"}), quarantine_bucket=bucket, **overrides
     )
     return made
+
+
+QUARANTINED = "fileshare_quarantined_total"
+
+
+async def _metrics(env: Env) -> str:
+    return await (await env.client.get("/metrics")).text()
 
 
 async def _json(resp: Any, status: int) -> Any:
@@ -180,6 +188,9 @@ async def test_unscannable_bytes_are_kept_too(make_env: Any, quarantine_bucket: 
     item = await _json(await env.client.get(f"/v1/admin/quarantine/{item_id}", headers=ROOT), 200)
     assert item["state"] == "unscannable"
     assert item["signature"].startswith("Heuristics.Encrypted.Zip")
+    counted = await _metrics(env)
+    assert metric(counted, QUARANTINED, 'state="unscannable",trigger="upload"') == 1
+    assert metric(counted, QUARANTINED, 'state="infected",trigger="upload"') == 0
     resp = await env.client.post(f"/v1/admin/quarantine/{item_id}/release", headers=ROOT)
     assert (await _json(resp, 409))["state"] == "unscannable"
 
@@ -220,6 +231,9 @@ async def test_a_quarantine_that_cannot_keep_still_refuses_and_leaks_nothing(
         await env.assert_nothing_left()
     listed = await _json(await env.client.get("/v1/admin/quarantine", headers=ROOT), 200)
     assert listed["items"] == []
+    counted = await _metrics(env)
+    assert metric(counted, "fileshare_quarantine_failures_total", 'trigger="upload"') == 2
+    assert metric(counted, QUARANTINED, 'state="infected",trigger="upload"') == 0
 
 
 async def _forget(clamd: Clamd, env: Env, marker: bytes) -> None:
@@ -384,6 +398,8 @@ async def test_content_a_rescan_finds_infected_moves_into_the_quarantine(
     assert "createdBy" not in item
     [kept] = [r for r in await _audit_rows(env, sha) if r["action"] == "quarantine.keep"]
     assert (kept["owner"], kept["file_id"], kept["subject"]) == ("alice", "scan-1", None)
+    counted = await _metrics(env)
+    assert metric(counted, QUARANTINED, 'state="infected",trigger="rescan"') == 1
     assert kept["detail"] == {"quarantine_id": item_id, "state": "infected", "trigger": "rescan"}
 
     # Rounds do not take it again; an upload of the bytes is scanned again, and refused.
@@ -476,6 +492,8 @@ async def test_a_rescan_that_cannot_quarantine_leaves_the_object_unserved(
     assert await env.permanent_keys() == [stored]
     listed = await _json(await env.client.get("/v1/admin/quarantine", headers=ROOT), 200)
     assert listed["items"] == []
+    counted = await _metrics(env)
+    assert metric(counted, "fileshare_quarantine_failures_total", 'trigger="rescan"') == 1
     again = await rescanner.run(scanned_before=datetime.now(UTC))
     assert again.scanned == again.failed == []
     assert await env.permanent_keys() == [stored]
