@@ -191,17 +191,22 @@ class Registry:
     ) -> Client:
         """Change what an active client's uploads are held to from its next request on
         (a direct upload already intended keeps the unscannable policy it began with). A
-        member left ``UNCHANGED`` stays; None clears it (the deployment's settings)."""
-        current = (await self.client(client_id)).policy
+        member left ``UNCHANGED`` stays (it is not written: a concurrent change of the
+        other member stands); None clears it (the deployment's settings). Nothing given:
+        the client as it is, nothing written."""
+        given = {
+            name
+            for name, value in (("allowed_types", allowed_types), ("unscannable", unscannable))
+            if value is not UNCHANGED
+        }
         policy = self._policy(
-            sorted(current.allowed_types) if allowed_types is UNCHANGED else allowed_types,
-            current.unscannable if unscannable is UNCHANGED else unscannable,
+            None if allowed_types is UNCHANGED else allowed_types,
+            None if unscannable is UNCHANGED else unscannable,
         )
-        event = actor.event(
-            Action.CLIENT_UPDATE, detail={"client_id": client_id} | _policy_detail(policy)
-        )
+        detail = {k: v for k, v in _policy_detail(policy).items() if k in given}
+        event = actor.event(Action.CLIENT_UPDATE, detail={"client_id": client_id} | detail)
         updated = await index_call(
-            self.store.set_policy(client_id, policy, datetime.now(UTC), event)
+            self.store.set_policy(client_id, policy, frozenset(given), datetime.now(UTC), event)
         )
         if updated is None:
             raise errors.NotFound("no such active client")

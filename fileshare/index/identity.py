@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, RowMapping, delete, select, update
 
@@ -153,24 +153,35 @@ class IdentityStore:
         return await self._db.transact("list clients", run, write=False)
 
     async def set_policy(
-        self, client_id: str, policy: UploadPolicy, now: datetime, event: AuditEvent | None
+        self,
+        client_id: str,
+        policy: UploadPolicy,
+        members: frozenset[str],
+        now: datetime,
+        event: AuditEvent | None,
     ) -> Client | None:
-        """Replace an active client's upload policy; the client as it is now, or None if
-        there is no active client."""
+        """Write ``members`` (``allowed_types``, ``unscannable``) of an active client's
+        upload policy from ``policy``, the others left as they are, in one statement; the
+        client as it is then, or None (and no audit row) if there is no active client. No
+        members: nothing is written or audited."""
+        active = [clients.c.id == client_id, clients.c.revoked.is_(None)]
+        values = {k: v for k, v in _policy_values(policy).items() if k in members}
 
-        def run(conn: Connection) -> Client | None:
-            done = conn.execute(
-                update(clients)
-                .where(clients.c.id == client_id, clients.c.revoked.is_(None))
-                .values(**_policy_values(policy))
-            ).rowcount
-            if not done:
-                return None
-            m = conn.execute(select(clients).where(clients.c.id == client_id)).mappings().one()
-            return _client(m)
+        def read(conn: Connection) -> Client | None:
+            m = conn.execute(select(clients).where(*active)).mappings().first()
+            return _client(m) if m else None
 
-        result: Client | None = await self._write("update client", run, event, now)
-        return result
+        if not values:
+            found: Client | None = await self._db.transact("read client", read, write=False)
+            return found
+
+        def run(conn: Connection) -> Client | Literal[False]:
+            if not conn.execute(update(clients).where(*active).values(**values)).rowcount:
+                return False
+            return read(conn) or False
+
+        result: Client | Literal[False] = await self._write("update client", run, event, now)
+        return result or None
 
     async def revoke_client(self, client_id: str, now: datetime, event: AuditEvent | None) -> bool:
         """Revoke the client and every key of it; False if there is no active client."""

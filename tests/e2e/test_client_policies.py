@@ -91,11 +91,8 @@ async def test_a_clients_types_narrow_the_deployments_and_can_be_changed(make_en
     assert problem["code"] == "type_not_allowed"
     [row] = await audit_rows(env, action="client.update")
     assert row.event.subject == "root"
-    assert row.event.detail == {
-        "client_id": "lab",
-        "allowed_types": ["application/dicom"],
-        "unscannable": None,
-    }
+    # What the patch changed, only: a concurrent change of the other member stands.
+    assert row.event.detail == {"client_id": "lab", "allowed_types": ["application/dicom"]}
     # null clears it: whatever the deployment takes.
     cleared = await status(
         await c.patch("/v1/admin/clients/lab", json={"allowedTypes": None}, headers=ROOT), 200
@@ -143,8 +140,10 @@ async def test_bad_policies_are_refused_and_change_nothing(make_env: Any) -> Non
     for other in ("nobody", "lab"):
         if other == "lab":
             await status(await c.delete("/v1/admin/clients/lab", headers=ROOT), 204)
-        resp = await c.patch(f"/v1/admin/clients/{other}", json={}, headers=ROOT)
-        assert (await status(resp, 404))["code"] == "not_found"
+        for body in ({}, {"unscannable": "reject"}):
+            resp = await c.patch(f"/v1/admin/clients/{other}", json=body, headers=ROOT)
+            assert (await status(resp, 404))["code"] == "not_found"
+    assert await audit_rows(env, action="client.update") == []  # a 404 changed nothing
     alice = {"Authorization": f"Bearer {ALICE_KEY}"}
     resp = await c.patch("/v1/admin/clients/lab", json={}, headers=alice)
     assert resp.status == 403
@@ -258,3 +257,45 @@ async def test_the_command_line_sets_the_policy_the_api_shows(make_env: Any) -> 
     rows = await audit_rows(env, action="client.update")
     assert [r.event.detail["allowed_types"] for r in rows] == [["application/pdf", "image/*"]]
     assert (rows[0].event.subject or "").startswith("cli:")
+
+
+async def test_the_policy_holds_for_the_clients_own_tokens_and_two_patches_both_stand(
+    make_env: Any,
+) -> None:
+    from tests.e2e.test_oauth import basic
+
+    env = await _env(make_env)
+    c = env.client
+    made = await status(
+        await c.post(
+            "/v1/admin/clients",
+            json={
+                "id": "gw",
+                "role": "worker",
+                "secret": True,
+                "allowedTypes": ["application/pdf"],
+            },
+            headers=ROOT,
+        ),
+        201,
+    )
+    resp = await c.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers=basic("gw", made["clientSecret"]),
+    )
+    token = (await status(resp, 200))["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    problem = await status(await _post(env, bearer, b"notes", "text/plain"), 415)
+    assert (problem["code"], "this client" in problem["detail"]) == ("type_not_allowed", True)
+    await status(await _post(env, bearer, pdf(), "application/pdf"), 201)
+
+    # Each member is written alone, so changes of different members made at once all stand.
+    await asyncio.gather(
+        c.patch("/v1/admin/clients/gw", json={"allowedTypes": ["text/plain"]}, headers=ROOT),
+        c.patch("/v1/admin/clients/gw", json={"unscannable": "reject"}, headers=ROOT),
+    )
+    shown = await status(await c.get("/v1/admin/clients/gw", headers=ROOT), 200)
+    assert (shown["allowedTypes"], shown["unscannable"]) == (["text/plain"], "reject")
+    # A token issued before the change is held to the new policy at once.
+    await status(await _post(env, bearer, b"notes", "text/plain"), 201)

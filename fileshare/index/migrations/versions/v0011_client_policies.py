@@ -27,8 +27,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("uploads") as batch:
+    # Never by recreating the table: other tables' foreign keys point at clients (SQLite
+    # 3.35+ drops a column in place).
+    with op.batch_alter_table("uploads", recreate="never") as batch:
         batch.drop_column("unscannable")
-    with op.batch_alter_table("clients") as batch:
+    with op.batch_alter_table("clients", recreate="never") as batch:
         batch.drop_column("unscannable")
         batch.drop_column("allowed_types")
