@@ -23,7 +23,7 @@ import structlog
 from fileshare import errors
 from fileshare.audit import Action, Actor, AuditEvent, Result
 from fileshare.boundary import close_stream, index_call, prepended, storage_call
-from fileshare.index.base import Placement
+from fileshare.index.base import Cursor, Placement
 from fileshare.index.quarantine import Item, QuarantineStore
 from fileshare.models import ScanRecord, ScanState
 from fileshare.pipeline import IngestResult, Pipeline
@@ -32,6 +32,8 @@ from fileshare.storage.base import ObjectNotFound, Storage, StorageError
 
 log = structlog.get_logger(__name__)
 
+#: What a listing filters on (``GET /v1/admin/quarantine?status=``).
+STATUSES = ("held", "released", "deleted")
 #: How long a release holds its item: longer than the rescan of the largest upload.
 RELEASE_HOLD = timedelta(hours=1)
 #: Item ids are fileshare's own (uuid4 hex): anything else is no item.
@@ -75,12 +77,14 @@ class QuarantineAdmin:
     def _now(self) -> datetime:
         return self.files.clock()
 
-    async def page(self, actor: Actor, limit: int) -> list[Item]:
-        found = await index_call(self.store.page(limit))
+    async def page(
+        self, actor: Actor, limit: int, *, before: Cursor | None = None, status: str | None = None
+    ) -> tuple[list[Item], Cursor | None]:
+        found, more = await index_call(self.store.page(limit, before=before, status=status))
         await self.files.audit_read(
             actor.event(Action.QUARANTINE_LIST, owner=None, detail={"count": len(found)})
         )
-        return found
+        return found, more
 
     async def get(self, actor: Actor, item_id: str) -> Item:
         item = await self._item(item_id)

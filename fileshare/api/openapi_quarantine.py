@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fileshare.api import params
 from fileshare.api.openapi import _LOCATION, Schema, _errors, _json, _query, _ref
-from fileshare.quarantine import REASON_MAX, REASON_PATTERN
+from fileshare.quarantine import REASON_MAX, REASON_PATTERN, STATUSES
 
 _STAMP: Schema = {"type": "string", "format": "date-time"}
 _ID: Schema = {
@@ -70,7 +70,13 @@ def quarantine_schemas() -> dict[str, Schema]:
         "QuarantineList": {
             "type": "object",
             "required": ["items"],
-            "properties": {"items": {"type": "array", "items": _ref("QuarantineItem")}},
+            "properties": {
+                "items": {"type": "array", "items": _ref("QuarantineItem")},
+                "nextOffsetKey": {
+                    "type": "string",
+                    "description": "Where the next page starts (as offsetKey); absent on the last",
+                },
+            },
         },
     }
 
@@ -92,7 +98,20 @@ def quarantine_paths() -> dict[str, Schema]:
             "get": {
                 "tags": ["admin"],
                 "summary": "What the scanner refused and fileshare kept, newest first",
-                "parameters": [page],
+                "parameters": [
+                    page,
+                    _query(
+                        "offsetKey",
+                        "`nextOffsetKey` of the previous page, as it came",
+                        {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+                    ),
+                    _query(
+                        "status",
+                        "Only the items held (their bytes still in quarantine), released or "
+                        "deleted",
+                        {"type": "string", "enum": list(STATUSES)},
+                    ),
+                ],
                 "responses": {"200": _json("Items", _ref("QuarantineList")), **_errors("404")},
             },
         },

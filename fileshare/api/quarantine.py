@@ -15,7 +15,7 @@ from fileshare.api.files import render, stream_out, timestamp
 from fileshare.api.keys import QUARANTINE, SETTINGS
 from fileshare.api.names import content_disposition
 from fileshare.index.quarantine import Item
-from fileshare.quarantine import QuarantineAdmin, check_reason
+from fileshare.quarantine import STATUSES, QuarantineAdmin, check_reason
 
 routes = web.RouteTableDef()
 
@@ -74,9 +74,23 @@ def render_item(item: Item) -> dict[str, object]:
 
 @routes.get("/v1/admin/quarantine")
 async def list_quarantine(request: web.Request) -> web.Response:
-    _only(request, "pageSize")
-    found = await _admin(request).page(unscoped(request), params.page_size(request.query))
-    return web.json_response({"items": [render_item(i) for i in found]})
+    _only(request, "pageSize", "offsetKey", "status")
+    query = request.query
+    if any(len(query.getall(name)) > 1 for name in query):
+        raise errors.InvalidParameter("each query parameter at most once")
+    status = query.get("status")
+    if status is not None and status not in STATUSES:
+        raise errors.InvalidParameter(f"status must be one of {', '.join(STATUSES)}")
+    found, more = await _admin(request).page(
+        unscoped(request),
+        params.page_size(query),
+        before=params.decode_cursor(query["offsetKey"]) if "offsetKey" in query else None,
+        status=status,
+    )
+    body: dict[str, object] = {"items": [render_item(i) for i in found]}
+    if more is not None:
+        body["nextOffsetKey"] = params.encode_cursor(more)
+    return web.json_response(body)
 
 
 @routes.get("/v1/admin/quarantine/{item_id}")

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, RowMapping, or_, select, update
+from sqlalchemy import ColumnElement, Connection, RowMapping, and_, or_, select, update
 
 from fileshare.audit import AuditEvent
 from fileshare.index import audit
-from fileshare.index.base import Transactor
+from fileshare.index.base import Cursor, Transactor
 from fileshare.index.tables import quarantine
 from fileshare.models import ScanRecord, ScanState
 
@@ -120,16 +120,35 @@ class QuarantineStore:
         found: Item | None = await self._db.transact("read quarantine", run, write=False)
         return found
 
-    async def page(self, limit: int) -> list[Item]:
-        """The newest ``limit`` items, newest first."""
+    async def page(
+        self, limit: int, *, before: Cursor | None = None, status: str | None = None
+    ) -> tuple[list[Item], Cursor | None]:
+        """``limit`` items, newest first, older than ``before``; with ``status`` (held,
+        released, deleted) only those; and where the next page starts (None: the last)."""
         c = quarantine.c
-        query = select(quarantine).order_by(c.created.desc(), c.id.desc()).limit(limit)
+        query = select(quarantine)
+        if before is not None:
+            query = query.where(
+                or_(c.created < before.created, and_(c.created == before.created, c.id < before.id))
+            )
+        if status == "held":
+            query = query.where(c.object_key.is_not(None))
+        elif status == "released":
+            query = query.where(c.released.is_not(None))
+        elif status == "deleted":
+            query = query.where(c.deleted.is_not(None))
+        query = query.order_by(c.created.desc(), c.id.desc()).limit(limit + 1)
 
-        def run(conn: Connection) -> list[Item]:
-            return [_item(m) for m in conn.execute(query).mappings()]
+        def run(conn: Connection) -> tuple[list[Item], Cursor | None]:
+            found = [_item(m) for m in conn.execute(query).mappings()]
+            more = len(found) > limit
+            found = found[:limit]
+            return found, Cursor(found[-1].created, found[-1].id) if more else None
 
-        found: list[Item] = await self._db.transact("list quarantine", run, write=False)
-        return found
+        page: tuple[list[Item], Cursor | None] = await self._db.transact(
+            "list quarantine", run, write=False
+        )
+        return page
 
     async def claim(self, item_id: str, now: datetime, until: datetime) -> bool:
         """Hold a held item for one release until ``until``; False when it is not held or

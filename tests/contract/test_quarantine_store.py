@@ -70,8 +70,39 @@ async def test_kept_items_read_back_newest_first(index: SqlIndex) -> None:
         await store.add(one, event(Action.QUARANTINE_KEEP))
     assert await store.get(kept[0].id) == kept[0]
     assert await store.get(uuid.uuid4().hex) is None
-    assert [i.id for i in await store.page(5)] == [i.id for i in kept[::-1][:5]]
+    first, more = await store.page(5)
+    assert [i.id for i in first] == [i.id for i in kept[::-1][:5]]
+    assert more is not None
+    rest, last = await store.page(5, before=more)
+    assert [i.id for i in rest] == [i.id for i in kept[::-1][5:]]
+    assert last is None
+    # Two items of one instant are told apart by their ids: none is skipped or repeated.
+    twins = [item(minutes=9), item(minutes=9)]
+    for one in twins:
+        await store.add(one, None)
+    pages: list[str] = []
+    cursor = None
+    while True:
+        found, cursor = await store.page(1, before=cursor)
+        pages += [i.id for i in found]
+        if cursor is None:
+            break
+    assert sorted(pages) == sorted(i.id for i in kept + twins)
+    assert len(pages) == len(set(pages)) == 9
     assert await actions(index) == ["quarantine.keep"] * 7
+
+
+async def test_a_listing_can_take_only_the_held_the_released_or_the_deleted(
+    index: SqlIndex,
+) -> None:
+    store = QuarantineStore(index)
+    held, gone = item(), item(minutes=1)
+    for one in (held, gone):
+        await store.add(one, None)
+    assert await store.deleted(gone.id, "root", NOW, None)
+    for status, expected in (("held", [held]), ("deleted", [gone]), ("released", [])):
+        found, _ = await store.page(10, status=status)
+        assert [i.id for i in found] == [i.id for i in expected], status
 
 
 async def test_only_a_held_item_is_rescanned_released_or_deleted(index: SqlIndex) -> None:

@@ -176,7 +176,14 @@ async def test_infected_bytes_are_kept_for_admins_only_and_can_be_deleted(
     for other in (uuid.uuid4().hex, "nope", "../x"):
         resp = await c.get(f"/v1/admin/quarantine/{other}", headers=ROOT)
         assert (await _json(resp, 404))["code"] == "not_found"
-    for bad in ("?pageSize=0", "?pageSize=x", "?state=held"):
+    for bad in (
+        "?pageSize=0",
+        "?pageSize=x",
+        "?state=held",
+        "?status=gone",
+        "?status=held&status=deleted",
+        "?offsetKey=not-one",
+    ):
         resp = await c.get(f"/v1/admin/quarantine{bad}", headers=ROOT)
         assert (await _json(resp, 400))["code"] == "invalid_parameter"
 
@@ -200,6 +207,21 @@ async def test_newest_first_and_paged(make_env: Any, quarantine_bucket: str) -> 
     ids = [await _refused_and_kept_many(env, i) for i in range(6)]
     page = await _json(await env.client.get("/v1/admin/quarantine?pageSize=5", headers=ROOT), 200)
     assert [i["id"] for i in page["items"]] == ids[::-1][:5]
+    rest = await _json(
+        await env.client.get(
+            "/v1/admin/quarantine",
+            params={"pageSize": "5", "offsetKey": page["nextOffsetKey"]},
+            headers=ROOT,
+        ),
+        200,
+    )
+    assert [i["id"] for i in rest["items"]] == ids[::-1][5:]
+    assert "nextOffsetKey" not in rest
+    # Deleted ones drop out of what is held, and are found as deleted.
+    assert (await env.client.delete(f"/v1/admin/quarantine/{ids[0]}", headers=ROOT)).status == 204
+    for status, expected in (("held", ids[:0:-1]), ("deleted", ids[:1]), ("released", [])):
+        resp = await env.client.get(f"/v1/admin/quarantine?status={status}", headers=ROOT)
+        assert [i["id"] for i in (await _json(resp, 200))["items"]] == expected, status
 
 
 async def _refused_and_kept_many(env: Env, i: int) -> str:
