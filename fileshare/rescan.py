@@ -10,8 +10,8 @@ PostgreSQL), so replicas share the work. Content found infected or unscannable t
 state at once: none of its records is served from then on, and the audit trail gets one
 ``scan.verdict`` row per record (``detail.trigger = "rescan"``). Without a quarantine its
 object stays in the permanent bucket as evidence (never served). With one
-(``FILESHARE_QUARANTINE_BUCKET``), once the verdict is recorded the object is copied there
-(pinned to the version scanned) and listed as a quarantine item of the oldest record's
+(``FILESHARE_QUARANTINE_BUCKET``), once an infected verdict is recorded the object is
+copied there (pinned to the version scanned) and listed as a quarantine item of the oldest record's
 (``quarantine.keep``, ``detail.trigger = "rescan"``), and only then removed from the
 permanent bucket and forgotten by the index (``lose``): presigned URLs issued before stop
 serving it, and a later upload of the bytes is scanned again. One attempt: if the copy or the
@@ -248,8 +248,11 @@ class Rescanner:
                 bound.info("rescan.restored", files=len(changed))
             return Rescanned("clean")
         bound.warning(f"rescan.{scan.state.value}", signature=scan.signature, files=len(changed))
-        if changed and self.pipeline.quarantine is not None:
+        if changed and scan.state is ScanState.INFECTED and self.pipeline.quarantine is not None:
             # Only now, the verdict recorded: no download is answered from the object any more.
+            # Only malware moves: an unscannable rescan is often about clamd (a limit lowered,
+            # a newer engine), not the bytes, and the quarantine's retention rule would expire
+            # them; they stay in the permanent bucket, unserved, as without a quarantine.
             await self._quarantine(hashed, stored, scan, changed, trigger, bound)
         return Rescanned(scan.state.value, files=len(changed))
 
@@ -271,7 +274,7 @@ class Rescanner:
         assert q is not None
         assert content.key is not None
         try:
-            record = await self._oldest(changed)
+            record = await self._oldest(changed, content.sha256)
         except errors.FileshareError as exc:
             bound.error("rescan.not_quarantined", error=type(exc).__name__)
             return
@@ -327,10 +330,11 @@ class Rescanner:
             # upload of these bytes or the deletion of their records drops the name.
             bound.error("rescan.not_forgotten", key=content.key, error=type(exc).__name__)
 
-    async def _oldest(self, changed: list[tuple[str, str]]) -> FileRecord | None:
-        """The oldest record of those the verdict changed that still exists."""
+    async def _oldest(self, changed: list[tuple[str, str]], sha256: str) -> FileRecord | None:
+        """The oldest record of those the verdict changed that still exists and still holds
+        these bytes (a PUT may have replaced one meanwhile)."""
         for owner, file_id in changed:
             record = await index_call(self.index.get(owner, file_id))
-            if record is not None:
+            if record is not None and record.content.sha256 == sha256:
                 return record
         return None

@@ -63,6 +63,10 @@ async def _env(make_env: Any, bucket: str | None, **overrides: Any) -> Env:
 QUARANTINED = "fileshare_quarantined_total"
 
 
+def _address(clamd: Clamd) -> ClamdAddress:
+    return ClamdAddress(host=clamd.host, port=clamd.port)
+
+
 async def _metrics(env: Env) -> str:
     return await (await env.client.get("/metrics")).text()
 
@@ -288,11 +292,7 @@ async def test_a_release_that_rescans_clean_promotes_it_as_the_owners_file(
     growing_clamd: Clamd,  # noqa: F811 (the fixture)
     size: int,
 ) -> None:
-    env = await _env(
-        make_env,
-        quarantine_bucket,
-        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
-    )
+    env = await _env(make_env, quarantine_bucket, clamd=_address(growing_clamd))
     marker = _marker()
     await _learn(growing_clamd, env, marker)
     data = os.urandom(size) + marker
@@ -390,11 +390,7 @@ async def test_content_a_rescan_finds_infected_moves_into_the_quarantine(
     quarantine_bucket: str,
     growing_clamd: Clamd,  # noqa: F811 (the fixture)
 ) -> None:
-    env = await _env(
-        make_env,
-        quarantine_bucket,
-        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
-    )
+    env = await _env(make_env, quarantine_bucket, clamd=_address(growing_clamd))
     c = env.client
     data, _, item_id, url = await _tainted_and_rescanned(env, growing_clamd)
     sha = hashlib.sha256(data).hexdigest()
@@ -453,11 +449,7 @@ async def test_rescan_evidence_found_clean_again_is_served_again_to_its_records(
     growing_clamd: Clamd,  # noqa: F811 (the fixture)
     how: str,
 ) -> None:
-    env = await _env(
-        make_env,
-        quarantine_bucket,
-        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
-    )
+    env = await _env(make_env, quarantine_bucket, clamd=_address(growing_clamd))
     c = env.client
     data, marker, item_id, _ = await _tainted_and_rescanned(env, growing_clamd)
     await _forget(growing_clamd, env, marker)
@@ -496,11 +488,7 @@ async def test_a_rescan_that_cannot_quarantine_leaves_the_object_unserved(
     quarantine_bucket: str,
     growing_clamd: Clamd,  # noqa: F811 (the fixture)
 ) -> None:
-    env = await _env(
-        make_env,
-        quarantine_bucket,
-        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
-    )
+    env = await _env(make_env, quarantine_bucket, clamd=_address(growing_clamd))
     marker = _marker()
     data = os.urandom(50_000) + marker
     assert (await upload(env, data)).status == 201
@@ -532,7 +520,7 @@ async def test_a_downloads_rescan_moves_what_it_finds_into_the_quarantine(
     env = await _env(
         make_env,
         quarantine_bucket,
-        clamd=ClamdAddress(host=growing_clamd.host, port=growing_clamd.port),
+        clamd=_address(growing_clamd),
         rescan_on_download=BOUND,
     )
     marker = _marker()
