@@ -170,5 +170,16 @@ def make_env(
 
 
 @pytest.fixture
+def quarantine_bucket(backend: str, request: pytest.FixtureRequest) -> str:
+    """A fresh quarantine bucket on the test's backend (local: a directory made on use)."""
+    name = f"quarantine-{uuid.uuid4().hex[:10]}"
+    if backend == "s3":
+        request.getfixturevalue("seaweed").create_bucket(name)
+    elif backend == "gcs":
+        request.getfixturevalue("fake_gcs").create_bucket(name)
+    return name
+
+
+@pytest.fixture
 async def env(make_env: Any) -> Env:
     return await make_env()  # type: ignore[no-any-return]

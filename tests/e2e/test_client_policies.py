@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -26,14 +25,6 @@ KEYS = {"alice": ALICE_KEY, "bob": BOB_KEY, "root": ROOT_KEY}
 @pytest.fixture(params=["local", "s3"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def quarantine_bucket(backend: str, request: pytest.FixtureRequest) -> str:
-    name = f"quarantine-{uuid.uuid4().hex[:10]}"
-    if backend == "s3":
-        request.getfixturevalue("seaweed").create_bucket(name)
-    return name
 
 
 async def _env(make_env: Any, **overrides: Any) -> Env:

@@ -43,16 +43,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def quarantine_bucket(backend: str, request: pytest.FixtureRequest) -> str:
-    name = f"quarantine-{uuid.uuid4().hex[:10]}"
-    if backend == "s3":
-        request.getfixturevalue("seaweed").create_bucket(name)
-    elif backend == "gcs":
-        request.getfixturevalue("fake_gcs").create_bucket(name)
-    return name
-
-
 async def _env(make_env: Any, bucket: str | None, **overrides: Any) -> Env:
     made: Env = await make_env(
         api_keys=KEYS, admins=frozenset({"root"}), quarantine_bucket=bucket, **overrides
